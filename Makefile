@@ -1,0 +1,64 @@
+# Compute Interconnect: the developer's front door. `make` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+BROKER_PORT ?= 50051
+# The suite runs against the machine's real servers.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
+TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format protos migrate seed bench up down check-deploy clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+protos: $(VENV)/.installed ## Generate Python code from protos/*.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+
+migrate: protos ## Apply migrations (embedded SQLite unless DATABASE_URL is set)
+	$(PY) manage.py migrate --noinput -v0
+
+seed: migrate ## Load the national topology, catalog and demo data
+	$(PY) manage.py seed_national_topology
+	$(PY) manage.py seed_demo
+
+run: seed ## Set up and run the whole platform on embedded defaults (no server needed)
+	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT)
+	PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) $(VENV)/bin/honcho -f Procfile.dev start
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## ruff format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: protos ## Set up and run lint and the whole suite against PostgreSQL and Redis
+	@bash .ci/ensure-services.sh
+	$(MAKE) --no-print-directory lint
+	$(PY) manage.py makemigrations --check --dry-run -v0
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_CELERY_BROKER_URL) \
+		$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+check-deploy: $(VENV)/.installed ## Django's deployment checklist with production settings
+	DJANGO_PRODUCTION=1 DJANGO_SECRET_KEY=$$(openssl rand -hex 40) DJANGO_ALLOWED_HOSTS=example.org \
+		$(PY) manage.py check --deploy --fail-level WARNING
+
+bench: protos ## Run the benchmarks in bench/ (prints figures)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## Remove the virtual environment and local data
+	rm -rf $(VENV) var protos/*_pb2*.py protos/*_pb2.pyi

@@ -1,0 +1,338 @@
+"""The agent's gRPC server: the ``Agent`` service plus standard health and reflection.
+
+The servicer is thin: each method converts the request into domain arguments, calls the
+inventory, benchmarker or workload runner, and converts the answer back; protobuf does not go
+past this module. Domain errors become gRPC statuses in one place, :func:`rpc_errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.challenge import DTYPES, MAX_CHUNK_BYTES, chunk_count, row_blocks
+from agent.config import AgentConfig
+from agent.errors import AgentError, InvalidArgument
+from agent.inventory import Inventory, build_inventory
+from agent.simulation import Benchmarker, Challenge, benchmarker_for, faults_for
+from agent.workloads import Workload, WorkloadRunner, WorkloadSpec, WorkloadState
+from protos import agent_pb2, agent_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+DTYPE_NAMES = {
+    agent_pb2.DTYPE_FLOAT32: "float32",
+    agent_pb2.DTYPE_FLOAT64: "float64",
+}
+DTYPE_VALUES = {name: value for value, name in DTYPE_NAMES.items()}
+STATE_VALUES = {
+    WorkloadState.PENDING: agent_pb2.WORKLOAD_STATE_PENDING,
+    WorkloadState.RUNNING: agent_pb2.WORKLOAD_STATE_RUNNING,
+    WorkloadState.SUCCEEDED: agent_pb2.WORKLOAD_STATE_SUCCEEDED,
+    WorkloadState.FAILED: agent_pb2.WORKLOAD_STATE_FAILED,
+    WorkloadState.STOPPED: agent_pb2.WORKLOAD_STATE_STOPPED,
+}
+
+
+def rpc_errors(method: _F) -> _F:
+    """Map domain errors to gRPC statuses: the one place that does it, for unary and streams.
+
+    AgentError subclasses carry their own status code; anything else is INTERNAL and logged
+    with the method name (the caller never sees a traceback).
+    """
+
+    def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, AgentError):
+            context.abort(exc.code, str(exc))
+        logger.exception("agent RPC %s failed", method.__name__)
+        context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: internal error")
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                _abort(context, exc)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return unary  # type: ignore[return-value]
+
+
+# --- conversions (protobuf stops here) -------------------------------------------------------
+
+
+def timestamp_pb(moment: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp for an aware datetime, or None."""
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def inventory_to_pb(inventory: Inventory) -> agent_pb2.GetInventoryResponse:
+    """GetInventoryResponse from the domain inventory."""
+    return agent_pb2.GetInventoryResponse(
+        agent_id=inventory.agent_id,
+        agent_version=inventory.agent_version,
+        hostname=inventory.hostname,
+        simulated=inventory.simulated,
+        pools=[
+            agent_pb2.InventoryPool(
+                pool_key=entry.pool.key,
+                accelerator_model=entry.pool.accelerator_model,
+                accelerators_per_node=entry.pool.accelerators_per_node,
+                nodes=entry.pool.nodes,
+                intra_node_interconnect=entry.pool.intra_node_interconnect,
+                inter_node_interconnect=entry.pool.inter_node_interconnect,
+                declared_tflops_per_accelerator=entry.pool.declared_tflops_per_accelerator,
+                device_details=list(entry.device_details),
+            )
+            for entry in inventory.pools
+        ],
+    )
+
+
+def challenge_from_pb(request: agent_pb2.RunBenchmarkRequest, config: AgentConfig) -> Challenge:
+    """Validate a RunBenchmarkRequest against the agent's limits and turn it into a Challenge."""
+    dtype = DTYPE_NAMES.get(request.dtype)
+    if dtype is None:
+        raise InvalidArgument("dtype", "must be DTYPE_FLOAT32 or DTYPE_FLOAT64")
+    if not 1 <= request.n <= config.max_matrix_size:
+        raise InvalidArgument("n", f"must be between 1 and {config.max_matrix_size}")
+    if not 1 <= request.repetitions <= config.max_repetitions:
+        raise InvalidArgument("repetitions", f"must be between 1 and {config.max_repetitions}")
+    return Challenge(
+        seed=request.seed,
+        n=request.n,
+        dtype=dtype,
+        repetitions=request.repetitions,
+        challenge_id=request.challenge_id,
+    )
+
+
+def workload_spec_from_pb(request: agent_pb2.StartWorkloadRequest) -> WorkloadSpec:
+    """WorkloadSpec from a StartWorkloadRequest."""
+    return WorkloadSpec(
+        workload_id=request.workload_id,
+        pool_key=request.pool_key,
+        accelerators=request.accelerators,
+        image=request.image,
+        command=request.command,
+        duration_seconds=request.duration_seconds,
+    )
+
+
+def workload_to_pb(workload: Workload) -> agent_pb2.Workload:
+    """The proto Workload for a snapshot."""
+    spec = workload.spec
+    return agent_pb2.Workload(
+        workload_id=spec.workload_id,
+        pool_key=spec.pool_key,
+        accelerators=spec.accelerators,
+        image=spec.image,
+        command=spec.command,
+        duration_seconds=spec.duration_seconds,
+        state=STATE_VALUES[workload.state],
+        created_at=timestamp_pb(workload.created_at),
+        started_at=timestamp_pb(workload.started_at),
+        finished_at=timestamp_pb(workload.finished_at),
+        message=workload.message,
+    )
+
+
+# --- the servicer ----------------------------------------------------------------------------
+
+
+class AgentServicer(agent_pb2_grpc.AgentServicer):
+    """The site agent: reports inventory, answers benchmark challenges, runs workloads."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        workloads: WorkloadRunner,
+        benchmarker: Benchmarker | None = None,
+    ) -> None:
+        self.config = config
+        self.workloads = workloads
+        self.benchmarker = benchmarker or benchmarker_for(config.simulation)
+        self.faults = faults_for(config.simulation)
+
+    @rpc_errors
+    def GetInventory(
+        self, request: agent_pb2.GetInventoryRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.GetInventoryResponse:
+        """Describe the agent and the resource pools it fronts."""
+        self.faults.check("GetInventory")
+        return inventory_to_pb(build_inventory(self.config))
+
+    @rpc_errors
+    def RunBenchmark(
+        self, request: agent_pb2.RunBenchmarkRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.RunBenchmarkResponse]:
+        """Compute the challenge's product, then stream a summary and the product's rows."""
+        self.faults.check("RunBenchmark")
+        challenge = challenge_from_pb(request, self.config)
+        pool = self.workloads.resolve_pool(request.pool_key)
+        # Everything is computed before the first message: the verifier bounds the claimed
+        # compute time by its time-to-first-message.
+        result = self.benchmarker.run(challenge, pool)
+        itemsize = result.product.dtype.itemsize
+        yield agent_pb2.RunBenchmarkResponse(
+            summary=agent_pb2.BenchmarkSummary(
+                challenge_id=challenge.challenge_id,
+                pool_key=pool.key,
+                compute_seconds=result.compute_seconds,
+                device=result.device,
+                n=challenge.n,
+                dtype=DTYPE_VALUES[challenge.dtype],
+                repetitions=challenge.repetitions,
+                chunk_count=chunk_count(challenge.n, itemsize, MAX_CHUNK_BYTES),
+            )
+        )
+        product = result.product.astype(DTYPES[challenge.dtype], copy=False)
+        for offset, rows, data in row_blocks(product, MAX_CHUNK_BYTES):
+            if not context.is_active():  # the verifier gave up; stop serializing
+                return
+            yield agent_pb2.RunBenchmarkResponse(
+                chunk=agent_pb2.BenchmarkChunk(row_offset=offset, rows=rows, data=data)
+            )
+
+    @rpc_errors
+    def StartWorkload(
+        self, request: agent_pb2.StartWorkloadRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.StartWorkloadResponse:
+        """Start a booked workload; idempotent per workload id."""
+        workload, created = self.workloads.start(workload_spec_from_pb(request))
+        return agent_pb2.StartWorkloadResponse(workload=workload_to_pb(workload), created=created)
+
+    @rpc_errors
+    def GetWorkload(
+        self, request: agent_pb2.GetWorkloadRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.GetWorkloadResponse:
+        """Read the current state of a workload."""
+        workload = self.workloads.get(request.workload_id)
+        return agent_pb2.GetWorkloadResponse(workload=workload_to_pb(workload))
+
+    @rpc_errors
+    def StopWorkload(
+        self, request: agent_pb2.StopWorkloadRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.StopWorkloadResponse:
+        """Stop a workload; one that already ended is returned unchanged."""
+        workload = self.workloads.stop(request.workload_id, request.reason)
+        return agent_pb2.StopWorkloadResponse(workload=workload_to_pb(workload))
+
+    @rpc_errors
+    def WatchWorkload(
+        self, request: agent_pb2.WatchWorkloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.WatchWorkloadResponse]:
+        """Stream the workload's state until it ends."""
+        for workload in self.workloads.watch(request.workload_id, context.is_active):
+            yield agent_pb2.WatchWorkloadResponse(workload=workload_to_pb(workload))
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentRuntime:
+    """A built (started) agent server and the parts its owner needs to stop it gracefully."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    workloads: WorkloadRunner
+    config: AgentConfig
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` seconds.
+
+        Returns the event set once the server has fully stopped, so several agents in one
+        process can stop in parallel.
+        """
+        self.health.enter_graceful_shutdown()
+        self.workloads.close()
+        return self.server.stop(self.config.grace_seconds if grace is None else grace)
+
+
+def build_server(
+    address: str, *, agent_config: AgentConfig, workloads: WorkloadRunner | None = None
+) -> AgentRuntime:
+    """Build and start the agent's server on ``address`` (port 0 picks a free port)."""
+    workloads = workloads or WorkloadRunner(
+        agent_config.pools,
+        time_scale=agent_config.time_scale,
+        startup_seconds=agent_config.workload_startup_seconds,
+    )
+    limits = agent_config.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=agent_config.max_workers, thread_name_prefix=agent_config.agent_id
+        ),
+        options=[
+            ("grpc.max_send_message_length", limits),
+            ("grpc.max_receive_message_length", limits),
+        ],
+    )
+    agent_pb2_grpc.add_AgentServicer_to_server(
+        AgentServicer(agent_config, workloads=workloads), server
+    )
+
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", AGENT_SERVICE):  # "" is the whole server
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    reflection.enable_server_reflection(
+        (
+            AGENT_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the agent's gRPC server to {address}")
+    server.start()
+    logger.info("agent %s listening on port %d", agent_config.agent_id, port)
+    return AgentRuntime(
+        server=server, port=port, health=health_servicer, workloads=workloads, config=agent_config
+    )
+
+
+def create_server(address: str, *, agent_config: AgentConfig) -> tuple[grpc.Server, int]:
+    """Build and start the agent's server; returns it and the bound port (tests bind port 0)."""
+    runtime = build_server(address, agent_config=agent_config)
+    return runtime.server, runtime.port

@@ -1,0 +1,1 @@
+"""What exists: hubs, clusters, organizations, centers, accelerators and resource pools."""

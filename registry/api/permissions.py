@@ -1,0 +1,32 @@
+"""Permission classes: who may write. Which objects is decided by selectors."""
+
+from typing import Any
+
+from rest_framework import permissions
+from rest_framework.request import Request
+
+from registry import selectors
+
+
+class OperatorWritePermission(permissions.BasePermission):
+    """Anyone may read; only operators (and platform staff) may write."""
+
+    message = "Only center operators may change compute capacity."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return bool(request.user and request.user.is_authenticated) and selectors.can_operate(
+            request.user
+        )
+
+
+class OrgAdminForDestroy(permissions.BasePermission):
+    """Deleting is for the organization's admins."""
+
+    message = "Only an organization admin may delete."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method != "DELETE":
+            return True
+        return selectors.is_org_admin(request.user)

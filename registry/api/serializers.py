@@ -1,0 +1,321 @@
+"""REST serializers: shape validation only. Domain rules live in ``registry.services``."""
+
+import re
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from registry import selectors
+from registry.choices import Status
+from registry.models import (
+    Accelerator,
+    ApiToken,
+    Center,
+    ChangeRecord,
+    Cluster,
+    Hub,
+    HubLink,
+    Organization,
+    Pool,
+)
+
+_ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def validate_agent_endpoint(value: str) -> str:
+    """``host:port`` with a port in 1-65535 (where the agent's gRPC server listens)."""
+    if value == "":
+        return value
+    match = _ENDPOINT.match(value)
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise serializers.ValidationError("Expected host:port with a port between 1 and 65535.")
+    return value
+
+
+class HubSerializer(serializers.ModelSerializer):
+    clusters = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
+
+    class Meta:
+        model = Hub
+        fields = ["code", "name", "region", "latitude", "longitude", "description", "clusters"]
+
+
+class ClusterSerializer(serializers.ModelSerializer):
+    hub = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = Cluster
+        fields = ["code", "name", "hub", "province", "latitude", "longitude"]
+
+
+class HubLinkSerializer(serializers.ModelSerializer):
+    a = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    b = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = HubLink
+        fields = ["a", "b", "latency_ms", "bandwidth_gbps", "source", "measured_at"]
+
+
+class AcceleratorSerializer(serializers.ModelSerializer):
+    a100_equivalent = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Accelerator
+        fields = [
+            "slug",
+            "vendor",
+            "model",
+            "origin",
+            "memory_gb",
+            "memory_bandwidth_gbps",
+            "bf16_dense_tflops",
+            "fp16_dense_tflops",
+            "fp32_tflops",
+            "interconnect",
+            "interconnect_bandwidth_gbps",
+            "tdp_watts",
+            "a100_equivalent",
+            "sources",
+            "notes",
+        ]
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Organization
+        fields = ["slug", "name", "kind", "created_at"]
+
+
+class CenterSerializer(serializers.ModelSerializer):
+    """A center as its readers see it; the agent endpoint only for its operator and staff."""
+
+    operator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    cluster = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    hub = serializers.CharField(source="cluster.hub.code", read_only=True)
+    agent_endpoint = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Center
+        fields = [
+            "national_id",
+            "name",
+            "operator",
+            "hub",
+            "cluster",
+            "latitude",
+            "longitude",
+            "pue",
+            "green_power_share",
+            "agent_endpoint",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "version",
+            "created_at",
+            "updated_at",
+        ]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_agent_endpoint(self, obj: Center) -> str | None:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        if selectors.is_platform_staff(user) or selectors.organization_of(user) == obj.operator:
+            return obj.agent_endpoint
+        return None
+
+
+class CenterWriteSerializer(serializers.ModelSerializer):
+    cluster = serializers.SlugRelatedField(slug_field="code", queryset=Cluster.objects.all())
+    agent_endpoint = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, validators=[validate_agent_endpoint]
+    )
+    version = serializers.IntegerField(
+        required=False, write_only=True, help_text="Expected version (optimistic concurrency)."
+    )
+
+    class Meta:
+        model = Center
+        fields = [
+            "name",
+            "cluster",
+            "latitude",
+            "longitude",
+            "pue",
+            "green_power_share",
+            "agent_endpoint",
+            "version",
+        ]
+        # Uniqueness per operator is checked by the service (the operator is not a field here).
+        validators: list[Any] = []
+
+
+class PoolSerializer(serializers.ModelSerializer):
+    center = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
+    accelerator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    operator = serializers.CharField(source="center.operator.slug", read_only=True)
+    hub = serializers.CharField(source="center.cluster.hub.code", read_only=True)
+    cluster = serializers.CharField(source="center.cluster.code", read_only=True)
+    traits = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+    a100_equivalents = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Pool
+        fields = [
+            "national_id",
+            "name",
+            "center",
+            "operator",
+            "hub",
+            "cluster",
+            "accelerator",
+            "accelerators_per_node",
+            "nodes",
+            "accelerators",
+            "a100_equivalents",
+            "intra_node_interconnect",
+            "intra_node_bandwidth_gbps",
+            "inter_node_interconnect",
+            "inter_node_bandwidth_gbps",
+            "price_per_accelerator_hour",
+            "currency",
+            "declared_tflops_per_accelerator",
+            "measured_tflops_per_accelerator",
+            "verified_at",
+            "traits",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "version",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class PoolWriteSerializer(serializers.ModelSerializer):
+    center = serializers.SlugRelatedField(slug_field="national_id", queryset=Center.objects.none())
+    accelerator = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Accelerator.objects.all()
+    )
+    traits = serializers.ListField(
+        child=serializers.SlugField(max_length=40), required=False, max_length=32
+    )
+    currency = serializers.RegexField(
+        r"^[A-Z]{3}$",
+        required=False,
+        allow_blank=True,
+        error_messages={"invalid": "Use an ISO 4217 code such as CNY."},
+    )
+    version = serializers.IntegerField(
+        required=False, write_only=True, help_text="Expected version (optimistic concurrency)."
+    )
+
+    class Meta:
+        model = Pool
+        fields = [
+            "center",
+            "name",
+            "accelerator",
+            "accelerators_per_node",
+            "nodes",
+            "intra_node_interconnect",
+            "intra_node_bandwidth_gbps",
+            "inter_node_interconnect",
+            "inter_node_bandwidth_gbps",
+            "price_per_accelerator_hour",
+            "currency",
+            "declared_tflops_per_accelerator",
+            "traits",
+            "version",
+        ]
+        validators: list[Any] = []
+        extra_kwargs = {
+            "accelerators_per_node": {"min_value": 1},
+            "nodes": {"min_value": 1},
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        # Only the actor's own centers can be named: a foreign one reads as unknown.
+        self.fields["center"].queryset = selectors.centers_editable_by(
+            getattr(request, "user", None)
+        )
+        if self.instance is not None:
+            self.fields["center"].read_only = True
+
+
+class TransitionSerializer(serializers.Serializer):
+    to = serializers.ChoiceField(choices=Status.choices)
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class ChangeRecordSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = ChangeRecord
+        fields = [
+            "id",
+            "time",
+            "actor",
+            "door",
+            "request_id",
+            "object_type",
+            "object_key",
+            "object_repr",
+            "action",
+            "before",
+            "after",
+        ]
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["key_id", "name", "created_at", "last_used_at", "revoked_at"]
+        read_only_fields = ["key_id", "created_at", "last_used_at", "revoked_at"]
+
+
+class ApiTokenCreatedSerializer(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="Shown once; store it now.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+
+
+class CapacityRowSerializer(serializers.Serializer):
+    pools = serializers.IntegerField()
+    accelerators = serializers.IntegerField()
+    verified_accelerators = serializers.IntegerField()
+    verified_share = serializers.FloatField()
+    a100_equivalents = serializers.FloatField()
+
+
+class HubCapacitySerializer(CapacityRowSerializer):
+    hub = serializers.CharField()
+    hub_name = serializers.CharField()
+
+
+class ModelCapacitySerializer(CapacityRowSerializer):
+    accelerator = serializers.CharField()
+
+
+class OriginCapacitySerializer(CapacityRowSerializer):
+    origin = serializers.CharField()
+
+
+class TotalsSerializer(serializers.Serializer):
+    pools = serializers.IntegerField()
+    accelerators = serializers.IntegerField()
+    verified_accelerators = serializers.IntegerField()
+    verified_share = serializers.FloatField()
+
+
+class SummarySerializer(serializers.Serializer):
+    totals = TotalsSerializer()
+    centers = serializers.IntegerField()
+    by_hub = HubCapacitySerializer(many=True)
+    by_accelerator = ModelCapacitySerializer(many=True)
+    by_origin = OriginCapacitySerializer(many=True)

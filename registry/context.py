@@ -1,0 +1,25 @@
+"""Request-scoped context that services read without being handed a request.
+
+The request id follows a workload across web, broker, worker and agent: the web middleware sets
+it from ``X-Request-ID`` (or makes one), gRPC servicers and Celery tasks set it from their own
+metadata, and change records store it.
+"""
+
+import contextvars
+import re
+import uuid
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def new_request_id(candidate: str | None = None) -> str:
+    """Accept a caller's id if it is short and plain, else make a fresh one."""
+    if candidate and _SAFE_ID.match(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    return request_id_var.get()

@@ -1,0 +1,23 @@
+"""Registry models, split by sub-domain."""
+
+from .catalog import A100_BF16_DENSE_TFLOPS, Accelerator, Trait
+from .centers import Center, Pool
+from .changes import ChangeRecord, LifecycleTransition
+from .orgs import ApiToken, Membership, Organization
+from .topology import Cluster, Hub, HubLink
+
+__all__ = [
+    "A100_BF16_DENSE_TFLOPS",
+    "Accelerator",
+    "ApiToken",
+    "Center",
+    "ChangeRecord",
+    "Cluster",
+    "Hub",
+    "HubLink",
+    "LifecycleTransition",
+    "Membership",
+    "Organization",
+    "Pool",
+    "Trait",
+]

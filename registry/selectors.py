@@ -1,0 +1,200 @@
+"""Reads that carry a rule. Tenancy is decided here and nowhere else.
+
+Every door (REST viewsets, portal views, gRPC servicers, tasks) asks these selectors what a user
+may see or change. An object outside the result is answered as "not found", never "forbidden",
+so that its existence does not leak.
+"""
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
+
+from registry.choices import LISTED_STATUSES, OrgKind, Role, Status
+from registry.models import (
+    A100_BF16_DENSE_TFLOPS,
+    ApiToken,
+    Center,
+    ChangeRecord,
+    Hub,
+    Membership,
+    Organization,
+    Pool,
+)
+
+User = Any  # django.contrib.auth user or AnonymousUser
+
+
+def organization_of(user: User) -> Organization | None:
+    """The organization a user acts for, or None (anonymous, or no membership)."""
+    if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated:
+        return None
+    try:
+        return user.membership.organization
+    except Membership.DoesNotExist:
+        return None
+
+
+def role_of(user: User) -> str | None:
+    if organization_of(user) is None:
+        return None
+    return user.membership.role
+
+
+def is_platform_staff(user: User) -> bool:
+    org = organization_of(user)
+    return bool(org and org.kind == OrgKind.PLATFORM) or bool(getattr(user, "is_superuser", False))
+
+
+def can_operate(user: User) -> bool:
+    """Operators (any role) and platform staff may register centers and pools."""
+    org = organization_of(user)
+    return org is not None and org.kind in (OrgKind.OPERATOR, OrgKind.PLATFORM)
+
+
+def is_org_admin(user: User) -> bool:
+    return role_of(user) == Role.ADMIN or is_platform_staff(user)
+
+
+def centers_visible_to(user: User) -> QuerySet[Center]:
+    """Listed centers for everyone; the operator's own in any state; all for the platform."""
+    qs = Center.objects.select_related("operator", "cluster__hub")
+    if is_platform_staff(user):
+        return qs
+    listed = Q(status__in=LISTED_STATUSES)
+    org = organization_of(user)
+    return qs.filter(listed | Q(operator=org)) if org else qs.filter(listed)
+
+
+def centers_editable_by(user: User) -> QuerySet[Center]:
+    qs = Center.objects.select_related("operator", "cluster__hub")
+    if is_platform_staff(user):
+        return qs
+    if not can_operate(user):
+        return qs.none()
+    return qs.filter(operator=organization_of(user))
+
+
+def pools_visible_to(user: User) -> QuerySet[Pool]:
+    """Listed pools (in listed centers) for everyone; own pools in any state; all for staff."""
+    qs = Pool.objects.select_related("center__operator", "center__cluster__hub", "accelerator")
+    if is_platform_staff(user):
+        return qs
+    listed = Q(status__in=LISTED_STATUSES, center__status__in=LISTED_STATUSES)
+    org = organization_of(user)
+    return qs.filter(listed | Q(center__operator=org)) if org else qs.filter(listed)
+
+
+def pools_editable_by(user: User) -> QuerySet[Pool]:
+    qs = Pool.objects.select_related("center__operator", "center__cluster__hub", "accelerator")
+    if is_platform_staff(user):
+        return qs
+    if not can_operate(user):
+        return qs.none()
+    return qs.filter(center__operator=organization_of(user))
+
+
+def organizations_visible_to(user: User) -> QuerySet[Organization]:
+    if is_platform_staff(user):
+        return Organization.objects.all()
+    org = organization_of(user)
+    return Organization.objects.filter(pk=org.pk) if org else Organization.objects.none()
+
+
+def changes_visible_to(user: User) -> QuerySet[ChangeRecord]:
+    qs = ChangeRecord.objects.select_related("actor")
+    if is_platform_staff(user):
+        return qs
+    org = organization_of(user)
+    return qs.filter(owner=org) if org else qs.none()
+
+
+def tokens_of(user: User) -> QuerySet[ApiToken]:
+    if organization_of(user) is None and not getattr(user, "is_authenticated", False):
+        return ApiToken.objects.none()
+    return ApiToken.objects.filter(user=user)
+
+
+def _capacity_by(field: str, listed: QuerySet[Pool]) -> list[dict[str, Any]]:
+    """Accelerators, A100-equivalents and the verified share grouped by one field."""
+    active = Q(status=Status.ACTIVE)
+    per_acc = Coalesce(
+        F("measured_tflops_per_accelerator"),
+        F("accelerator__bf16_dense_tflops"),
+        F("accelerator__fp16_dense_tflops"),
+        F("declared_tflops_per_accelerator"),
+        Value(0.0),
+        output_field=FloatField(),
+    )
+    rows = (
+        listed.values(field)
+        .annotate(
+            n_pools=Count("id"),
+            n_accelerators=Coalesce(Sum("accelerators"), 0),
+            n_verified=Coalesce(Sum("accelerators", filter=active), 0),
+            tflops=Coalesce(
+                Sum(F("accelerators") * per_acc, output_field=FloatField()), Value(0.0)
+            ),
+        )
+        .order_by(field)
+    )
+    out = []
+    for agg in rows:
+        # Annotation names differ from model fields ("accelerators" is a column).
+        row = {
+            field: agg[field],
+            "pools": agg["n_pools"],
+            "accelerators": agg["n_accelerators"],
+            "verified_accelerators": agg["n_verified"],
+            "a100_equivalents": round(agg["tflops"] / A100_BF16_DENSE_TFLOPS, 1),
+        }
+        row["verified_share"] = (
+            round(row["verified_accelerators"] / row["accelerators"], 4)
+            if row["accelerators"]
+            else 0.0
+        )
+        out.append(row)
+    return out
+
+
+def national_summary() -> dict[str, Any]:
+    """Registered capacity by hub, accelerator model and vendor origin, and how much is verified.
+
+    Counts every pool that has been submitted (not drafts, not retired), so that "share
+    verified" compares verified capacity with everything declared to the platform.
+    """
+    declared = Pool.objects.exclude(status__in=[Status.DRAFT, Status.RETIRED])
+    agg = declared.aggregate(
+        n_pools=Count("id"),
+        n_accelerators=Coalesce(Sum("accelerators"), 0),
+        n_verified=Coalesce(Sum("accelerators", filter=Q(status=Status.ACTIVE)), 0),
+    )
+    totals: dict[str, Any] = {
+        "pools": agg["n_pools"],
+        "accelerators": agg["n_accelerators"],
+        "verified_accelerators": agg["n_verified"],
+    }
+    totals["verified_share"] = (
+        round(totals["verified_accelerators"] / totals["accelerators"], 4)
+        if totals["accelerators"]
+        else 0.0
+    )
+    hub_names = dict(Hub.objects.values_list("code", "name"))
+    by_hub = _capacity_by("center__cluster__hub__code", declared)
+    for row in by_hub:
+        row["hub"] = row.pop("center__cluster__hub__code")
+        row["hub_name"] = hub_names.get(row["hub"], row["hub"])
+    by_model = _capacity_by("accelerator__slug", declared)
+    for row in by_model:
+        row["accelerator"] = row.pop("accelerator__slug")
+    by_origin = _capacity_by("accelerator__origin", declared)
+    for row in by_origin:
+        row["origin"] = row.pop("accelerator__origin")
+    return {
+        "totals": totals,
+        "centers": Center.objects.exclude(status__in=[Status.DRAFT, Status.RETIRED]).count(),
+        "by_hub": by_hub,
+        "by_accelerator": by_model,
+        "by_origin": by_origin,
+    }

@@ -11,7 +11,7 @@ import pytest
 from agent_testing import StartAgent, simulated_config
 
 from agent.challenge import assemble, matrices, multiply, row_blocks
-from agent.config import SimulationConfig, SimulationMode
+from agent.config import AgentConfig, PoolConfig, SimulationConfig, SimulationMode
 from protos import agent_pb2, agent_pb2_grpc
 
 N = 160
@@ -189,3 +189,15 @@ def test_assemble_refuses_missing_or_overlapping_rows() -> None:
         assemble(blocks[:1], 4, "float64")
     with pytest.raises(ValueError, match="overlaps"):
         assemble([blocks[0], blocks[0]], 4, "float64")
+
+
+def test_a_real_agent_computes_on_the_host_and_reports_measured_time(
+    start_agent: StartAgent,
+) -> None:
+    pool = PoolConfig(key="cpu", accelerator_model="x86-cpu")
+    _, channel = start_agent(AgentConfig(agent_id="real", port=0, pools=(pool,)))
+    answer = run_benchmark(agent_pb2_grpc.AgentStub(channel), repetitions=2)
+    a, b = matrices(7, N, "float64")
+    np.testing.assert_array_equal(answer.product, a @ b)
+    assert answer.summary.device.startswith("numpy on CPU")
+    assert 0 < answer.summary.compute_seconds <= answer.seconds_to_first_message

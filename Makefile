@@ -11,6 +11,11 @@ TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format protos migrate seed bench up down check-deploy clean
+# `make up` runs the production topology as local processes against the machine's servers.
+UP_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
+UP_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
+UP_ENV = DATABASE_URL=$(UP_DATABASE_URL) CELERY_BROKER_URL=$(UP_CELERY_BROKER_URL) \
+	CACHE_URL=rediscache://127.0.0.1:6379/1 LOG_FORMAT=json
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +64,23 @@ check-deploy: $(VENV)/.installed ## Django's deployment checklist with productio
 
 bench: protos ## Run the benchmarks in bench/ (prints figures)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+up: protos ## Start web x2, workers x2, beat, broker x2, telemetry as local processes (PostgreSQL + Redis)
+	@bash .ci/ensure-services.sh
+	psql -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname='interconnect'" | grep -q 1 \
+		|| psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE interconnect" >/dev/null
+	$(UP_ENV) $(PY) manage.py migrate --noinput -v0
+	$(UP_ENV) $(PY) manage.py seed_national_topology
+	@mkdir -p var
+	@test ! -f var/up.pid || { echo "already up (var/up.pid); make down first"; exit 1; }
+	$(UP_ENV) WEB1_PORT=8001 WEB2_PORT=8002 BROKER_PORT=$(BROKER_PORT) TELEMETRY_PORT=50052 \
+		setsid $(VENV)/bin/honcho -f Procfile.up start > var/up.log 2>&1 & echo $$! > var/up.pid
+	@echo "up: web 127.0.0.1:8001 and :8002, broker :$(BROKER_PORT), telemetry :50052; logs in var/up.log"
+
+down: ## Stop what `make up` started
+	@test -f var/up.pid || { echo "not up"; exit 0; }
+	-kill -TERM -- -$$(cat var/up.pid) 2>/dev/null || kill -TERM $$(cat var/up.pid)
+	@rm -f var/up.pid; echo "down"
 
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) var protos/*_pb2*.py protos/*_pb2.pyi

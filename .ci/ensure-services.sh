@@ -57,4 +57,8 @@ fi
 if ! command -v chromium >/dev/null; then
   echo "installing Chromium"; apt_install chromium || echo "chromium not installable; e2e tests will skip" >&2
 fi
+# docker-compose (Debian's v1) validates docker-compose.yml without an engine.
+if ! command -v docker-compose >/dev/null; then
+  echo "installing docker-compose"; apt_install docker-compose || echo "docker-compose not installable" >&2
+fi
 echo "services ready: PostgreSQL 5432, Redis 6379$(port_open 5672 && echo ', RabbitMQ 5672')"

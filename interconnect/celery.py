@@ -13,3 +13,35 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "interconnect.settings")
 app = Celery("interconnect")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+# --- The request id follows a task: stamped on publish, restored before the task runs. ---------
+from typing import Any  # noqa: E402
+
+from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
+
+from registry.context import new_request_id, request_id_var  # noqa: E402
+
+_tokens: dict[str, Any] = {}
+
+
+@before_task_publish.connect
+def _stamp_request_id(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    if headers is not None:
+        from registry.context import current_request_id
+
+        headers.setdefault("request_id", current_request_id())
+
+
+@task_prerun.connect
+def _restore_request_id(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
+    incoming = getattr(task.request, "request_id", None) if task is not None else None
+    if task_id:
+        _tokens[task_id] = request_id_var.set(new_request_id(incoming))
+
+
+@task_postrun.connect
+def _clear_request_id(task_id: str | None = None, **kwargs: Any) -> None:
+    token = _tokens.pop(task_id, None) if task_id else None
+    if token is not None:
+        request_id_var.reset(token)

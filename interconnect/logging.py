@@ -1,0 +1,37 @@
+"""Structured JSON logs that carry the request or booking id across processes.
+
+Each line is one JSON object: time, level, logger, message, the current request id (set by the web
+middleware, the gRPC interceptors and Celery tasks from their own metadata) and any ``extra``
+fields. ``LOG_FORMAT=json`` turns it on; the default is plain text for people.
+"""
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from registry.context import current_request_id
+
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        request_id = getattr(record, "request_id", None) or current_request_id()
+        if request_id:
+            data["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in data:
+                data[key] = (
+                    value if isinstance(value, str | int | float | bool | None) else repr(value)
+                )
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)

@@ -194,6 +194,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_queue_dir / "processed"),
+        "control_folder": str(_queue_dir / "control"),
         "store_processed": False,
     }
     # The file-system transport has no fan-out exchange for remote control.
@@ -253,3 +254,23 @@ LOGGING = {
 # Hosts an agent endpoint may not point at unless explicitly allowed (SSRF guard). Loopback is
 # allowed by default so that simulated agents work on one machine; production should narrow it.
 AGENT_ENDPOINT_ALLOW_LOOPBACK = env.bool("AGENT_ENDPOINT_ALLOW_LOOPBACK", default=not PRODUCTION)
+# Webhook targets on private or loopback addresses (SSRF guard); allowed only outside production.
+WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", default=not PRODUCTION)
+
+# --- Verification (verification/; README "Verification") ---------------------------------------
+# Simulated agents run time-scaled; the verifier must use the same factor (1.0 in production).
+VERIFICATION_TIME_SCALE = env.float("VERIFICATION_TIME_SCALE", default=1.0)
+# Measured / declared throughput below this fails the pool.
+VERIFICATION_TOLERANCE = env.float("VERIFICATION_TOLERANCE", default=0.8)
+VERIFICATION_MATRIX_SIZE = env.int("VERIFICATION_MATRIX_SIZE", default=1024)
+VERIFICATION_REPETITIONS = env.int("VERIFICATION_REPETITIONS", default=2)
+VERIFICATION_DTYPE = env.str("VERIFICATION_DTYPE", default="float64")
+VERIFICATION_FREIVALDS_ROUNDS = env.int("VERIFICATION_FREIVALDS_ROUNDS", default=16)
+VERIFICATION_RPC_TIMEOUT = env.float("VERIFICATION_RPC_TIMEOUT", default=60.0)
+VERIFICATION_MAX_RETRIES = env.int("VERIFICATION_MAX_RETRIES", default=5)
+# Hard limit of one verification task; a running claim older than this may be taken over.
+VERIFICATION_TASK_TIME_LIMIT = env.int("VERIFICATION_TASK_TIME_LIMIT", default=180)
+VERIFICATION_REVERIFY_HOURS = env.float("VERIFICATION_REVERIFY_HOURS", default=24.0)
+VERIFICATION_REVERIFY_JITTER = env.float("VERIFICATION_REVERIFY_JITTER", default=0.5)
+HEARTBEAT_DEGRADED_AFTER = env.int("HEARTBEAT_DEGRADED_AFTER", default=30)
+HEARTBEAT_OFFLINE_AFTER = env.int("HEARTBEAT_OFFLINE_AFTER", default=120)

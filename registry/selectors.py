@@ -21,6 +21,8 @@ from registry.models import (
     Membership,
     Organization,
     Pool,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 
 User = Any  # django.contrib.auth user or AnonymousUser
@@ -198,3 +200,61 @@ def national_summary() -> dict[str, Any]:
         "by_accelerator": by_model,
         "by_origin": by_origin,
     }
+
+
+# --- Portal reads -----------------------------------------------------------------------------
+
+
+def tflops_per_accelerator() -> Coalesce:
+    """Throughput one accelerator of a pool counts for: measured once verified, else the datasheet
+    (BF16, else FP16), else the operator's declaration (as ``Pool.a100_equivalents`` and
+    ``national_summary`` count it)."""
+    return Coalesce(
+        F("measured_tflops_per_accelerator"),
+        F("accelerator__bf16_dense_tflops"),
+        F("accelerator__fp16_dense_tflops"),
+        F("declared_tflops_per_accelerator"),
+        Value(0.0),
+        output_field=FloatField(),
+    )
+
+
+def pools_with_a100_equivalents(qs: QuerySet[Pool]) -> QuerySet[Pool]:
+    """Annotate ``a100_eq`` (the pool's capacity in A100-equivalents) so that searches can filter
+    and sort by it in the database."""
+    return qs.annotate(
+        a100_eq=F("accelerators") * tflops_per_accelerator() / Value(A100_BF16_DENSE_TFLOPS)
+    )
+
+
+def capacity_by_cluster() -> list[dict[str, Any]]:
+    """Declared capacity per data-center cluster (same counting as ``national_summary``)."""
+    declared = Pool.objects.exclude(status__in=[Status.DRAFT, Status.RETIRED])
+    rows = _capacity_by("center__cluster__code", declared)
+    for row in rows:
+        row["cluster"] = row.pop("center__cluster__code")
+    return rows
+
+
+def members_of(user: User) -> QuerySet[Membership]:
+    """The members of the user's organization (nobody's for a user without one)."""
+    org = organization_of(user)
+    if org is None:
+        return Membership.objects.none()
+    return Membership.objects.filter(organization=org).select_related("user")
+
+
+def webhooks_of(user: User) -> QuerySet[WebhookSubscription]:
+    org = organization_of(user)
+    return (
+        WebhookSubscription.objects.filter(organization=org)
+        if org
+        else WebhookSubscription.objects.none()
+    )
+
+
+def webhook_deliveries_of(user: User) -> QuerySet[WebhookDelivery]:
+    org = organization_of(user)
+    if org is None:
+        return WebhookDelivery.objects.none()
+    return WebhookDelivery.objects.filter(subscription__organization=org)

@@ -19,6 +19,7 @@ from registry.choices import (
     EDITABLE_STATUSES,
     OPERATOR_TRANSITIONS,
     ChangeAction,
+    Role,
     Status,
 )
 from registry.context import current_request_id
@@ -29,6 +30,7 @@ from registry.models import (
     ChangeRecord,
     Cluster,
     LifecycleTransition,
+    Membership,
     Organization,
     Pool,
     Trait,
@@ -102,6 +104,8 @@ def _owner_of(obj: models.Model) -> Organization | None:
         return obj.center.operator
     if isinstance(obj, Organization):
         return obj
+    if isinstance(obj, Membership):
+        return obj.organization
     return None
 
 
@@ -588,3 +592,46 @@ def user_for_token(raw: str) -> User | None:
     if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
     return row.user
+
+
+# --- Members ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def member_invite(
+    *, actor: User, door: str, username: str, email: str, role: str
+) -> tuple[Any, str]:
+    """An organization admin adds a member to their organization.
+
+    The new user gets a random one-time password, returned once (shown to the admin to pass on)
+    and never stored in clear; the member changes it after signing in.
+    """
+    import secrets
+
+    from django.contrib.auth import get_user_model
+
+    if not selectors.is_org_admin(actor):
+        raise PermissionDenied("Only organization admins invite members.")
+    org = selectors.organization_of(actor)
+    if org is None:
+        raise PermissionDenied("Only members of an organization invite members.")
+    if role not in Role.values:
+        raise ValidationError({"role": ["Unknown role."]})
+    username = (username or "").strip()
+    user_model = get_user_model()
+    user = user_model(username=username, email=(email or "").strip())
+    password = secrets.token_urlsafe(12)
+    user.set_password(password)
+    # full_clean checks the username's characters and its uniqueness with Django's messages.
+    user.full_clean(exclude=["password"])
+    user.save()
+    membership = Membership.objects.create(user=user, organization=org, role=role)
+    change_record(
+        obj=membership,
+        action=ChangeAction.CREATE,
+        actor=actor,
+        door=door,
+        before=None,
+        after={"username": user.username, "role": role, "organization": org.slug},
+    )
+    return user, password

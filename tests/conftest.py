@@ -31,6 +31,25 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
         call_command("seed_national_topology", verbosity=0)
 
 
+@pytest.fixture(autouse=True)
+def _national_topology(request: pytest.FixtureRequest) -> None:
+    """Make sure the topology is there for every database test.
+
+    A ``transaction=True`` test ends with a flush of every table, which also removes the data
+    seeded once per session; the next database test seeds it again (inside its own transaction,
+    or committed for a transactional test).
+    """
+    if request.node.get_closest_marker("django_db") is None and not (
+        {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    ):
+        return
+    request.getfixturevalue("_django_db_helper")
+    from registry.models import Hub
+
+    if not Hub.objects.exists():
+        call_command("seed_national_topology", verbosity=0)
+
+
 @pytest.fixture
 def acme(db: Any) -> Any:
     return OrganizationFactory(slug="acme", name="Acme Compute", kind=OrgKind.OPERATOR)

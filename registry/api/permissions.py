@@ -30,3 +30,12 @@ class OrgAdminForDestroy(permissions.BasePermission):
         if request.method != "DELETE":
             return True
         return selectors.is_org_admin(request.user)
+
+
+class OrgAdminPermission(permissions.BasePermission):
+    """Organization settings (webhooks) are for the organization's admins."""
+
+    message = "Only an organization admin may manage this."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return selectors.is_org_admin(request.user)

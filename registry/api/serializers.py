@@ -18,6 +18,8 @@ from registry.models import (
     HubLink,
     Organization,
     Pool,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 
 _ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
@@ -319,3 +321,37 @@ class SummarySerializer(serializers.Serializer):
     by_hub = HubCapacitySerializer(many=True)
     by_accelerator = ModelCapacitySerializer(many=True)
     by_origin = OriginCapacitySerializer(many=True)
+
+
+class WebhookSubscriptionSerializer(serializers.ModelSerializer):
+    events = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+
+    class Meta:
+        model = WebhookSubscription
+        fields = ["id", "url", "events", "active", "created_at"]
+        read_only_fields = ["id", "active", "created_at"]
+
+
+class WebhookSubscriptionCreatedSerializer(WebhookSubscriptionSerializer):
+    secret = serializers.CharField(read_only=True, help_text="HMAC-SHA256 signing secret.")
+
+    class Meta(WebhookSubscriptionSerializer.Meta):
+        fields = [*WebhookSubscriptionSerializer.Meta.fields, "secret"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "subscription",
+            "event_id",
+            "event",
+            "payload",
+            "state",
+            "attempts",
+            "last_status_code",
+            "last_error",
+            "created_at",
+            "delivered_at",
+        ]

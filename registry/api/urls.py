@@ -15,6 +15,8 @@ router.register("centers", views.CenterViewSet, basename="center")
 router.register("pools", views.PoolViewSet, basename="pool")
 router.register("changes", views.ChangeRecordViewSet, basename="change")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
+router.register("webhooks", views.WebhookViewSet, basename="webhook")
+router.register("webhook-deliveries", views.WebhookDeliveryViewSet, basename="webhookdelivery")
 
 urlpatterns = [
     path("summary/", views.SummaryView.as_view(), name="summary"),

@@ -13,9 +13,13 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from registry import selectors, services
+from registry import selectors, services, webhooks
 from registry.api import serializers as s
-from registry.api.permissions import OperatorWritePermission, OrgAdminForDestroy
+from registry.api.permissions import (
+    OperatorWritePermission,
+    OrgAdminForDestroy,
+    OrgAdminPermission,
+)
 from registry.choices import Door
 from registry.filtersets import (
     AcceleratorFilterSet,
@@ -307,3 +311,39 @@ class SummaryView(APIView):
     @extend_schema(responses=s.SummarySerializer)
     def get(self, request: Request) -> Response:
         return Response(s.SummarySerializer(selectors.national_summary()).data)
+
+
+class WebhookViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """The organization's webhook subscriptions (admins). Payloads are HMAC-SHA256 signed."""
+
+    serializer_class = s.WebhookSubscriptionCreatedSerializer
+    permission_classes = [IsAuthenticated, OrgAdminPermission]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        return selectors.webhooks_of(self.request.user)
+
+    @extend_schema(responses=s.WebhookSubscriptionCreatedSerializer)
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        ser = s.WebhookSubscriptionSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        sub = webhooks.webhook_subscribe(
+            organization=selectors.organization_of(request.user), **ser.validated_data
+        )
+        return Response(s.WebhookSubscriptionCreatedSerializer(sub).data, status=201)
+
+
+class WebhookDeliveryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The delivery log of the organization's webhooks."""
+
+    serializer_class = s.WebhookDeliverySerializer
+    permission_classes = [IsAuthenticated, OrgAdminPermission]
+    filterset_fields = ["state", "event"]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        return selectors.webhook_deliveries_of(self.request.user)

@@ -5,9 +5,11 @@ from .centers import Center, Pool
 from .changes import ChangeRecord, LifecycleTransition
 from .orgs import ApiToken, Membership, Organization
 from .topology import Cluster, Hub, HubLink
+from .webhooks import WEBHOOK_EVENTS, WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "A100_BF16_DENSE_TFLOPS",
+    "WEBHOOK_EVENTS",
     "Accelerator",
     "ApiToken",
     "Center",
@@ -20,4 +22,6 @@ __all__ = [
     "Organization",
     "Pool",
     "Trait",
+    "WebhookDelivery",
+    "WebhookSubscription",
 ]

@@ -52,6 +52,8 @@ COVERED_ELSEWHERE = {
     "organization": "own organization only: test_tenancy_lists",
     "change": "own objects only: test_tenancy_lists",
     "token": "own tokens only: test_tokens",
+    "webhook": "own organization's admins only: tests/ops/test_webhooks.py",
+    "webhookdelivery": "own organization's admins only: tests/ops/test_webhooks.py",
 }
 MATRIX_RESOURCES = {"center", "pool"}
 

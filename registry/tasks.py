@@ -1,0 +1,27 @@
+"""Celery tasks of the registry: thin wrappers over services."""
+
+from celery import shared_task
+
+from registry import webhooks
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=(webhooks.DeliveryFailed,),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=8,
+    soft_time_limit=30,
+    time_limit=60,
+)
+def webhook_deliver_task(self, delivery_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Deliver one webhook; retried with backoff; marked failed after the last retry."""
+    try:
+        webhooks.webhook_deliver(delivery_id=delivery_id)
+    except webhooks.DeliveryFailed:
+        if self.request.retries >= self.max_retries:
+            webhooks.webhook_give_up(delivery_id=delivery_id)
+            return
+        raise

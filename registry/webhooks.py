@@ -1,0 +1,191 @@
+"""Webhook services: subscribe, emit an event, deliver it (signed, retried, logged).
+
+Apps above the registry call ``webhook_emit`` inside their own transaction; deliveries are
+created in it and sent by a Celery task after commit, so an event is never sent for a change
+that rolled back.
+"""
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
+
+DELIVERY_TIMEOUT_SECONDS = 5
+
+
+class DeliveryFailed(Exception):
+    """A delivery attempt that may succeed later (network error, 5xx, 429)."""
+
+
+def _check_url(url: str) -> None:
+    """SSRF guard: http(s) only; private, loopback and link-local targets only when allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError({"url": ["Use an http:// or https:// URL."]})
+    if settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError:
+        raise ValidationError({"url": ["The host does not resolve."]}) from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_reserved
+        ):
+            raise ValidationError({"url": ["The URL points at a private or local address."]})
+
+
+@transaction.atomic
+def webhook_subscribe(
+    *, organization: Organization, url: str, events: list[str] | None = None
+) -> WebhookSubscription:
+    unknown = sorted(set(events or []) - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise ValidationError({"events": [f"Unknown events: {', '.join(unknown)}."]})
+    _check_url(url)
+    sub = WebhookSubscription(organization=organization, url=url, events=sorted(set(events or [])))
+    sub.full_clean()
+    sub.save()
+    return sub
+
+
+def webhook_emit(*, organization: Organization | None, event: str, data: dict[str, Any]) -> int:
+    """Record one delivery per matching subscription of ``organization`` and send after commit.
+
+    Returns the number of deliveries created.
+    """
+    if organization is None:
+        return 0
+    if event not in WEBHOOK_EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}")
+    created = []
+    for sub in WebhookSubscription.objects.filter(organization=organization, active=True):
+        if sub.wants(event):
+            payload = {"event": event, "time": timezone.now().isoformat(), "data": data}
+            created.append(
+                WebhookDelivery.objects.create(subscription=sub, event=event, payload=payload)
+            )
+    if created:
+        from registry.tasks import webhook_deliver_task
+
+        ids = [d.pk for d in created]
+        transaction.on_commit(lambda: [webhook_deliver_task.delay(pk) for pk in ids])
+    return len(created)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
+    """Send one delivery (one attempt). Raises ``DeliveryFailed`` for a retryable failure.
+
+    The HTTP call happens outside any transaction; a delivery already delivered is not sent
+    again (the task may be redelivered after a worker died).
+    """
+    delivery = WebhookDelivery.objects.select_related("subscription").get(pk=delivery_id)
+    if delivery.state != WebhookDelivery.State.PENDING:
+        return delivery
+    body = json.dumps({"id": str(delivery.event_id), **delivery.payload}).encode()
+    timestamp = str(int(time.time()))
+    request = urllib.request.Request(
+        delivery.subscription.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "compute-interconnect-webhooks/1",
+            "X-Interconnect-Event": delivery.event,
+            "X-Interconnect-Delivery": str(delivery.event_id),
+            "X-Interconnect-Timestamp": timestamp,
+            "X-Interconnect-Signature": sign(delivery.subscription.secret, timestamp, body),
+        },
+    )
+    status_code: int | None = None
+    error = ""
+    try:
+        with urllib.request.urlopen(request, timeout=DELIVERY_TIMEOUT_SECONDS) as response:
+            status_code = response.status
+    except urllib.error.HTTPError as exc:
+        status_code, error = exc.code, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        error = str(getattr(exc, "reason", exc))[:500]
+    ok = status_code is not None and 200 <= status_code < 300
+    retryable = not ok and (status_code is None or status_code >= 500 or status_code == 429)
+    fields: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
+    if ok:
+        fields |= {"state": WebhookDelivery.State.DELIVERED, "delivered_at": timezone.now()}
+    elif not retryable:
+        fields |= {"state": WebhookDelivery.State.FAILED}
+    from django.db.models import F
+
+    WebhookDelivery.objects.filter(pk=delivery.pk, state=WebhookDelivery.State.PENDING).update(
+        attempts=F("attempts") + 1, **fields
+    )
+    delivery.refresh_from_db()
+    if retryable:
+        raise DeliveryFailed(error or f"HTTP {status_code}")
+    return delivery
+
+
+def webhook_give_up(*, delivery_id: int) -> None:
+    """Mark a delivery failed after its last retry."""
+    WebhookDelivery.objects.filter(pk=delivery_id, state=WebhookDelivery.State.PENDING).update(
+        state=WebhookDelivery.State.FAILED
+    )
+
+
+# --- Registry events --------------------------------------------------------------------------
+
+POOL_EVENTS = {
+    "active": "pool.verified",
+    "failed": "pool.failed",
+    "degraded": "pool.degraded",
+    "offline": "pool.offline",
+}
+
+
+def on_status_changed(
+    sender: Any,
+    object_type: str,
+    object_id: int,
+    from_status: str,
+    to_status: str,
+    reason: str,
+    **kwargs: Any,
+) -> None:
+    """Pool lifecycle -> webhook events for the pool's operator (runs after commit)."""
+    from registry.models import Pool
+
+    event = POOL_EVENTS.get(to_status)
+    if object_type != "registry.pool" or event is None:
+        return
+    if event == "pool.verified" and from_status not in ("verifying", "submitted"):
+        return  # back from degraded is not a new verification
+    pool = Pool.objects.select_related("center__operator").filter(pk=object_id).first()
+    if pool is None:
+        return
+    with transaction.atomic():
+        webhook_emit(
+            organization=pool.center.operator,
+            event=event,
+            data={"pool": pool.national_id, "from": from_status, "to": to_status, "reason": reason},
+        )

@@ -10,7 +10,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format protos migrate seed bench up down check-deploy clean
+.PHONY: help run test lint format protos migrate seed bench up down check-deploy clean fuzz
 # `make up` runs the production topology as local processes against the machine's servers.
 UP_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 UP_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
@@ -81,6 +81,11 @@ down: ## Stop what `make up` started
 	@test -f var/up.pid || { echo "not up"; exit 0; }
 	-kill -TERM -- -$$(cat var/up.pid) 2>/dev/null || kill -TERM $$(cat var/up.pid)
 	@rm -f var/up.pid; echo "down"
+
+fuzz: $(VENV)/.installed ## Long schemathesis campaign against a running `make run` (PORT), as the demo operator
+	$(VENV)/bin/schemathesis run http://127.0.0.1:$(PORT)/api/schema/?format=json --max-examples 200 \
+		--checks not_a_server_error,response_schema_conformance \
+		-H "Authorization: Bearer $$($(PY) -c "import json;print(json.load(open('var/demo-tokens.json'))['zhongwei'])")"
 
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) var protos/*_pb2*.py protos/*_pb2.pyi

@@ -156,7 +156,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "registry.pagination.CappedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "registry.api.exceptions.exception_handler",
@@ -274,3 +274,18 @@ VERIFICATION_REVERIFY_HOURS = env.float("VERIFICATION_REVERIFY_HOURS", default=2
 VERIFICATION_REVERIFY_JITTER = env.float("VERIFICATION_REVERIFY_JITTER", default=0.5)
 HEARTBEAT_DEGRADED_AFTER = env.int("HEARTBEAT_DEGRADED_AFTER", default=30)
 HEARTBEAT_OFFLINE_AFTER = env.int("HEARTBEAT_OFFLINE_AFTER", default=120)
+
+# --- Broker (brokers/; README "Broker") --------------------------------------------------------
+# Length of a ledger slot: booking windows are rounded outward to whole slots.
+BROKER_SLOT_MINUTES = env.int("BROKER_SLOT_MINUTES", default=15)
+# Pools the candidate query hands to the Python filters and scorers, at most.
+BROKER_CANDIDATE_LIMIT = env.int("BROKER_CANDIDATE_LIMIT", default=200)
+# When capacity is scarce, a firm holding this share of it gets no more (fair sharing).
+BROKER_FAIR_SHARE_CAP = env.float("BROKER_FAIR_SHARE_CAP", default=0.5)
+# Placement weights per latency class, overriding brokers.placement.scorers.DEFAULT_WEIGHTS.
+BROKER_PLACEMENT_WEIGHTS: dict[str, dict[str, float]] = {}
+# Dispatch booked workloads to agents on commit (off for benchmarks without agents).
+BROKER_DISPATCH = env.bool("BROKER_DISPATCH", default=True)
+# gRPC server: worker threads per process and the message size limit both ways.
+BROKER_GRPC_WORKERS = env.int("BROKER_GRPC_WORKERS", default=16)
+BROKER_GRPC_MAX_MESSAGE_BYTES = env.int("BROKER_GRPC_MAX_MESSAGE_BYTES", default=4 * 1024 * 1024)

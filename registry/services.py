@@ -9,6 +9,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.utils import timezone
@@ -36,6 +37,7 @@ from registry.models import (
     Trait,
 )
 from registry.models.orgs import hash_token_secret
+from registry.netguard import resolve_public
 from registry.signals import pool_submitted, status_changed
 
 User = Any
@@ -106,7 +108,9 @@ def _owner_of(obj: models.Model) -> Organization | None:
         return obj
     if isinstance(obj, Membership):
         return obj.organization
-    return None
+    # Apps above the registry (verification, brokers) name the tenant of their own objects.
+    owner = getattr(obj, "change_log_owner", None)
+    return owner if isinstance(owner, Organization) else None
 
 
 def change_record(
@@ -233,6 +237,21 @@ def _require_operator(actor: User) -> Organization:
     return org
 
 
+def _check_agent_endpoint(endpoint: str) -> None:
+    """The agent endpoint must be ``host:port`` and, outside development, public (SSRF)."""
+    if not endpoint:
+        return
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ValidationError({"agent_endpoint": ["Expected host:port."]})
+    resolve_public(
+        host,
+        int(port),
+        field="agent_endpoint",
+        allow_private=settings.AGENT_ENDPOINT_ALLOW_LOOPBACK,
+    )
+
+
 @transaction.atomic
 def center_register(*, actor: User, door: str, data: dict[str, Any]) -> Center:
     """Register a new center (``draft``) for the actor's organization and give it its national
@@ -246,6 +265,7 @@ def center_register(*, actor: User, door: str, data: dict[str, Any]) -> Center:
         raise ValidationError({"cluster": ["A cluster is required."]})
     # Lock the cluster row: the sequence number is read and bumped by one writer at a time.
     cluster = Cluster.objects.select_for_update().select_related("hub").get(pk=cluster.pk)
+    _check_agent_endpoint(data.get("agent_endpoint", ""))
     center = Center(operator=operator, **data)
     center.cluster = cluster
     center.national_id = (
@@ -289,6 +309,8 @@ def center_update(
         raise ValidationError(
             {"cluster": ["The cluster can only change while the center is a draft."]}
         )
+    if "agent_endpoint" in data:
+        _check_agent_endpoint(data["agent_endpoint"])
     before = snapshot(center)
     for field, value in data.items():
         setattr(center, field, value)
@@ -517,6 +539,45 @@ def pool_request_transition(*, pool: Pool, to: str, reason: str, actor: User, do
         door=door,
         as_operator=not staff,
     )
+
+
+@transaction.atomic
+def pool_record_measurement(
+    *,
+    pool: Pool,
+    measured_tflops_per_accelerator: float,
+    verified_at: dt.datetime,
+    actor: User | None,
+    door: str,
+) -> Pool:
+    """Record what verification measured on a pool: throughput per accelerator, and when.
+
+    Written by the platform's verifier only (it is not an operator-editable field); the status
+    move that goes with a verdict is a separate ``lifecycle_transition``.
+    """
+    before = {
+        "measured_tflops_per_accelerator": pool.measured_tflops_per_accelerator,
+        "verified_at": _jsonable(pool.verified_at),
+    }
+    Pool.objects.filter(pk=pool.pk).update(
+        measured_tflops_per_accelerator=measured_tflops_per_accelerator,
+        verified_at=verified_at,
+        updated_at=timezone.now(),
+    )
+    pool.measured_tflops_per_accelerator = measured_tflops_per_accelerator
+    pool.verified_at = verified_at
+    change_record(
+        obj=pool,
+        action=ChangeAction.UPDATE,
+        actor=actor,
+        door=door,
+        before=before,
+        after={
+            "measured_tflops_per_accelerator": measured_tflops_per_accelerator,
+            "verified_at": _jsonable(verified_at),
+        },
+    )
+    return pool
 
 
 def center_request_transition(

@@ -7,9 +7,7 @@ that rolled back.
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
+from registry.netguard import resolve_public
 
 DELIVERY_TIMEOUT_SECONDS = 5
 
@@ -31,25 +30,16 @@ class DeliveryFailed(Exception):
 
 
 def _check_url(url: str) -> None:
-    """SSRF guard: http(s) only; private, loopback and link-local targets only when allowed."""
+    """http(s) only, and no private or local target outside development (SSRF guard)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError({"url": ["Use an http:// or https:// URL."]})
-    if settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError:
-        raise ValidationError({"url": ["The host does not resolve."]}) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_reserved
-        ):
-            raise ValidationError({"url": ["The URL points at a private or local address."]})
+    resolve_public(
+        parts.hostname,
+        parts.port or (443 if parts.scheme == "https" else 80),
+        field="url",
+        allow_private=settings.WEBHOOK_ALLOW_PRIVATE_TARGETS,
+    )
 
 
 @transaction.atomic

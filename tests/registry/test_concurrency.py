@@ -10,6 +10,7 @@ from registry import services
 from registry.choices import Door, Status
 from registry.errors import IllegalTransition
 from registry.models import LifecycleTransition, Pool
+from tests.figures import figure
 
 WRITERS = 10
 
@@ -51,9 +52,7 @@ def test_concurrent_patches_with_the_same_version_let_exactly_one_through(
             .status_code
         ),
     )
-    print(
-        f'\n{{"test":"B8.version","writers":{WRITERS},"ok":{codes.count(200)},"precondition_failed":{codes.count(409)}}}'
-    )
+    figure("B8.version", writers=WRITERS, ok=codes.count(200), precondition_failed=codes.count(409))
     assert sorted(codes) == [200] + [409] * (WRITERS - 1)
     winner = codes.index(200)
     pool.refresh_from_db()

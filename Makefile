@@ -38,6 +38,7 @@ migrate: protos ## Apply migrations (embedded SQLite unless DATABASE_URL is set)
 seed: migrate ## Load the national topology, catalog and demo data
 	$(PY) manage.py seed_national_topology
 	$(PY) manage.py seed_demo
+	$(PY) manage.py setup_schedules
 
 run: seed ## Set up and run the whole platform on embedded defaults (no server needed)
 	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT)

@@ -94,6 +94,12 @@ DECLARED_TFLOPS: Mapping[str, float] = {
     "nvidia-a800-sxm": 312.0,
     "nvidia-l40s": 362.0,
     "huawei-ascend-910b": 320.0,
+    # The platform catalog's slugs (registry/data/accelerators.py), so that a simulated agent of
+    # any catalog model starts without --declared-tflops.
+    "nvidia-a100-80g": 312.0,
+    "nvidia-a800-80g": 312.0,
+    "nvidia-h200-sxm": 989.0,
+    "nvidia-l20": 119.5,
 }
 
 

@@ -1,0 +1,226 @@
+"""A submitted pool is verified end to end by a real Celery worker against a real site agent.
+
+Submission (registry service) -> ``pool_submitted`` on commit -> a queued run -> ``pool_verify``
+on the worker -> gRPC to the simulated agent -> verdict and pool status. Each simulation mode
+must end where the platform's rules say, with the reason in the run and in the pool's status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from agent.config import SimulationMode
+from registry import services as registry_services
+from registry.choices import Door, Status
+from registry.models import LifecycleTransition, Pool
+from tests.harness.figures import Figure
+from tests.verification.conftest import agent_config, wait_finished, wait_for
+from verification.choices import RunState, Trigger
+from verification.models import VerificationRun
+from verification.tasks import pool_verify
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def submit(pool: Pool, actor: Any) -> VerificationRun:
+    """Submit through the registry's service, as every door does, and return the queued run."""
+    registry_services.pool_submit(pool=pool, actor=actor, door=Door.API)
+    return wait_for(lambda: VerificationRun.objects.filter(pool=pool).first(), what="a queued run")
+
+
+def transitions_to(pool: Pool, status: str) -> int:
+    return LifecycleTransition.objects.filter(
+        object_type="registry.pool", object_id=pool.pk, to_status=status
+    ).count()
+
+
+def test_an_honest_center_becomes_active_with_its_evidence(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    pool = pool_at(alice.membership.organization, start_agent(agent_config()))
+
+    run = wait_finished(submit(pool, alice))
+
+    pool.refresh_from_db()
+    assert run.state == RunState.PASSED, run.verdict_reason
+    assert run.trigger == Trigger.SUBMITTED
+    assert pool.status == Status.ACTIVE
+    assert pool.center.status == Status.ACTIVE  # a center is listed with its first verified pool
+    assert pool.verified_at is not None
+    # Measured on one emulated accelerator, scaled back to real time: close to the declaration.
+    assert 0.8 * 312 <= pool.measured_tflops_per_accelerator <= 1.05 * 312
+    assert run.n == 192 and run.k == 16 and len(run.freivalds) == 16
+    assert all(entry["passed"] for entry in run.freivalds)
+    assert run.inventory_match["mismatches"] == []
+    assert run.rtt_ms is not None and run.claimed_compute_seconds > 0
+    assert run.wall_to_first_chunk_seconds >= run.claimed_compute_seconds
+    assert transitions_to(pool, Status.VERIFYING) == 1
+    assert transitions_to(pool, Status.ACTIVE) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (SimulationMode.CHEAT_WRONG, "wrong product"),
+        (SimulationMode.CHEAT_PARTIAL, "wrong product"),
+        (SimulationMode.CHEAT_TIMING, "timing"),
+        (SimulationMode.SLOW, "throughput"),
+    ],
+)
+def test_a_cheating_or_slow_center_fails_with_the_reason(
+    mode: SimulationMode,
+    reason: str,
+    celery_worker: Any,
+    start_agent: Any,
+    pool_at: Any,
+    alice: Any,
+) -> None:
+    pool = pool_at(alice.membership.organization, start_agent(agent_config(mode)))
+
+    run = wait_finished(submit(pool, alice))
+
+    pool.refresh_from_db()
+    assert run.state == RunState.FAILED
+    assert run.verdict_reason.startswith(reason), run.verdict_reason
+    assert pool.status == Status.FAILED
+    assert pool.status_reason == run.verdict_reason
+    assert pool.measured_tflops_per_accelerator is None
+    if mode is SimulationMode.CHEAT_PARTIAL:
+        # About 1 % of the rows are off: most random vectors still expose it.
+        assert sum(not entry["passed"] for entry in run.freivalds) >= 8
+
+
+def test_a_center_that_misdeclares_its_hardware_fails_on_inventory(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    endpoint = start_agent(agent_config(nodes=2))  # the pool declares 4 nodes
+
+    run = wait_finished(submit(pool_at(alice.membership.organization, endpoint), alice))
+
+    assert run.state == RunState.FAILED
+    assert run.verdict_reason == "inventory mismatch: nodes: declared 4, agent reports 2"
+
+
+def test_a_flaky_center_is_retried_then_becomes_active(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    # The first GetInventory and the first RunBenchmark fail with UNAVAILABLE.
+    endpoint = start_agent(agent_config(SimulationMode.FLAKY, flaky_failures=1))
+    pool = pool_at(alice.membership.organization, endpoint)
+
+    run = wait_finished(submit(pool, alice))
+
+    pool.refresh_from_db()
+    assert run.state == RunState.PASSED, run.verdict_reason
+    assert run.attempts == 3  # inventory fails, then the benchmark fails, then all is well
+    assert pool.status == Status.ACTIVE
+    assert transitions_to(pool, Status.ACTIVE) == 1
+
+
+def test_an_unreachable_center_ends_in_error_after_the_retries(
+    celery_worker: Any, pool_at: Any, alice: Any, settings: Any
+) -> None:
+    pool = pool_at(alice.membership.organization, "127.0.0.1:9")  # nothing listens on port 9
+
+    run = wait_finished(submit(pool, alice), timeout=90)
+
+    pool.refresh_from_db()
+    assert run.state == RunState.ERROR
+    assert run.attempts == 5  # the first delivery and 4 retries
+    assert run.verdict_reason.startswith("agent unreachable")
+    assert pool.status == Status.FAILED
+    assert pool.status_reason.startswith("agent unreachable")
+
+
+def test_a_run_whose_worker_is_killed_is_completed_exactly_once(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    figure = Figure("C1.verification_child_kill", broker="redis", tasks=1, kills=0)
+    try:
+        # A slower accelerator makes the challenge last ~5 s, so the kill lands mid-benchmark.
+        endpoint = start_agent(agent_config(declared_tflops=20.0))
+        pool = pool_at(
+            alice.membership.organization, endpoint, declared_tflops_per_accelerator=20.0
+        )
+        run = submit(pool, alice)
+        claimed = wait_for(
+            lambda: (
+                VerificationRun.objects.filter(pk=run.pk, state=RunState.RUNNING)
+                .exclude(claimed_by="")
+                .first()
+            ),
+            what="the run claimed by a worker child",
+        )
+        child_pid = int(claimed.claimed_by.split(":")[1])
+        # The child is a descendant of the worker this session started; kill only that pid.
+        os.kill(child_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        figure["kills"] = 1
+
+        run = wait_finished(run, timeout=90)
+
+        pool.refresh_from_db()
+        figure.update(
+            executions=run.attempts,
+            effects=transitions_to(pool, Status.ACTIVE),
+            lost=int(run.state != RunState.PASSED),
+            doubled=max(0, transitions_to(pool, Status.ACTIVE) - 1),
+            recovery_s=time.monotonic() - killed_at,
+        )
+        assert run.state == RunState.PASSED, run.verdict_reason
+        assert run.attempts == 2
+        assert str(child_pid) not in run.claimed_by  # another process completed it
+        assert pool.status == Status.ACTIVE
+        assert transitions_to(pool, Status.ACTIVE) == 1
+        assert VerificationRun.objects.filter(pool=pool).count() == 1
+    finally:
+        figure.emit(passed=figure.get("lost") == 0 and figure.get("doubled") == 0)
+
+
+def test_a_reverify_of_an_active_pool_keeps_it_active(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    from verification.services import verification_request
+
+    pool = pool_at(alice.membership.organization, start_agent(agent_config()))
+    wait_finished(submit(pool, alice))
+    pool.refresh_from_db()
+    first_verified = pool.verified_at
+
+    again, created = verification_request(
+        pool=pool, trigger=Trigger.SCHEDULED, actor=None, door=Door.WORKER
+    )
+    again = wait_finished(again)
+
+    pool.refresh_from_db()
+    assert created and again.state == RunState.PASSED
+    assert pool.status == Status.ACTIVE
+    assert pool.verified_at > first_verified
+    assert transitions_to(pool, Status.ACTIVE) == 1  # no status move on a passed re-verify
+
+
+def test_the_embedded_filesystem_transport_runs_verification(
+    filesystem_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    worker, transport_options = filesystem_worker
+    pool = pool_at(alice.membership.organization, start_agent(agent_config()))
+    pool = Pool.objects.get(pk=pool.pk)
+    Pool.objects.filter(pk=pool.pk).update(status=Status.SUBMITTED)
+    pool.refresh_from_db()
+    run = VerificationRun.objects.create(pool=pool, trigger=Trigger.OPERATOR_REQUEST)
+
+    # Publish as `make run`'s web process would: through the file-system transport's folder.
+    with Connection("filesystem://", transport_options=transport_options) as conn:
+        with conn.Producer() as producer:
+            pool_verify.apply_async((str(run.run_id),), producer=producer)
+
+    run = wait_finished(run)
+    pool.refresh_from_db()
+    assert run.state == RunState.PASSED, worker.output()[-2000:]
+    assert pool.status == Status.ACTIVE

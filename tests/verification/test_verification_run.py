@@ -1,0 +1,269 @@
+"""The verification service called directly (no worker): claims, idempotency, verdict rules.
+
+Agents are real gRPC servers on loopback; the service runs in the test's transaction, which is
+enough here because nothing else reads the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from agent.challenge import matrices, multiply
+from agent.config import SimulationMode
+from registry.choices import Door, Status
+from tests.conftest import force_status
+from tests.verification.conftest import agent_config
+from verification import services
+from verification.choices import RunState, Trigger
+from verification.errors import AgentUnavailable
+from verification.freivalds import freivalds, recompute_matches
+from verification.models import VerificationRun
+
+pytestmark = pytest.mark.django_db
+
+
+def queued_run(pool: Any, trigger: str = Trigger.SUBMITTED) -> VerificationRun:
+    run, created = services.verification_request(
+        pool=pool, trigger=trigger, actor=None, door=Door.WORKER
+    )
+    assert created
+    return run
+
+
+@pytest.fixture
+def submitted_pool(pool_at: Any, start_agent: Any, acme: Any) -> Any:
+    return force_status(pool_at(acme, start_agent(agent_config())), Status.SUBMITTED)
+
+
+def test_a_finished_run_is_never_finished_again(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+
+    first = services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+    finished_at = run.finished_at
+    second = services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert first.state == second.state == RunState.PASSED
+    assert second.retry_in is None
+    assert run.finished_at == finished_at
+    assert run.attempts == 1
+
+
+def test_a_pool_has_at_most_one_open_run(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+
+    again, created = services.verification_request(
+        pool=submitted_pool, trigger=Trigger.OPERATOR_REQUEST, actor=None, door=Door.API
+    )
+
+    assert not created and again.pk == run.pk
+
+
+def test_a_draft_pool_cannot_be_verified(pool_at: Any, acme: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        services.verification_request(
+            pool=pool_at(acme, "127.0.0.1:9"), trigger=Trigger.SUBMITTED, actor=None, door="api"
+        )
+    assert "status" in caught.value.message_dict
+
+
+def test_a_run_held_by_a_live_worker_is_left_to_it(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    # This very process holds the claim: alive, on this host.
+    VerificationRun.objects.filter(pk=run.pk).update(
+        state=RunState.RUNNING, claimed_by=services._worker_identity(), claimed_at=timezone.now()
+    )
+
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    assert outcome.state == RunState.RUNNING and outcome.retry_in is not None
+    assert outcome.retry_in > 1
+
+
+def test_a_run_held_by_a_dead_process_is_taken_over(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_claim = f"{services.socket.gethostname()}:{gone.stdout.strip()}:deadbeef"
+    VerificationRun.objects.filter(pk=run.pk).update(
+        state=RunState.RUNNING, claimed_by=dead_claim, claimed_at=timezone.now(), attempts=1
+    )
+
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert outcome.state == RunState.PASSED
+    assert run.attempts == 2
+
+
+def test_a_run_whose_claim_expired_is_taken_over(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    VerificationRun.objects.filter(pk=run.pk).update(
+        state=RunState.RUNNING,
+        claimed_by="elsewhere:1:cafe",
+        claimed_at=timezone.now() - dt.timedelta(hours=1),
+    )
+
+    assert services.verification_run(run_id=str(run.run_id)).state == RunState.PASSED
+
+
+def test_a_transient_error_gives_the_run_back_to_the_queue(pool_at: Any, acme: Any) -> None:
+    pool = force_status(pool_at(acme, "127.0.0.1:9"), Status.SUBMITTED)
+    run = queued_run(pool)
+
+    with pytest.raises(AgentUnavailable):
+        services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    pool.refresh_from_db()
+    assert run.state == RunState.QUEUED and run.claimed_by == ""
+    assert pool.status == Status.VERIFYING
+
+
+def test_the_final_attempt_ends_the_run_in_error(pool_at: Any, acme: Any) -> None:
+    pool = force_status(pool_at(acme, "127.0.0.1:9"), Status.SUBMITTED)
+    run = queued_run(pool)
+
+    outcome = services.verification_run(run_id=str(run.run_id), final_attempt=True)
+
+    pool.refresh_from_db()
+    assert outcome.state == RunState.ERROR
+    assert pool.status == Status.FAILED and pool.status_reason.startswith("agent unreachable")
+
+
+def test_an_unreachable_active_pool_is_degraded_not_failed(pool_at: Any, acme: Any) -> None:
+    pool = force_status(pool_at(acme, "127.0.0.1:9"), Status.ACTIVE)
+    run = queued_run(pool, Trigger.SCHEDULED)
+
+    services.verification_run(run_id=str(run.run_id), final_attempt=True)
+
+    pool.refresh_from_db()
+    assert pool.status == Status.DEGRADED
+
+
+def test_the_worker_refuses_a_private_agent_endpoint_outside_development(
+    submitted_pool: Any, settings: Any
+) -> None:
+    settings.AGENT_ENDPOINT_ALLOW_LOOPBACK = False  # production: the SSRF guard is on
+    run = queued_run(submitted_pool)
+
+    services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert run.state == RunState.FAILED
+    assert run.verdict_reason.startswith("agent endpoint refused")
+
+
+def test_a_poison_message_stops_after_the_delivery_budget(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    VerificationRun.objects.filter(pk=run.pk).update(attempts=50)
+
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert outcome.state == RunState.ERROR
+    assert "deliveries" in run.verdict_reason
+
+
+def test_an_active_pool_that_fails_reverification_becomes_failed(
+    pool_at: Any, start_agent: Any, acme: Any
+) -> None:
+    endpoint = start_agent(agent_config(SimulationMode.CHEAT_WRONG))
+    pool = force_status(pool_at(acme, endpoint), Status.ACTIVE)
+    run = queued_run(pool, Trigger.SCHEDULED)
+
+    services.verification_run(run_id=str(run.run_id))
+
+    pool.refresh_from_db()
+    assert pool.status == Status.FAILED
+    assert pool.status_reason.startswith("wrong product")
+
+
+def test_a_pool_withdrawn_during_the_run_keeps_its_status(submitted_pool: Any, acme: Any) -> None:
+    run = queued_run(submitted_pool)
+    force_status(submitted_pool, Status.RETIRED)
+
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    submitted_pool.refresh_from_db()
+    assert outcome.state == RunState.PASSED  # the evidence stands on the run
+    assert submitted_pool.status == Status.RETIRED
+    assert submitted_pool.measured_tflops_per_accelerator is None
+
+
+def test_each_finished_run_is_due_again_at_a_jittered_time(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+
+    delay = run.next_due_at - run.finished_at
+    assert dt.timedelta(hours=12) <= delay <= dt.timedelta(hours=36)
+
+
+def test_the_sweep_requeues_pools_that_are_due(submitted_pool: Any) -> None:
+    run = queued_run(submitted_pool)
+    services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+
+    assert services.reverify_sweep(now=run.next_due_at - dt.timedelta(seconds=1)) == []
+    queued = services.reverify_sweep(now=run.next_due_at + dt.timedelta(seconds=1))
+    assert [r.pool_id for r in queued] == [submitted_pool.pk]
+    assert queued[0].trigger == Trigger.SCHEDULED
+    # A second sweep in the same slot finds the open run and queues nothing.
+    assert services.reverify_sweep(now=run.next_due_at + dt.timedelta(seconds=2)) == []
+
+
+def test_a_run_whose_message_was_lost_is_sent_again_once(
+    submitted_pool: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    run = queued_run(submitted_pool)
+    later = run.enqueued_at + dt.timedelta(minutes=11)
+
+    assert services.verification_requeue_stale(now=run.enqueued_at) == 0
+    with django_capture_on_commit_callbacks() as sent:
+        assert services.verification_requeue_stale(now=later) == 1
+        assert services.verification_requeue_stale(now=later) == 0
+
+    run.refresh_from_db()
+    assert run.enqueued_at == later and len(sent) == 1
+
+
+# --- Freivalds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_freivalds_accepts_an_honest_product_and_rejects_one_wrong_entry(dtype: str) -> None:
+    a, b = matrices(1234, 160, dtype)
+    c = multiply(a, b)
+    rng = np.random.default_rng(7)
+
+    assert all(v.passed for v in freivalds(a, b, c, k=16, rng=rng, dtype=dtype))
+    assert recompute_matches(a, b, c, dtype=dtype)
+
+    wrong = c.copy()
+    wrong[17, 42] += 3.0  # one entry, off by a quarter of an entry's standard deviation
+    checks = freivalds(a, b, wrong, k=16, rng=rng, dtype=dtype)
+    assert sum(not v.passed for v in checks) >= 4  # each vector catches it with p = 1/2
+    assert not recompute_matches(a, b, wrong, dtype=dtype)
+
+
+def test_freivalds_rejects_non_finite_answers() -> None:
+    a, b = matrices(5, 32, "float64")
+    c = multiply(a, b)
+    c[0, 0] = np.nan
+    assert not any(
+        v.passed for v in freivalds(a, b, c, k=4, rng=np.random.default_rng(1), dtype="float64")
+    )

@@ -1,0 +1,105 @@
+"""Shapes of verification's REST resources. Pools and centers appear by national id."""
+
+from typing import Any
+
+from rest_framework import serializers
+
+from registry.models import Center, Pool
+from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
+
+
+class VerificationRunSerializer(serializers.ModelSerializer):
+    pool = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
+
+    class Meta:
+        model = VerificationRun
+        fields = [
+            "run_id",
+            "pool",
+            "trigger",
+            "state",
+            "created_at",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "verdict_reason",
+            "next_due_at",
+            "agent_endpoint",
+            "agent_id",
+            "seed",
+            "n",
+            "dtype",
+            "reps",
+            "k",
+            "time_scale",
+            "rtt_ms",
+            "claimed_compute_seconds",
+            "wall_to_first_chunk_seconds",
+            "measured_tflops_per_accelerator",
+            "declared_tflops_per_accelerator",
+            "tolerance",
+            "freivalds",
+            "inventory_match",
+        ]
+        read_only_fields = fields
+
+
+class HeartbeatSerializer(serializers.ModelSerializer):
+    pool = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
+
+    class Meta:
+        model = Heartbeat
+        fields = [
+            "pool",
+            "time",
+            "sent_at",
+            "agent_id",
+            "utilization",
+            "accelerators_healthy",
+            "accelerators_busy",
+        ]
+        read_only_fields = fields
+
+
+class ScheduledDowntimeSerializer(serializers.ModelSerializer):
+    """A downtime names a pool or a center by national id; which ones exist for the caller is
+    decided by the service (an unknown or foreign one is a 400 on its field)."""
+
+    pool = serializers.SlugRelatedField(
+        slug_field="national_id", queryset=Pool.objects.all(), required=False, allow_null=True
+    )
+    center = serializers.SlugRelatedField(
+        slug_field="national_id", queryset=Center.objects.all(), required=False, allow_null=True
+    )
+
+    class Meta:
+        model = ScheduledDowntime
+        fields = ["id", "pool", "center", "start", "end", "reason", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+    def to_internal_value(self, data: Any) -> Any:
+        # A foreign national id must read like a missing one: "Unknown pool." either way.
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            detail = exc.detail if isinstance(exc.detail, dict) else {}
+            for name in ("pool", "center"):
+                if name in detail:
+                    detail[name] = [f"Unknown {name}."]
+            raise
+
+
+class AvailabilityQuerySerializer(serializers.Serializer):
+    pool = serializers.CharField()
+    days = serializers.IntegerField(min_value=1, max_value=90, default=7)
+
+
+class DayAvailabilitySerializer(serializers.Serializer):
+    date = serializers.DateField()
+    known_seconds = serializers.FloatField()
+    up_seconds = serializers.FloatField()
+    availability = serializers.FloatField(allow_null=True)
+    scheduled_downtime_seconds = serializers.FloatField()
+    reliability = serializers.FloatField(allow_null=True)
+    heartbeats = serializers.IntegerField()
+    mean_utilization = serializers.FloatField(allow_null=True)

@@ -1,0 +1,28 @@
+"""Serve the platform's Telemetry gRPC service (agents' heartbeats) until SIGTERM or SIGINT."""
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from verification.rpc.telemetry import create_telemetry_server, stop_telemetry_server
+
+
+class Command(BaseCommand):
+    help = "Serve the Telemetry gRPC service (heartbeats from site agents)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=50052)
+        parser.add_argument("--grace", type=float, default=5.0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stopping = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopping.set())
+        server, port = create_telemetry_server(f"{options['host']}:{options['port']}")
+        self.stdout.write(f"telemetry listening on {options['host']}:{port}")
+        self.stdout.flush()
+        stopping.wait()
+        stop_telemetry_server(server, options["grace"])

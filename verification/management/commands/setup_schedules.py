@@ -1,0 +1,28 @@
+"""Create (or update) the periodic tasks of verification in django-celery-beat (idempotent)."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+
+# name -> (task, every N seconds). The sweeps are idempotent, so a late or doubled beat is harmless.
+SCHEDULES = {
+    "verification: heartbeat sweep": ("verification.tasks.heartbeat_sweep", 10),
+    "verification: re-verification sweep": ("verification.tasks.reverify_sweep", 60),
+}
+
+
+class Command(BaseCommand):
+    help = "Create the periodic tasks of verification (heartbeat and re-verification sweeps)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name, (task, seconds) in SCHEDULES.items():
+            every, _ = IntervalSchedule.objects.get_or_create(
+                every=seconds, period=IntervalSchedule.SECONDS
+            )
+            PeriodicTask.objects.update_or_create(
+                name=name, defaults={"task": task, "interval": every, "enabled": True}
+            )
+        # Beat re-reads its schedule only when this counter moves.
+        PeriodicTasks.update_changed()
+        self.stdout.write(f"{len(SCHEDULES)} periodic tasks scheduled")

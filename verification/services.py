@@ -1,0 +1,733 @@
+"""Every write of verification goes through a function here.
+
+The verification pipeline (``verification_run``) follows healthchecks' ``sendalerts``: claim the
+run by compare-and-set, do the slow network work outside any transaction, then write the verdict
+in one short transaction that re-checks the claim, so a run is finished exactly once whatever
+the number of workers and redeliveries. Pool status moves only through
+``registry.services.lifecycle_transition``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models import OuterRef, Q, Subquery
+from django.utils import timezone
+
+from agent.challenge import assemble, matrices
+from registry import selectors as registry_selectors
+from registry import services as registry_services
+from registry.choices import ChangeAction, Door, Status
+from registry.errors import IllegalTransition
+from registry.models import Center, Pool
+from registry.netguard import resolve_public
+from verification import agent_client
+from verification.choices import OPEN_STATES, RunState, Trigger
+from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
+from verification.freivalds import freivalds, tflops
+from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
+
+logger = logging.getLogger(__name__)
+User = Any
+
+# Pools a verification may run on. An offline pool is re-submitted first (offline -> submitted).
+VERIFIABLE_STATUSES = frozenset(
+    {Status.SUBMITTED, Status.VERIFYING, Status.ACTIVE, Status.DEGRADED}
+)
+# Status reasons written by the heartbeat sweeper start with this, so it only undoes its own moves.
+HEARTBEAT_REASON = "no heartbeat"
+# Deliveries of one run beyond the retries before it is declared a poison message.
+EXTRA_DELIVERIES = 3
+# What the verifier grants beyond its own clock before calling a claimed time impossible: a fixed
+# allowance (VERIFICATION_TIMING_ALLOWANCE) plus this share of the wall time (matrix generation,
+# serialization, scheduling on a busy host).
+TIMING_ALLOWANCE_SHARE = 0.25
+
+
+# --- Requesting a run -------------------------------------------------------------------------
+
+
+def verification_request(
+    *, pool: Pool, trigger: str, actor: User | None, door: str
+) -> tuple[VerificationRun, bool]:
+    """Queue a verification run of ``pool``; returns the run and whether it is new.
+
+    At most one run per pool is open (a partial unique constraint): asking again while one is
+    queued or running returns that one. The task is enqueued when the transaction commits, so
+    the worker never looks for a run that is not there yet.
+    """
+    if pool.status not in VERIFIABLE_STATUSES:
+        raise ValidationError(
+            {"status": [f"A {pool.status} pool cannot be verified; submit it first."]}
+        )
+    if trigger not in Trigger.values:
+        raise ValidationError({"trigger": [f"Unknown trigger {trigger!r}."]})
+    requester = actor if getattr(actor, "is_authenticated", False) else None
+    try:
+        with transaction.atomic():
+            run = VerificationRun.objects.create(
+                pool=pool,
+                trigger=trigger,
+                requested_by=requester,
+                agent_endpoint=pool.center.agent_endpoint,
+                enqueued_at=timezone.now(),
+            )
+    except IntegrityError:
+        existing = VerificationRun.objects.filter(pool=pool, state__in=OPEN_STATES).first()
+        if existing is None:  # the open run finished between our insert and this read
+            return verification_request(pool=pool, trigger=trigger, actor=actor, door=door)
+        return existing, False
+    from verification.tasks import pool_verify as pool_verify_task
+
+    run_id = str(run.run_id)
+    transaction.on_commit(lambda: pool_verify_task.delay(run_id))
+    logger.info("verification %s of %s queued (%s, %s)", run_id, pool.national_id, trigger, door)
+    return run, True
+
+
+def verification_requeue_stale(*, now: dt.datetime | None = None) -> int:
+    """Send the task again for open runs whose message seems lost; returns how many.
+
+    A queued run not picked up ``VERIFICATION_REQUEUE_AFTER`` seconds after its last send, or a
+    running one whose claim outlived the task's hard limit (its worker died and the message went
+    with it), is sent again. Duplicates are harmless: the claim admits one worker per run.
+    """
+    now = now or timezone.now()
+    stale_send = now - dt.timedelta(seconds=settings.VERIFICATION_REQUEUE_AFTER)
+    stale_claim = now - dt.timedelta(seconds=settings.VERIFICATION_TASK_TIME_LIMIT)
+    runs = VerificationRun.objects.filter(
+        Q(state=RunState.QUEUED, enqueued_at__lt=stale_send)
+        | Q(state=RunState.RUNNING, claimed_at__lt=stale_claim, enqueued_at__lt=stale_send)
+    ).values_list("pk", "run_id", "enqueued_at")
+    from verification.tasks import pool_verify as pool_verify_task
+
+    sent = 0
+    for pk, run_id, enqueued_at in runs:
+        # Compare-and-set on the last send: two sweeps at once send one message.
+        if VerificationRun.objects.filter(pk=pk, enqueued_at=enqueued_at).update(enqueued_at=now):
+            transaction.on_commit(lambda r=str(run_id): pool_verify_task.delay(r))
+            sent += 1
+    return sent
+
+
+# --- Claiming ---------------------------------------------------------------------------------
+
+
+def _worker_identity() -> str:
+    """host:pid:nonce of this attempt; the nonce tells two attempts of one process apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _claim_is_dead(claimed_by: str) -> bool:
+    """True if the claim was made on this host by a process that no longer exists.
+
+    Lets a redelivered task take over at once after its worker was killed, instead of waiting
+    for the claim to expire. Claims from other hosts are judged by age only.
+    """
+    host, _, rest = claimed_by.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one delivery of the task did: the run's state, and when to look again if another
+    live worker holds the run (``retry_in`` seconds), else None."""
+
+    state: str
+    retry_in: float | None = None
+
+
+def _claim(run_id: str, me: str) -> tuple[VerificationRun | None, RunOutcome | None]:
+    """Claim the run by compare-and-set; (run, None) if we hold it, else (None, outcome)."""
+    now = timezone.now()
+    claim = {
+        "state": RunState.RUNNING,
+        "claimed_by": me,
+        "claimed_at": now,
+        "attempts": models.F("attempts") + 1,
+    }
+    if VerificationRun.objects.filter(run_id=run_id, state=RunState.QUEUED).update(**claim):
+        return VerificationRun.objects.select_related("pool__center").get(run_id=run_id), None
+    current = VerificationRun.objects.filter(run_id=run_id).first()
+    if current is None:
+        return None, RunOutcome(state="missing")
+    if current.state != RunState.RUNNING:
+        return None, RunOutcome(state=current.state)  # finished: never finish it again
+    limit = dt.timedelta(seconds=settings.VERIFICATION_TASK_TIME_LIMIT)
+    expired = current.claimed_at is None or now - current.claimed_at > limit
+    if expired or _claim_is_dead(current.claimed_by):
+        # Take over from a dead worker; the CAS on the old claim makes one taker win.
+        taken = VerificationRun.objects.filter(
+            pk=current.pk, state=RunState.RUNNING, claimed_by=current.claimed_by
+        ).update(**claim)
+        if taken:
+            logger.warning("run %s taken over from %s", run_id, current.claimed_by)
+            return VerificationRun.objects.select_related("pool__center").get(pk=current.pk), None
+        return None, RunOutcome(state=RunState.RUNNING, retry_in=1.0)
+    assert current.claimed_at is not None
+    remaining = (limit - (now - current.claimed_at)).total_seconds()
+    return None, RunOutcome(state=RunState.RUNNING, retry_in=max(1.0, remaining + 1.0))
+
+
+def _release(run: VerificationRun, me: str) -> None:
+    """Give a claimed run back to the queue for the next retry (transient agent error)."""
+    VerificationRun.objects.filter(pk=run.pk, state=RunState.RUNNING, claimed_by=me).update(
+        state=RunState.QUEUED, claimed_by="", claimed_at=None
+    )
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    """What a run found, written to the run in the finishing transaction."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    measured_tflops: float | None = None  # real-time TFLOPS per accelerator, when measured
+
+    def set(self, **values: Any) -> None:
+        self.fields.update(values)
+
+
+def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
+    """Carry out one verification run: claim, probe the agent, judge, record the verdict.
+
+    Idempotent per run id: a finished run is left alone, a run held by a live worker is left to
+    it (the caller looks again after ``retry_in``). A transient agent error releases the claim
+    and raises ``AgentUnavailable`` so the task retries; on the ``final_attempt`` it ends the
+    run ERROR instead.
+    """
+    me = _worker_identity()
+    run, outcome = _claim(run_id, me)
+    if run is None:
+        assert outcome is not None
+        return outcome
+    max_deliveries = settings.VERIFICATION_MAX_RETRIES + 1 + EXTRA_DELIVERIES
+    if run.attempts > max_deliveries:
+        reason = f"agent unreachable: gave up after {run.attempts - 1} deliveries"
+        return _finish(run, me, RunState.ERROR, reason, Evidence())
+    if run.started_at is None:
+        VerificationRun.objects.filter(pk=run.pk).update(started_at=timezone.now())
+        run.started_at = timezone.now()
+    pool = run.pool
+    if pool.status == Status.SUBMITTED:
+        try:
+            registry_services.lifecycle_transition(
+                obj=pool,
+                to=Status.VERIFYING,
+                reason=f"verification {run.run_id} started",
+                actor=None,
+                door=Door.WORKER,
+            )
+        except IllegalTransition:
+            pool.refresh_from_db()  # moved meanwhile (withdrawn, retired): judged at the end
+    evidence = Evidence()
+    try:
+        # Network and arithmetic, outside any transaction: a slow agent holds no lock.
+        _probe_and_judge(run, pool, evidence)
+    except AgentUnavailable as exc:
+        if final_attempt:
+            return _finish(run, me, RunState.ERROR, f"agent unreachable: {exc}"[:500], evidence)
+        _release(run, me)
+        raise
+    except VerificationRefuted as exc:
+        return _finish(run, me, RunState.FAILED, str(exc)[:500], evidence)
+    assert evidence.measured_tflops is not None
+    reason = (
+        f"verified: {evidence.measured_tflops:.1f} TFLOPS per accelerator measured, "
+        f"{pool.declared_tflops_per_accelerator:g} declared"
+    )
+    return _finish(run, me, RunState.PASSED, reason, evidence)
+
+
+def _match_inventory(
+    pool: Pool, inventory: agent_client.Inventory
+) -> tuple[agent_client.InventoryPool | None, dict[str, Any]]:
+    """The agent's pool that matches the declared one, and the comparison as evidence."""
+    slug = pool.accelerator.slug
+    candidates = [p for p in inventory.pools if p.accelerator_model == slug]
+    if not candidates and len(inventory.pools) == 1:
+        candidates = list(inventory.pools)
+    found = candidates[0] if candidates else None
+    details: dict[str, Any] = {
+        "agent_id": inventory.agent_id,
+        "agent_version": inventory.agent_version,
+        "simulated": inventory.simulated,
+        "declared": {
+            "accelerator_model": slug,
+            "accelerators_per_node": pool.accelerators_per_node,
+            "nodes": pool.nodes,
+        },
+        "reported": None,
+        "mismatches": [],
+    }
+    if found is None:
+        details["mismatches"] = [f"the agent reports no {slug} pool"]
+        return None, details
+    details["reported"] = {
+        "pool_key": found.pool_key,
+        "accelerator_model": found.accelerator_model,
+        "accelerators_per_node": found.accelerators_per_node,
+        "nodes": found.nodes,
+        "device_details": list(found.device_details)[:20],
+    }
+    for name in ("accelerator_model", "accelerators_per_node", "nodes"):
+        declared, reported = details["declared"][name], details["reported"][name]
+        if declared != reported:
+            details["mismatches"].append(f"{name}: declared {declared}, agent reports {reported}")
+    return found, details
+
+
+def _dial_target(endpoint: str) -> str:
+    """The address to dial for ``endpoint``, checked again right before connecting (SSRF guard,
+    registry.netguard): a DNS answer changed since registration must not reach a private host,
+    so outside development the worker dials the address it checked, not the name."""
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise VerificationRefuted(f"agent endpoint {endpoint!r} is not host:port")
+    allow_private = settings.AGENT_ENDPOINT_ALLOW_LOOPBACK
+    try:
+        addresses = resolve_public(
+            host, int(port), field="agent_endpoint", allow_private=allow_private
+        )
+    except ValidationError as exc:
+        message = "; ".join(exc.messages)
+        if "does not resolve" in message:  # DNS may be down for a moment: retry
+            raise AgentUnavailable(f"agent endpoint: {message}") from exc
+        raise VerificationRefuted(f"agent endpoint refused: {message}") from exc
+    if allow_private:
+        return endpoint
+    address = addresses[0]
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> None:
+    """Ask the agent and judge its answers; raises VerificationRefuted with the reason."""
+    n, reps, k = (
+        settings.VERIFICATION_MATRIX_SIZE,
+        settings.VERIFICATION_REPETITIONS,
+        settings.VERIFICATION_FREIVALDS_ROUNDS,
+    )
+    dtype, scale = settings.VERIFICATION_DTYPE, settings.VERIFICATION_TIME_SCALE
+    tolerance, timeout = settings.VERIFICATION_TOLERANCE, settings.VERIFICATION_RPC_TIMEOUT
+    # The seed comes from the OS's CSPRNG: an agent must not be able to precompute the answer.
+    seed = secrets.randbits(64)
+    endpoint = pool.center.agent_endpoint
+    evidence.set(
+        agent_endpoint=endpoint,
+        seed=str(seed),
+        n=n,
+        dtype=dtype,
+        reps=reps,
+        k=k,
+        time_scale=scale,
+        tolerance=tolerance,
+        declared_tflops_per_accelerator=pool.declared_tflops_per_accelerator,
+    )
+    if not endpoint:
+        raise VerificationRefuted("the center declares no agent endpoint")
+    if not pool.declared_tflops_per_accelerator:
+        raise VerificationRefuted("the pool declares no throughput to verify")
+
+    with agent_client.agent_channel(_dial_target(endpoint)) as channel:
+        rtt_ms = agent_client.round_trip_ms(channel, timeout=min(timeout, 10.0))
+        evidence.set(rtt_ms=round(rtt_ms, 3))
+        inventory = agent_client.get_inventory(channel, timeout=timeout)
+        reported, match = _match_inventory(pool, inventory)
+        evidence.set(agent_id=inventory.agent_id[:200], inventory_match=match)
+        if reported is None or match["mismatches"]:
+            raise VerificationRefuted("inventory mismatch: " + "; ".join(match["mismatches"]))
+        answer = agent_client.run_benchmark(
+            channel,
+            seed=seed,
+            n=n,
+            dtype=dtype,
+            repetitions=reps,
+            pool_key=reported.pool_key,
+            challenge_id=str(run.run_id),
+            timeout=timeout,
+        )
+    evidence.set(
+        claimed_compute_seconds=answer.compute_seconds,
+        wall_to_first_chunk_seconds=round(answer.wall_to_first_message_seconds, 6),
+    )
+    if (answer.n, answer.dtype, answer.repetitions) != (n, dtype, reps):
+        raise VerificationRefuted(
+            f"bad data: the summary echoes n={answer.n} dtype={answer.dtype} "
+            f"repetitions={answer.repetitions}, not the challenge's"
+        )
+    try:
+        product = assemble(answer.blocks, n, dtype)
+    except ValueError as exc:
+        raise VerificationRefuted(f"bad data: {exc}") from exc
+
+    # Correctness: Freivalds with verifier-chosen vectors, drawn after the answer arrived.
+    a, b = matrices(seed, n, dtype)
+    checks = freivalds(
+        a, b, product, k=k, rng=np.random.default_rng(secrets.randbits(128)), dtype=dtype
+    )
+    evidence.set(freivalds=[c.as_json() for c in checks])
+    failed = sum(not c.passed for c in checks)
+    if failed:
+        raise VerificationRefuted(
+            f"wrong product: Freivalds' check failed on {failed} of {k} random vectors"
+        )
+
+    # Timing: the agent cannot have computed for less than our own wall clock allows, less the
+    # network round trip and an allowance for the work that is not multiplication.
+    wall = answer.wall_to_first_message_seconds
+    allowance = settings.VERIFICATION_TIMING_ALLOWANCE + TIMING_ALLOWANCE_SHARE * wall
+    bound = wall - rtt_ms / 1000.0 - allowance
+    claimed = answer.compute_seconds
+    if not claimed > 0 or claimed < bound:
+        raise VerificationRefuted(
+            f"timing: the agent claims {claimed:.4f} s of compute, but the verifier waited "
+            f"{wall:.4f} s for the answer (at least {max(bound, 0):.4f} s of compute)"
+        )
+
+    # Throughput on one accelerator, from the longer of the claimed and the provable time,
+    # scaled back to real time so it compares with the datasheet-level declaration.
+    seconds = max(claimed, bound)
+    measured = tflops(n, reps, seconds) / scale
+    evidence.measured_tflops = measured
+    evidence.set(measured_tflops_per_accelerator=round(measured, 3))
+    declared = float(pool.declared_tflops_per_accelerator)
+    if measured < tolerance * declared:
+        raise VerificationRefuted(
+            f"throughput: measured {measured:.1f} TFLOPS per accelerator, "
+            f"{measured / declared:.0%} of the declared {declared:g} (tolerance {tolerance:.0%})"
+        )
+
+
+def _next_due(state: str, now: dt.datetime) -> dt.datetime:
+    """When the pool should be re-verified: a jittered interval so centers cannot predict it."""
+    hours = settings.VERIFICATION_REVERIFY_HOURS
+    if state == RunState.ERROR:
+        hours /= 4  # the agent was unreachable: look again sooner
+    jitter = settings.VERIFICATION_REVERIFY_JITTER
+    factor = secrets.SystemRandom().uniform(1.0 - jitter, 1.0 + jitter)
+    return now + dt.timedelta(hours=hours * factor)
+
+
+def _finish(
+    run: VerificationRun, me: str, state: str, reason: str, evidence: Evidence
+) -> RunOutcome:
+    """Write the verdict and move the pool, in one short transaction, exactly once per run."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = VerificationRun.objects.select_for_update().get(pk=run.pk)
+        if locked.state != RunState.RUNNING or locked.claimed_by != me:
+            # Another worker took the run over (our claim expired) or finished it: its verdict
+            # stands, ours is dropped.
+            logger.warning("run %s: verdict %s dropped, claim lost", run.run_id, state)
+            return RunOutcome(state=locked.state)
+        for name, value in evidence.fields.items():
+            setattr(locked, name, value)
+        locked.state = state
+        locked.verdict_reason = reason
+        locked.finished_at = now
+        locked.next_due_at = _next_due(state, now)
+        locked.save()
+        pool = Pool.objects.select_for_update(of=("self",)).get(pk=run.pool_id)
+        _apply_verdict(pool, state, reason, evidence, now)
+    logger.info("verification %s of %s: %s (%s)", run.run_id, pool.national_id, state, reason)
+    return RunOutcome(state=state)
+
+
+def _apply_verdict(
+    pool: Pool, state: str, reason: str, evidence: Evidence, now: dt.datetime
+) -> None:
+    """Move the pool according to the verdict (inside the finishing transaction)."""
+
+    def move(to: str, why: str) -> None:
+        registry_services.lifecycle_transition(
+            obj=pool, to=to, reason=why, actor=None, door=Door.WORKER
+        )
+
+    if state == RunState.PASSED:
+        if pool.status not in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED):
+            return  # withdrawn or retired meanwhile: the evidence stays on the run
+        assert evidence.measured_tflops is not None
+        registry_services.pool_record_measurement(
+            pool=pool,
+            measured_tflops_per_accelerator=round(evidence.measured_tflops, 3),
+            verified_at=now,
+            actor=None,
+            door=Door.WORKER,
+        )
+        if pool.status == Status.VERIFYING:
+            move(Status.ACTIVE, reason)
+        _activate_center(pool)
+    elif state == RunState.FAILED:
+        if pool.status in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED):
+            move(Status.FAILED, reason)
+    elif state == RunState.ERROR:
+        if pool.status == Status.VERIFYING:
+            move(Status.FAILED, reason)
+        elif pool.status == Status.ACTIVE:
+            move(Status.DEGRADED, reason)
+
+
+def _activate_center(pool: Pool) -> None:
+    """A center becomes active with its first verified pool: its agent has just proved it is
+    reachable and truthful, and a pool is listed only inside a listed center."""
+    center = Center.objects.select_for_update().get(pk=pool.center_id)
+    why = f"verified through pool {pool.national_id}"
+    for to in (Status.VERIFYING, Status.ACTIVE):
+        if (
+            center.status == Status.SUBMITTED
+            and to == Status.VERIFYING
+            or (center.status == Status.VERIFYING and to == Status.ACTIVE)
+        ):
+            registry_services.lifecycle_transition(
+                obj=center, to=to, reason=why, actor=None, door=Door.WORKER
+            )
+
+
+# --- Heartbeats -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolBeat:
+    """One pool's entry in a heartbeat, as any door parsed it."""
+
+    national_id: str
+    utilization: float
+    accelerators_healthy: int
+    accelerators_busy: int
+
+
+def heartbeat_record(
+    *,
+    actor: User,
+    agent_id: str,
+    sent_at: dt.datetime | None,
+    pools: Sequence[PoolBeat],
+    center_national_id: str = "",
+) -> list[Heartbeat]:
+    """Record that an agent is alive and how busy its pools are (one row per pool).
+
+    Only an operator (or the platform) may report, and only for pools it owns: any other pool is
+    ``UnknownPool``, whether it exists or not. Bad values are a ``ValidationError`` whose keys
+    name the entry (``pools[1].utilization``); nothing is written unless every entry is valid.
+    ``center_national_id``, when the agent sends it, must be the center of every pool.
+    """
+    if not registry_selectors.can_operate(actor):
+        raise PermissionDenied("Only center operators report heartbeats.")
+    errors: dict[str, list[str]] = {}
+    if not agent_id:
+        errors["agent_id"] = ["An agent id is required."]
+    if not pools:
+        errors["pools"] = ["A heartbeat reports at least one pool."]
+    for i, beat in enumerate(pools):
+        where = f"pools[{i}]"
+        if not beat.national_id:
+            errors[f"{where}.pool_national_id"] = ["The pool's national id is required."]
+        if not 0.0 <= beat.utilization <= 1.0:  # also false for NaN
+            errors[f"{where}.utilization"] = ["Utilization must be between 0 and 1."]
+        if beat.accelerators_busy > beat.accelerators_healthy:
+            errors[f"{where}.accelerators_busy"] = ["Cannot exceed accelerators_healthy."]
+    if errors:
+        raise ValidationError(errors)
+    ids = {beat.national_id for beat in pools}
+    owned = {
+        p.national_id: p
+        for p in registry_selectors.pools_editable_by(actor).filter(national_id__in=ids)
+    }
+    for i, beat in enumerate(pools):
+        pool = owned.get(beat.national_id)
+        if pool is None:
+            raise UnknownPool(beat.national_id)
+        if center_national_id and pool.center.national_id != center_national_id:
+            raise ValidationError(
+                {f"pools[{i}].pool_national_id": [f"Not a pool of {center_national_id}."]}
+            )
+        if beat.accelerators_healthy > pool.accelerators:
+            raise ValidationError(
+                {f"pools[{i}].accelerators_healthy": [f"The pool has {pool.accelerators}."]}
+            )
+    now = timezone.now()
+    rows = [
+        Heartbeat(
+            pool=owned[beat.national_id],
+            time=now,
+            sent_at=sent_at,
+            agent_id=agent_id[:200],
+            utilization=beat.utilization,
+            accelerators_healthy=beat.accelerators_healthy,
+            accelerators_busy=beat.accelerators_busy,
+        )
+        for beat in pools
+    ]
+    return Heartbeat.objects.bulk_create(rows)
+
+
+def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """Move verified pools by the age of their last heartbeat; returns moves by target status.
+
+    Silent for ``HEARTBEAT_DEGRADED_AFTER`` seconds: active -> degraded; for
+    ``HEARTBEAT_OFFLINE_AFTER``: -> offline; heard again: back to active, but only from a status
+    this sweeper set (an operator's or a verifier's reason is left alone). A pool never heard
+    from counts from its verification. Safe to run twice: every move is a compare-and-set.
+    """
+    now = now or timezone.now()
+    degraded_after = dt.timedelta(seconds=settings.HEARTBEAT_DEGRADED_AFTER)
+    offline_after = dt.timedelta(seconds=settings.HEARTBEAT_OFFLINE_AFTER)
+    latest = Heartbeat.objects.filter(pool=OuterRef("pk")).order_by("-time").values("time")[:1]
+    pools = Pool.objects.filter(
+        verified_at__isnull=False,
+        status__in=[Status.ACTIVE, Status.DEGRADED, Status.OFFLINE],
+    ).annotate(last_seen=Subquery(latest))
+    moves = {Status.ACTIVE: 0, Status.DEGRADED: 0, Status.OFFLINE: 0}
+    for pool in pools:
+        seen = pool.last_seen or pool.verified_at
+        assert seen is not None
+        silent = now - seen
+        seconds = int(silent.total_seconds())
+        target, why = None, ""
+        if silent >= offline_after and pool.status in (Status.ACTIVE, Status.DEGRADED):
+            target, why = Status.OFFLINE, f"{HEARTBEAT_REASON} for {seconds} s"
+        elif silent >= degraded_after and pool.status == Status.ACTIVE:
+            target, why = Status.DEGRADED, f"{HEARTBEAT_REASON} for {seconds} s"
+        elif (
+            silent < degraded_after
+            and pool.status in (Status.DEGRADED, Status.OFFLINE)
+            and pool.status_reason.startswith(HEARTBEAT_REASON)
+        ):
+            target, why = Status.ACTIVE, "heartbeats resumed"
+        if target is None:
+            continue
+        try:
+            registry_services.lifecycle_transition(
+                obj=pool, to=target, reason=why, actor=None, door=Door.WORKER
+            )
+        except IllegalTransition:
+            continue  # changed meanwhile; the next sweep sees the new state
+        moves[target] += 1
+    return {str(k): v for k, v in moves.items()}
+
+
+def heartbeat_prune(*, now: dt.datetime | None = None, batch: int = 10_000) -> int:
+    """Delete heartbeats older than ``HEARTBEAT_RETENTION_DAYS``, at most ``batch`` rows a call
+    (short statements: the sweep runs every minute and catches up). Returns rows deleted."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=settings.HEARTBEAT_RETENTION_DAYS)
+    old = Heartbeat.objects.filter(time__lt=cutoff).order_by("time").values("pk")[:batch]
+    deleted, _ = Heartbeat.objects.filter(pk__in=Subquery(old)).delete()
+    return deleted
+
+
+# --- Scheduled re-verification ----------------------------------------------------------------
+
+
+def reverify_sweep(*, now: dt.datetime | None = None) -> list[VerificationRun]:
+    """Queue a re-verification of every listed, verified pool whose jittered due time passed.
+
+    The due time is set when a run finishes (``next_due_at``); a verified pool without one is
+    due a full interval after its verification. Two sweeps at once queue one run per pool: the
+    open-run constraint refuses the second.
+    """
+    now = now or timezone.now()
+    interval = dt.timedelta(hours=settings.VERIFICATION_REVERIFY_HOURS)
+    due = (
+        VerificationRun.objects.filter(pool=OuterRef("pk"), next_due_at__isnull=False)
+        .order_by("-created_at")
+        .values("next_due_at")[:1]
+    )
+    candidates = (
+        Pool.objects.filter(status__in=[Status.ACTIVE, Status.DEGRADED], verified_at__isnull=False)
+        .exclude(verification_runs__state__in=sorted(OPEN_STATES))
+        .select_related("center")
+        .annotate(due_at=Subquery(due))
+        .filter(Q(due_at__lte=now) | Q(due_at__isnull=True, verified_at__lte=now - interval))
+    )
+    queued = []
+    for pool in candidates:
+        run, created = verification_request(
+            pool=pool, trigger=Trigger.SCHEDULED, actor=None, door=Door.WORKER
+        )
+        if created:
+            queued.append(run)
+    return queued
+
+
+# --- Scheduled downtime -----------------------------------------------------------------------
+
+
+def downtime_declare(
+    *,
+    actor: User,
+    door: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    reason: str = "",
+    pool: Pool | None = None,
+    center: Center | None = None,
+) -> ScheduledDowntime:
+    """Announce maintenance of one of the actor's pools or centers (left out of reliability)."""
+    if (pool is None) == (center is None):
+        raise ValidationError({"non_field_errors": ["Name either a pool or a center."]})
+    if pool is not None and not registry_selectors.pools_editable_by(actor).filter(pk=pool.pk):
+        raise ValidationError({"pool": ["Unknown pool."]})
+    if center is not None and not registry_selectors.centers_editable_by(actor).filter(
+        pk=center.pk
+    ):
+        raise ValidationError({"center": ["Unknown center."]})
+    with transaction.atomic():
+        downtime = ScheduledDowntime(
+            pool=pool,
+            center=center,
+            start=start,
+            end=end,
+            reason=reason,
+            declared_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        downtime.full_clean()
+        downtime.save()
+        registry_services.change_record(
+            obj=downtime,
+            action=ChangeAction.CREATE,
+            actor=actor,
+            door=door,
+            before=None,
+            after=registry_services.snapshot(downtime),
+        )
+    return downtime
+
+
+def downtime_delete(*, downtime: ScheduledDowntime, actor: User, door: str) -> None:
+    """Withdraw an announced downtime."""
+    with transaction.atomic():
+        before, pk = registry_services.snapshot(downtime), downtime.pk
+        downtime.delete()
+        registry_services.change_record(
+            obj=downtime,
+            action=ChangeAction.DELETE,
+            actor=actor,
+            door=door,
+            before=before,
+            after=None,
+            object_id=pk,
+        )

@@ -188,3 +188,28 @@ def national_utilization(
         }
         for row in rows
     ]
+
+
+def heartbeat_lag_seconds() -> float | None:
+    """Age in seconds of the stalest last heartbeat among active pools (None: no active pool).
+
+    Read at scrape time by the ``interconnect_heartbeat_lag_seconds`` gauge.
+    """
+    from django.db.models import Max
+
+    from registry.choices import Status
+    from registry.models import Pool
+
+    latest = (
+        Pool.objects.filter(status=Status.ACTIVE)
+        .annotate(last=Max("heartbeats__time"))
+        .values_list("last", flat=True)
+    )
+    times = list(latest)
+    if not times:
+        return None
+    now = timezone.now()
+    stalest = min((t for t in times if t is not None), default=None)
+    if stalest is None:
+        return None
+    return (now - stalest).total_seconds()

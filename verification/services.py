@@ -27,6 +27,7 @@ from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from agent.challenge import assemble, matrices
+from interconnect.metrics import VERIFICATION_VERDICTS
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, Door, Status
@@ -453,6 +454,7 @@ def _finish(
         pool = Pool.objects.select_for_update(of=("self",)).get(pk=run.pool_id)
         _apply_verdict(pool, state, reason, evidence, now)
     logger.info("verification %s of %s: %s (%s)", run.run_id, pool.national_id, state, reason)
+    VERIFICATION_VERDICTS.labels(str(state).lower()).inc()
     return RunOutcome(state=state)
 
 

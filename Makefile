@@ -10,7 +10,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format protos migrate seed bench up down check-deploy clean fuzz
+.PHONY: help run test lint format protos migrate seed bench up down check-deploy clean fuzz faults fault-table
 # `make up` runs the production topology as local processes against the machine's servers.
 UP_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 UP_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
@@ -65,6 +65,13 @@ check-deploy: $(VENV)/.installed ## Django's deployment checklist with productio
 
 bench: protos ## Run the benchmarks in bench/ (prints figures)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+faults: protos ## Run the fault-injection suite (private PostgreSQL/Redis; prints FIGURE lines)
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_CELERY_BROKER_URL) \
+		$(VENV)/bin/pytest tests/faults -s -p no:warnings $(PYTEST_ARGS)
+
+fault-table: ## The README's fault table from test-artifacts/figures.jsonl (latest run of each row)
+	@$(PY) -m tests.harness.figures
 
 up: protos ## Start web x2, workers x2, beat, broker x2, telemetry as local processes (PostgreSQL + Redis)
 	@bash .ci/ensure-services.sh

@@ -57,6 +57,11 @@ fi
 if ! command -v chromium >/dev/null; then
   echo "installing Chromium"; apt_install chromium || echo "chromium not installable; e2e tests will skip" >&2
 fi
+# faketime runs one process on a skewed clock in the clock-skew fault test (X12).
+if ! command -v faketime >/dev/null; then
+  echo "installing faketime"; apt_install faketime || echo "faketime not installable" >&2
+fi
+
 # docker-compose (Debian's v1) validates docker-compose.yml without an engine.
 if ! command -v docker-compose >/dev/null; then
   echo "installing docker-compose"; apt_install docker-compose || echo "docker-compose not installable" >&2

@@ -1,9 +1,11 @@
-"""Web middleware of the project: request latency metrics."""
+"""Web middleware of the project: request latency metrics, database unavailability as 503."""
 
+import logging
 import time
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from interconnect.metrics import HTTP_LATENCY
 
@@ -23,3 +25,36 @@ class MetricsMiddleware:
             time.perf_counter() - start
         )
         return response
+
+
+# Seconds a client should wait before retrying while the database is away (a restart takes a few).
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 with ``Retry-After`` when a view fails because the database is unreachable.
+
+    During a PostgreSQL restart or a cut connection, psycopg raises ``OperationalError`` (or
+    ``InterfaceError`` on a connection already closed). Without this, Django answers 500: a bug
+    to the client, and not retryable. A 503 says "try again", which is the truth: the request
+    changed nothing (its transaction never committed). Serialization failures and deadlocks are
+    ``OperationalError`` too, and retrying is also the right answer for them.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        logging.getLogger("interconnect.db").warning(
+            "database unavailable: %s %s: %s", request.method, request.path, exception
+        )
+        return JsonResponse(
+            {"detail": "The database is unavailable; retry later."},
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )

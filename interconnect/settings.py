@@ -59,6 +59,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "registry.middleware.RequestIdMiddleware",
     "interconnect.middleware.MetricsMiddleware",
+    # A view that cannot reach PostgreSQL answers 503 + Retry-After, not 500 (RELIABILITY X3).
+    "interconnect.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it sees the outcome of authentication.
     "axes.middleware.AxesMiddleware",
 ]
@@ -259,7 +261,8 @@ WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", defaul
 
 # --- Verification (verification/; README "Verification") ---------------------------------------
 # Simulated agents run time-scaled; the verifier must use the same factor (1.0 in production).
-VERIFICATION_TIME_SCALE = env.float("VERIFICATION_TIME_SCALE", default=1.0)
+# Parsed with float(): django-environ's float reader mangles exponents ("5e-6").
+VERIFICATION_TIME_SCALE = float(env.str("VERIFICATION_TIME_SCALE", default="1.0"))
 # Measured / declared throughput below this fails the pool.
 VERIFICATION_TOLERANCE = env.float("VERIFICATION_TOLERANCE", default=0.8)
 VERIFICATION_MATRIX_SIZE = env.int("VERIFICATION_MATRIX_SIZE", default=1024)
@@ -267,23 +270,37 @@ VERIFICATION_REPETITIONS = env.int("VERIFICATION_REPETITIONS", default=2)
 VERIFICATION_DTYPE = env.str("VERIFICATION_DTYPE", default="float64")
 VERIFICATION_FREIVALDS_ROUNDS = env.int("VERIFICATION_FREIVALDS_ROUNDS", default=16)
 VERIFICATION_RPC_TIMEOUT = env.float("VERIFICATION_RPC_TIMEOUT", default=60.0)
+# Seconds granted beyond the verifier's clock (plus 25 % of it) before a claimed compute time is
+# called impossible: agent-side work that is not multiplication, scheduling noise.
+VERIFICATION_TIMING_ALLOWANCE = env.float("VERIFICATION_TIMING_ALLOWANCE", default=0.05)
 VERIFICATION_MAX_RETRIES = env.int("VERIFICATION_MAX_RETRIES", default=5)
 # Hard limit of one verification task; a running claim older than this may be taken over.
 VERIFICATION_TASK_TIME_LIMIT = env.int("VERIFICATION_TASK_TIME_LIMIT", default=180)
+# A queued run not picked up this long after its task was sent gets its task sent again.
+VERIFICATION_REQUEUE_AFTER = env.int("VERIFICATION_REQUEUE_AFTER", default=600)
 VERIFICATION_REVERIFY_HOURS = env.float("VERIFICATION_REVERIFY_HOURS", default=24.0)
 VERIFICATION_REVERIFY_JITTER = env.float("VERIFICATION_REVERIFY_JITTER", default=0.5)
 HEARTBEAT_DEGRADED_AFTER = env.int("HEARTBEAT_DEGRADED_AFTER", default=30)
 HEARTBEAT_OFFLINE_AFTER = env.int("HEARTBEAT_OFFLINE_AFTER", default=120)
+HEARTBEAT_RETENTION_DAYS = env.int("HEARTBEAT_RETENTION_DAYS", default=90)
 
 # --- Broker (brokers/; README "Broker") --------------------------------------------------------
 # Length of a ledger slot: booking windows are rounded outward to whole slots.
 BROKER_SLOT_MINUTES = env.int("BROKER_SLOT_MINUTES", default=15)
 # Pools the candidate query hands to the Python filters and scorers, at most.
-BROKER_CANDIDATE_LIMIT = env.int("BROKER_CANDIDATE_LIMIT", default=200)
+BROKER_CANDIDATE_LIMIT = env.int("BROKER_CANDIDATE_LIMIT", default=64)
+# The cheapest pools per model (that could fit by size) whose free capacity is computed first;
+# all of them only when fewer than a handful fit.
+BROKER_CANDIDATE_SCAN = env.int("BROKER_CANDIDATE_SCAN", default=512)
+# Per-process snapshot of active pools' static facts used to propose candidates (0: off, every
+# placement asks the database); status and free capacity are always read fresh.
+BROKER_PLACEMENT_CACHE_SECONDS = env.float("BROKER_PLACEMENT_CACHE_SECONDS", default=60.0)
 # When capacity is scarce, a firm holding this share of it gets no more (fair sharing).
 BROKER_FAIR_SHARE_CAP = env.float("BROKER_FAIR_SHARE_CAP", default=0.5)
 # Placement weights per latency class, overriding brokers.placement.scorers.DEFAULT_WEIGHTS.
 BROKER_PLACEMENT_WEIGHTS: dict[str, dict[str, float]] = {}
+# A held booking keeps its capacity this long unless confirmed (database time).
+BROKER_HOLD_SECONDS = env.int("BROKER_HOLD_SECONDS", default=300)
 # Dispatch booked workloads to agents on commit (off for benchmarks without agents).
 BROKER_DISPATCH = env.bool("BROKER_DISPATCH", default=True)
 # gRPC server: worker threads per process and the message size limit both ways.

@@ -6,7 +6,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Verification first: its pools/{id}/reverify/ sits beside the registry's pool routes.
+    path("api/v1/", include("verification.api.urls")),
     path("api/v1/", include("registry.api.urls")),
+    path("api/v1/", include("brokers.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -25,3 +25,9 @@ def webhook_deliver_task(self, delivery_id: int) -> None:  # type: ignore[no-unt
             webhooks.webhook_give_up(delivery_id=delivery_id)
             return
         raise
+
+
+@shared_task(acks_late=True, time_limit=120, soft_time_limit=100)
+def webhook_relay_task() -> int:
+    """Periodic outbox relay: re-enqueue deliveries whose task message was lost."""
+    return webhooks.webhook_requeue_pending()

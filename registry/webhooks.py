@@ -5,6 +5,7 @@ created in it and sent by a Celery task after commit, so an event is never sent 
 that rolled back.
 """
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -17,8 +18,10 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from interconnect.metrics import WEBHOOK_DELIVERIES
 from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
 from registry.netguard import resolve_public
 
@@ -27,6 +30,10 @@ DELIVERY_TIMEOUT_SECONDS = 5
 
 class DeliveryFailed(Exception):
     """A delivery attempt that may succeed later (network error, 5xx, 429)."""
+
+
+class DeliveryBusy(DeliveryFailed):
+    """The delivery's lease is held by another attempt (alive, or killed mid-attempt)."""
 
 
 def _check_url(url: str) -> None:
@@ -88,11 +95,23 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     """Send one delivery (one attempt). Raises ``DeliveryFailed`` for a retryable failure.
 
-    The HTTP call happens outside any transaction; a delivery already delivered is not sent
-    again (the task may be redelivered after a worker died).
+    The attempt is claimed first by compare-and-set (a lease in ``claimed_until``), so two tasks
+    for one delivery (a relayed message beside a late original) never POST at the same time; a
+    delivery no longer pending is not sent again. The HTTP call happens outside any transaction.
     """
+    now = timezone.now()
+    lease = now + dt.timedelta(seconds=DELIVERY_TIMEOUT_SECONDS + 5)
+    claimed = (
+        WebhookDelivery.objects.filter(pk=delivery_id, state=WebhookDelivery.State.PENDING)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .update(claimed_until=lease, last_attempt_at=now)
+    )
     delivery = WebhookDelivery.objects.select_related("subscription").get(pk=delivery_id)
-    if delivery.state != WebhookDelivery.State.PENDING:
+    if not claimed:
+        if delivery.state == WebhookDelivery.State.PENDING:
+            # Another attempt holds the lease, or held it when its worker died: try again once
+            # the lease may have lapsed (the task retries with backoff).
+            raise DeliveryBusy(f"delivery {delivery_id} is being attempted elsewhere")
         return delivery
     body = json.dumps({"id": str(delivery.event_id), **delivery.payload}).encode()
     timestamp = str(int(time.time()))
@@ -123,17 +142,45 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     fields: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
     if ok:
         fields |= {"state": WebhookDelivery.State.DELIVERED, "delivered_at": timezone.now()}
+        WEBHOOK_DELIVERIES.labels("delivered").inc()
     elif not retryable:
         fields |= {"state": WebhookDelivery.State.FAILED}
-    from django.db.models import F
-
+        WEBHOOK_DELIVERIES.labels("failed").inc()
+    else:
+        WEBHOOK_DELIVERIES.labels("retry").inc()
+    # ``attempts`` counts completed attempts: one cut short by a killed worker is not counted.
     WebhookDelivery.objects.filter(pk=delivery.pk, state=WebhookDelivery.State.PENDING).update(
-        attempts=F("attempts") + 1, **fields
+        claimed_until=None, attempts=F("attempts") + 1, **fields
     )
     delivery.refresh_from_db()
     if retryable:
         raise DeliveryFailed(error or f"HTTP {status_code}")
     return delivery
+
+
+def webhook_requeue_pending(*, grace_seconds: float = 900, limit: int = 1000) -> int:
+    """The outbox relay: send again the task of deliveries still pending after ``grace_seconds``
+    with no attempt in progress (their message was lost with the broker, or never published
+    because the broker was down at commit). Returns how many were re-enqueued.
+
+    The default grace exceeds the longest retry backoff (600 s), so deliveries merely waiting for
+    their next retry are left alone; a relayed task beside a late original is harmless (lease).
+    """
+    from registry.tasks import webhook_deliver_task
+
+    now = timezone.now()
+    cutoff = now - dt.timedelta(seconds=grace_seconds)
+    stale = (
+        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, created_at__lte=cutoff)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .filter(Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lte=cutoff))
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    ids = list(stale)
+    for pk in ids:
+        webhook_deliver_task.delay(pk)
+    return len(ids)
 
 
 def webhook_give_up(*, delivery_id: int) -> None:

@@ -31,6 +31,7 @@ from interconnect.metrics import VERIFICATION_VERDICTS
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, Door, Status
+from registry.clock import db_now
 from registry.errors import IllegalTransition
 from registry.models import Center, Pool
 from registry.netguard import resolve_public
@@ -570,7 +571,8 @@ def heartbeat_record(
             raise ValidationError(
                 {f"pools[{i}].accelerators_healthy": [f"The pool has {pool.accelerators}."]}
             )
-    now = timezone.now()
+    # Stamped with the database's clock, the one the sweeper judges silence by (X12).
+    now = db_now()
     rows = [
         Heartbeat(
             pool=owned[beat.national_id],
@@ -594,7 +596,8 @@ def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
     this sweeper set (an operator's or a verifier's reason is left alone). A pool never heard
     from counts from its verification. Safe to run twice: every move is a compare-and-set.
     """
-    now = now or timezone.now()
+    # The database's clock, not this worker's: heartbeats are stamped with it (X12).
+    now = now or db_now()
     degraded_after = dt.timedelta(seconds=settings.HEARTBEAT_DEGRADED_AFTER)
     offline_after = dt.timedelta(seconds=settings.HEARTBEAT_OFFLINE_AFTER)
     latest = Heartbeat.objects.filter(pool=OuterRef("pk")).order_by("-time").values("time")[:1]

@@ -134,3 +134,36 @@ def _uuid_or_404(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise Http404("No such run.") from None
+
+
+def center_detail(request: HttpRequest, national_id: str, **extra: Any) -> HttpResponse:
+    """The center page, with the center's scheduled downtime for its operator."""
+    context = registry_views.center_detail_context(request, national_id)
+    if context["editable"]:
+        context["downtimes"] = selectors.downtimes_visible_to(request.user).filter(
+            center=context["center"]
+        )[:10]
+        context.setdefault("downtime_form", DowntimeForm())
+    context.update(extra)
+    return render(request, "verification/center_detail.html", context)
+
+
+@login_required
+@require_POST
+def center_downtime_declare(request: HttpRequest, national_id: str) -> HttpResponse:
+    """Announce maintenance of a whole center (every pool in it)."""
+    center = get_object_or_404(
+        registry_selectors.centers_editable_by(request.user), national_id=national_id
+    )
+    form = DowntimeForm(request.POST)
+    if form.is_valid():
+        try:
+            services.downtime_declare(
+                actor=request.user, door=Door.PORTAL, center=center, **form.cleaned_data
+            )
+        except ValidationError as exc:
+            apply_service_errors(form, exc)
+        else:
+            messages.success(request, "Scheduled downtime of the center declared.")
+            return redirect("center-detail", national_id=center.national_id)
+    return center_detail(request, national_id, downtime_form=form)

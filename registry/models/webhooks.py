@@ -70,6 +70,10 @@ class WebhookDelivery(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # An attempt in progress holds this lease: a second task for the same delivery (a relayed
+    # or redelivered message) sees it and does not POST concurrently.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -78,6 +82,10 @@ class WebhookDelivery(models.Model):
             models.UniqueConstraint(
                 fields=["subscription", "event_id"], name="webhook_delivery_once"
             ),
+        ]
+        indexes = [
+            # The relay's scan: pending deliveries, oldest first.
+            models.Index(fields=["state", "created_at"], name="webhook_pending_idx"),
         ]
 
     def __str__(self) -> str:

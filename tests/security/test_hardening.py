@@ -138,3 +138,12 @@ def test_the_change_log_is_append_only(alice: Any) -> None:
     rows = ChangeRecord.objects.count()
     figure("S10.audit", mutations=2, audit_rows=rows, tamper_refused=refused == 4)
     assert refused == 4
+
+
+@pytest.mark.django_db
+def test_a_value_the_database_refuses_is_bad_input_not_a_server_error(
+    alice: Any, api_as: Any
+) -> None:
+    # Found by the fuzzer: a time-zone offset Python accepts and PostgreSQL does not.
+    response = api_as(alice).get("/api/v1/changes/", {"since": "0653-09-10T09:48:22+22:32"})
+    assert response.status_code == 400

@@ -9,6 +9,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 SCHEDULES = {
     "verification: heartbeat sweep": ("verification.tasks.heartbeat_sweep", 10),
     "verification: re-verification sweep": ("verification.tasks.reverify_sweep", 60),
+    # The webhook outbox relay (registry): re-sends deliveries whose task message was lost.
+    "registry: webhook relay": ("registry.tasks.webhook_relay_task", 300),
 }
 
 

@@ -1,0 +1,281 @@
+"""REST doors of the broker: parse, call one service, render. Same services as gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError as DRFValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from brokers import selectors, services
+from brokers.api import serializers as s
+from brokers.errors import CapacityExhausted, RetryableConflict
+from brokers.filtersets import BookingFilterSet
+from brokers.ledger import DeadlineExceeded
+from brokers.models import Booking
+from brokers.placement import PlacementResult
+from registry.choices import Door
+
+DOOR = Door.API
+
+
+class BrokerErrorsMixin:
+    """Broker errors as HTTP answers; everything else goes to the project's handler."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, CapacityExhausted):
+            return Response(
+                {"detail": exc.detail, "code": exc.code}, status=status.HTTP_409_CONFLICT
+            )
+        if isinstance(exc, RetryableConflict):
+            return Response(
+                {"detail": str(exc), "code": "booking.conflict", "retryable": True},
+                status=status.HTTP_409_CONFLICT,
+            )
+        if isinstance(exc, DeadlineExceeded):
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return super().handle_exception(exc)  # type: ignore[misc]
+
+
+def placement_to_dict(result: PlacementResult) -> dict[str, Any]:
+    def jsonable(obj: Any) -> Any:
+        if isinstance(obj, Decimal):
+            return str(obj)
+        if isinstance(obj, list):
+            return [jsonable(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: jsonable(v) for k, v in obj.items()}
+        return obj
+
+    return {
+        "options": [
+            jsonable(
+                {
+                    **{k: v for k, v in dataclasses.asdict(o).items() if k != "parts"},
+                    "accelerators": o.accelerators,
+                    "parts": [
+                        {k: v for k, v in dataclasses.asdict(p).items() if k != "pool_id"}
+                        for p in o.parts
+                    ],
+                }
+            )
+            for o in result.options
+        ],
+        "rejections": [dataclasses.asdict(r) for r in result.rejections],
+        "prefiltered": result.prefiltered,
+        "candidates_considered": result.candidates_considered,
+    }
+
+
+class CapacityView(BrokerErrorsMixin, APIView):
+    """Verified free capacity per pool over a window (default: the next hour), paged by
+    ``page_token``."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(parameters=[s.CapacityQuerySerializer], responses=s.CapacityPageSerializer)
+    def get(self, request: Request) -> Response:
+        q = s.CapacityQuerySerializer(data=request.query_params)
+        q.is_valid(raise_exception=True)
+        p = q.validated_data
+        rows, token = services.capacity_query(
+            actor=request.user,
+            start=p["start"],
+            end=p["end"],
+            accelerator_model=p["accelerator"],
+            hub=p["hub"],
+            cluster=p["cluster"],
+            interconnect=p["interconnect"],
+            max_price=p["max_price"],
+            page_size=p["page_size"],
+            page_token=p["page_token"],
+        )
+        return Response(
+            {
+                "results": [
+                    {
+                        k: (str(v) if isinstance(v, Decimal) else v)
+                        for k, v in dataclasses.asdict(r).items()
+                    }
+                    for r in rows
+                ],
+                "next_page_token": token,
+            }
+        )
+
+
+class PlacementView(BrokerErrorsMixin, APIView):
+    """POST a workload specification: ranked options and every rejection explained. Books
+    nothing."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=s.PlacementRequestSerializer, responses=s.PlacementSerializer)
+    def post(self, request: Request) -> Response:
+        ser = s.PlacementRequestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        max_options, explain = ser.validated_data["max_options"], ser.validated_data["explain"]
+        result = services.placement_preview(
+            spec=ser.to_spec(), actor=request.user, explain=explain, max_options=max_options
+        )
+        return Response(placement_to_dict(result))
+
+
+class BookingViewSet(
+    BrokerErrorsMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Bookings: create (with an idempotency key), list, retrieve, cancel. A firm sees its own;
+    an operator sees the bookings on its pools, without their specification."""
+
+    serializer_class = s.BookingSerializer
+    permission_classes = [IsAuthenticated]
+    lookup_field = "national_id"
+    filterset_class = BookingFilterSet
+    ordering_fields = ["created_at", "window_start"]
+
+    def get_queryset(self) -> QuerySet[Booking]:
+        qs = selectors.bookings_visible_to(self.request.user)
+        if self.action in ("cancel", "confirm"):
+            qs = selectors.bookings_cancellable_by(self.request.user)
+        return qs.select_related("replaced_by").prefetch_related("allocations__pool__center")
+
+    def _render(self, booking: Booking, code: int = status.HTTP_200_OK) -> Response:
+        booking = (
+            self.get_queryset()
+            .model.objects.prefetch_related("allocations__pool__center")
+            .select_related("organization", "replaced_by")
+            .get(pk=booking.pk)
+        )
+        return Response(
+            s.BookingSerializer(booking, context={"request": self.request}).data, status=code
+        )
+
+    @extend_schema(request=s.BookingCreateSerializer, responses=s.BookingSerializer)
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        ser = s.BookingCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        spec_ser = s.WorkloadSpecSerializer(data=request.data["spec"])
+        spec_ser.is_valid(raise_exception=True)
+        key = ser.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key")
+        if not key:
+            raise DRFValidationError(
+                {"idempotency_key": ["Required (or an Idempotency-Key header)."]}
+            )
+        option = [(p["pool"], p["accelerators"]) for p in ser.validated_data.get("option") or []]
+        booking = services.booking_create(
+            spec=spec_ser.to_spec(),
+            idempotency_key=key,
+            actor=request.user,
+            door=DOOR,
+            option=option or None,
+            hold=ser.validated_data["hold"],
+        )
+        return self._render(booking, status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.BookingSerializer)
+    @action(detail=True, methods=["post"])
+    def confirm(self, request: Request, national_id: str) -> Response:
+        """Confirm a held booking before its hold lapses; it is then dispatched."""
+        booking = services.booking_confirm(booking=self.get_object(), actor=request.user, door=DOOR)
+        return self._render(booking)
+
+    @extend_schema(request=None, responses=s.BookingSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, national_id: str) -> Response:
+        """Cancel the booking and give its capacity back."""
+        booking = services.booking_cancel(
+            booking=self.get_object(),
+            actor=request.user,
+            door=DOOR,
+            reason=str(request.data.get("reason", ""))[:500],
+        )
+        return self._render(booking)
+
+    @extend_schema(
+        parameters=[s.EventsQuerySerializer], responses=s.BookingEventSerializer(many=True)
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, national_id: str) -> Response:
+        """The booking's events, oldest first (what WatchBooking streams)."""
+        booking = self.get_object()
+        q = s.EventsQuerySerializer(data=request.query_params)
+        q.is_valid(raise_exception=True)
+        events = selectors.booking_events_after(booking=booking, after_id=q.validated_data["after"])
+        return Response(s.BookingEventSerializer(events, many=True).data)
+
+
+class UsageView(APIView):
+    """Accelerator-hours and cost of finished work per month, for the caller's organization
+    (platform staff: any, with ``?organization=<slug>``)."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=s.UsageSerializer)
+    def get(self, request: Request) -> Response:
+        from registry import selectors as registry_selectors
+        from registry.models import Organization
+
+        org = registry_selectors.organization_of(request.user)
+        slug = request.query_params.get("organization")
+        if slug and registry_selectors.is_platform_staff(request.user):
+            org = Organization.objects.filter(slug=slug).first()
+        if org is None:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        rows = selectors.usage_by_month(organization_id=org.pk)
+        return Response(
+            {
+                "organization": org.slug,
+                "months": [
+                    {**r, "accelerator_hours": str(r["accelerator_hours"]), "cost": str(r["cost"])}
+                    for r in rows
+                ],
+            }
+        )
+
+
+class QuotaView(APIView):
+    """An AI firm's quota: the firm reads its own; platform staff read and set any
+    (``PUT /api/v1/quotas/<org slug>/`` with ``max_concurrent_accelerators`` and
+    ``max_accelerator_hours_per_month``, null for no limit)."""
+
+    permission_classes = [IsAuthenticated]
+
+    def _org(self, request: Request, slug: str) -> Any:
+        from registry import selectors as registry_selectors
+
+        return registry_selectors.organizations_visible_to(request.user).filter(slug=slug).first()
+
+    @extend_schema(responses=s.QuotaSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        from brokers.models import Quota
+
+        org = self._org(request, slug)
+        if org is None:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        quota = Quota.objects.filter(organization=org).first()
+        if quota is None:
+            empty = {"max_concurrent_accelerators": None, "max_accelerator_hours_per_month": None}
+            return Response({"organization": slug, **empty})
+        return Response(s.QuotaSerializer(quota).data)
+
+    @extend_schema(request=s.QuotaSerializer, responses=s.QuotaSerializer)
+    def put(self, request: Request, slug: str) -> Response:
+        org = self._org(request, slug)
+        if org is None:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        ser = s.QuotaSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        quota = services.quota_set(organization=org, actor=request.user, **ser.validated_data)
+        return Response(s.QuotaSerializer(quota).data)

@@ -1,0 +1,267 @@
+"""Dispatch of booked workloads to the centers' agents, and following them to the end.
+
+Called by the Celery tasks in ``brokers.tasks``. Every step is safe to run twice: the status
+moves are compare-and-set, ``StartWorkload`` is idempotent per workload id on the agent, and
+usage is recorded once per allocation. gRPC calls happen outside any database transaction;
+only their results are written, in short ones. Channels are made lazily in the process that
+uses them (never before a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC
+from enum import StrEnum
+
+import grpc
+
+from brokers import services
+from brokers.choices import FINAL_STATUSES, BookingStatus, EventKind
+from brokers.models import Allocation, Booking
+from brokers.placement.spec import WorkloadSpec
+from protos import agent_pb2, agent_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 5.0
+START_ATTEMPTS = 3
+# One follow step polls for at most this long, then hands over to a new task (so no task runs
+# near the Celery time limit, and a long workload costs no worker while it runs).
+FOLLOW_BUDGET_SECONDS = 30.0
+POLL_SECONDS = 0.2
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+_channels: dict[tuple[int, str], grpc.Channel] = {}
+_pool_keys: dict[tuple[str, str], str] = {}
+_lock = threading.Lock()
+
+
+class Outcome(StrEnum):
+    """What a dispatch or follow step ended with."""
+
+    GONE = "gone"  # booking missing or already final
+    REPLACED = "replaced"
+    FOLLOW = "follow"  # still running: follow again later
+    DONE = "done"
+
+
+def agent_stub(endpoint: str) -> agent_pb2_grpc.AgentStub:
+    """A stub on a channel made in this process (keyed by pid: never reuse one across fork)."""
+    key = (os.getpid(), endpoint)
+    with _lock:
+        channel = _channels.get(key)
+        if channel is None:
+            channel = grpc.insecure_channel(endpoint)
+            _channels[key] = channel
+    return agent_pb2_grpc.AgentStub(channel)
+
+
+def _pool_key(stub: agent_pb2_grpc.AgentStub, endpoint: str, model: str) -> str:
+    """The agent's key of the pool with this accelerator model ("" lets a one-pool agent pick)."""
+    cached = _pool_keys.get((endpoint, model))
+    if cached is not None:
+        return cached
+    inventory = stub.GetInventory(agent_pb2.GetInventoryRequest(), timeout=CALL_TIMEOUT)
+    keys = [p.pool_key for p in inventory.pools if p.accelerator_model == model]
+    key = keys[0] if keys else ""
+    _pool_keys[(endpoint, model)] = key
+    return key
+
+
+def workload_id(allocation: Allocation) -> str:
+    return f"{allocation.booking.national_id}-{allocation.pk}"
+
+
+def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloadResponse:
+    endpoint = allocation.pool.center.agent_endpoint
+    if not endpoint:
+        raise grpc.RpcError("the center has no agent endpoint")
+    stub = agent_stub(endpoint)
+    for attempt in range(START_ATTEMPTS):
+        try:
+            key = _pool_key(stub, endpoint, allocation.pool.accelerator.slug)
+            return stub.StartWorkload(
+                agent_pb2.StartWorkloadRequest(
+                    workload_id=workload_id(allocation),
+                    pool_key=key,
+                    accelerators=allocation.accelerators,
+                    image=spec.image,
+                    command=spec.command,
+                    duration_seconds=spec.duration.total_seconds(),
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in TRANSIENT or attempt == START_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _code(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code.name if code is not None else str(exc)
+
+
+def dispatch(booking_id: int) -> Outcome:
+    """Start the booking's workload at every center it holds; re-place it if one refuses."""
+    booking = Booking.objects.filter(pk=booking_id).first()
+    # A hold runs only once confirmed (its confirmation enqueues dispatch again).
+    if booking is None or booking.status in FINAL_STATUSES or booking.status == BookingStatus.HELD:
+        return Outcome.GONE
+    if booking.status == BookingStatus.CONFIRMED:
+        services.booking_record(
+            booking=booking,
+            kind=EventKind.STATUS,
+            message="dispatching to the centers",
+            to=BookingStatus.DISPATCHING,
+            allowed_from={BookingStatus.CONFIRMED},
+        )
+    spec = WorkloadSpec.from_json(booking.spec)
+    allocations = list(
+        booking.allocations.select_related("booking", "pool__center", "pool__accelerator")
+    )
+    for allocation in allocations:
+        center = allocation.pool.center.national_id
+        try:
+            response = _start(allocation, spec)
+        except grpc.RpcError as exc:
+            reason = f"dispatch to {center} failed ({_code(exc)})"
+            logger.warning("booking %s: %s", booking.national_id, reason)
+            _stop_all(allocations, reason)
+            services.booking_replace(booking=booking, exclude_center=center, reason=reason)
+            return Outcome.REPLACED
+        if not allocation.workload_id:
+            Allocation.objects.filter(pk=allocation.pk).update(workload_id=workload_id(allocation))
+            allocation.workload_id = workload_id(allocation)
+        if response.created:
+            services.booking_record(
+                booking=booking,
+                kind=EventKind.DISPATCHED,
+                message=f"{allocation.accelerators} accelerators started at {center}",
+                data={"pool": allocation.pool.national_id, "workload_id": allocation.workload_id},
+            )
+    return follow(booking_id)
+
+
+_STATE_NAMES = {
+    agent_pb2.WORKLOAD_STATE_PENDING: "pending",
+    agent_pb2.WORKLOAD_STATE_RUNNING: "running",
+    agent_pb2.WORKLOAD_STATE_SUCCEEDED: "succeeded",
+    agent_pb2.WORKLOAD_STATE_FAILED: "failed",
+    agent_pb2.WORKLOAD_STATE_STOPPED: "stopped",
+}
+_ENDED = frozenset({"succeeded", "failed", "stopped"})
+
+
+def follow(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) -> Outcome:
+    """Poll the booking's workloads, record every change, move the booking's status; stop after
+    ``budget`` seconds with ``FOLLOW`` (the task re-enqueues itself)."""
+    deadline = time.monotonic() + budget
+    while True:
+        booking = Booking.objects.filter(pk=booking_id).first()
+        if booking is None or booking.status in FINAL_STATUSES:
+            return Outcome.GONE
+        allocations = list(
+            booking.allocations.select_related("booking", "pool__center").order_by("pk")
+        )
+        states: list[str] = []
+        for allocation in allocations:
+            try:
+                reply = agent_stub(allocation.pool.center.agent_endpoint).GetWorkload(
+                    agent_pb2.GetWorkloadRequest(workload_id=workload_id(allocation)),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                logger.info("booking %s: agent not answering (%s)", booking_id, _code(exc))
+                states.append(allocation.workload_state or "pending")
+                continue
+            workload = reply.workload
+            state = _STATE_NAMES.get(workload.state, "pending")
+            states.append(state)
+            if state != allocation.workload_state:
+                Allocation.objects.filter(pk=allocation.pk).update(workload_state=state)
+                services.booking_record(
+                    booking=booking,
+                    kind=EventKind.WORKLOAD,
+                    message=f"{allocation.pool.national_id}: {state}"
+                    + (f" ({workload.message})" if workload.message else ""),
+                    data={"pool": allocation.pool.national_id, "state": state},
+                )
+                if state in _ENDED and workload.HasField("started_at"):
+                    services.usage_record(
+                        allocation=allocation,
+                        started_at=workload.started_at.ToDatetime(tzinfo=UTC),
+                        finished_at=workload.finished_at.ToDatetime(tzinfo=UTC),
+                    )
+        outcome = _advance(booking, states)
+        if outcome is not None:
+            return outcome
+        if time.monotonic() >= deadline:
+            return Outcome.FOLLOW
+        time.sleep(POLL_SECONDS)
+
+
+def _advance(booking: Booking, states: list[str]) -> Outcome | None:
+    """Move the booking's status from its workloads' states; DONE once it is final."""
+    active = {BookingStatus.DISPATCHING, BookingStatus.RUNNING}
+    if states and all(s == "succeeded" for s in states):
+        services.booking_record(
+            booking=booking,
+            kind=EventKind.STATUS,
+            message="the workload finished at every center",
+            to=BookingStatus.FINISHED,
+            allowed_from=active,
+        )
+        return Outcome.DONE
+    if any(s in ("failed", "stopped") for s in states):
+        _stop_all(list(booking.allocations.select_related("pool__center")), "a part failed")
+        services.booking_record(
+            booking=booking,
+            kind=EventKind.STATUS,
+            message="the workload failed at a center",
+            to=BookingStatus.FAILED,
+            allowed_from=active,
+        )
+        return Outcome.DONE
+    if (
+        states
+        and all(s in ("running", "succeeded") for s in states)
+        and booking.status == BookingStatus.DISPATCHING
+    ):
+        services.booking_record(
+            booking=booking,
+            kind=EventKind.STATUS,
+            message="running at every center",
+            to=BookingStatus.RUNNING,
+            allowed_from={BookingStatus.DISPATCHING},
+        )
+    return None
+
+
+def _stop_all(allocations: list[Allocation], reason: str) -> None:
+    for allocation in allocations:
+        endpoint = allocation.pool.center.agent_endpoint
+        if not endpoint:
+            continue
+        try:
+            agent_stub(endpoint).StopWorkload(
+                agent_pb2.StopWorkloadRequest(
+                    workload_id=f"{allocation.booking.national_id}-{allocation.pk}", reason=reason
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.RpcError:
+            pass  # never started there, or the agent is gone: nothing to stop
+
+
+def stop(booking_id: int) -> None:
+    """Stop a cancelled booking's workloads at their centers."""
+    booking = Booking.objects.filter(pk=booking_id).first()
+    if booking is None:
+        return
+    _stop_all(list(booking.allocations.select_related("booking", "pool__center")), "cancelled")

@@ -1,0 +1,280 @@
+"""The candidate query: one indexed SQL statement that prefilters pools and computes their free
+capacity over the window from ``PoolSlot`` (the most reserved slot of the window).
+
+Only what SQL does cheaply is filtered here (status, model, hubs, centers, price, traits, free
+capacity); the rest is left to the Python filters, which explain each rejection. Pools left out
+by SQL are counted per reason by :func:`prefilter_counts` when the caller asks for explanations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from brokers.ledger import slot_bounds
+from brokers.placement import catalog
+from brokers.placement.spec import Candidate, WorkloadSpec
+from registry.models import A100_BF16_DENSE_TFLOPS
+
+TFLOPS_SQL = (
+    "COALESCE(p.measured_tflops_per_accelerator, a.bf16_dense_tflops, a.fp16_dense_tflops, "
+    "p.declared_tflops_per_accelerator, 0)"
+)
+# The most reserved slot of the window: an index probe on (pool_id, slot_start) per pool.
+USED_SQL = (
+    "(SELECT MAX(s.reserved) FROM brokers_poolslot s WHERE s.pool_id = p.id "
+    "AND s.slot_start >= %s AND s.slot_start < %s)"
+)
+# With fewer candidates than this among the cheapest pools, every pool is examined.
+MIN_CANDIDATES = 8
+FROM_SQL = (
+    "FROM registry_pool p "
+    "JOIN registry_center c ON c.id = p.center_id "
+    "JOIN registry_cluster cl ON cl.id = c.cluster_id "
+    "JOIN registry_hub h ON h.id = cl.hub_id "
+    "JOIN registry_accelerator a ON a.id = p.accelerator_id "
+)
+
+
+def _in(values: tuple[str, ...] | list[str]) -> str:
+    return ",".join(["%s"] * len(values))
+
+
+def min_part(spec: WorkloadSpec) -> tuple[str, list[Any]]:
+    """SQL condition on ``free`` (the free accelerators) that a usable pool must meet."""
+    if spec.accelerator_model:
+        need = spec.gang_size if spec.allow_split else spec.count
+        return "free >= %s", [need]
+    if spec.allow_split:
+        return "free >= %s", [spec.gang_size]
+    # Any model: free * tflops must reach the requested A100-equivalents.
+    return "free * tflops >= %s", [spec.a100_equivalents * A100_BF16_DENSE_TFLOPS]
+
+
+def static_part(spec: WorkloadSpec) -> tuple[str, list[Any]]:
+    """The same condition on the pool's size instead of its free capacity: no slot probe, so
+    pools that could never fit are skipped before free capacity is computed."""
+    cond, params = min_part(spec)
+    return cond.replace("free", "p.accelerators").replace("tflops", TFLOPS_SQL), params
+
+
+def model_ids(slug: str = "") -> list[int]:
+    """Accelerator ids of the catalog (of one slug if given): the candidate query filters on the
+    indexed column directly. Read every time: the catalog table is tiny and a cached id could
+    outlive its row."""
+    with connection.cursor() as cur:
+        if slug:
+            cur.execute("SELECT id FROM registry_accelerator WHERE slug = %s", [slug])
+        else:
+            cur.execute("SELECT id FROM registry_accelerator ORDER BY id")
+        return [row[0] for row in cur.fetchall()]
+
+
+def _filters(spec: WorkloadSpec) -> tuple[list[str], list[Any]]:
+    """Conditions shared by every model's branch (the model itself is per branch)."""
+    where = ["p.status = 'active'", "c.status = 'active'"]
+    params: list[Any] = []
+    if spec.hubs_allowed:
+        where.append(f"h.code IN ({_in(spec.hubs_allowed)})")
+        params += list(spec.hubs_allowed)
+    if spec.hubs_excluded:
+        where.append(f"h.code NOT IN ({_in(spec.hubs_excluded)})")
+        params += list(spec.hubs_excluded)
+    if spec.centers_excluded:
+        where.append(f"c.national_id NOT IN ({_in(spec.centers_excluded)})")
+        params += list(spec.centers_excluded)
+    if spec.price_cap is not None:
+        where.append("p.price_per_accelerator_hour <= %s")
+        params.append(spec.price_cap)
+    for trait in spec.traits:
+        where.append(
+            "EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
+            "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s)"
+        )
+        params.append(trait)
+    return where, params
+
+
+def fetch_candidates(spec: WorkloadSpec, *, limit: int) -> list[Candidate]:
+    """Pools that pass the SQL prefilter, cheapest first within each model, at most ``limit``
+    per model.
+
+    One statement: a ``UNION ALL`` of one branch per accelerator model (one branch when the spec
+    names a model). Each branch walks ``pool_bookable_price_idx`` (model, price, id over active
+    pools) in price order and stops after ``limit`` rows that fit, so the cost follows the
+    limit, not the number of pools; free capacity is an index probe on the pool's slots.
+    """
+    first, last = (
+        connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(spec.start, spec.end)
+    )
+    snapshot = catalog.current()
+    if snapshot is not None:
+        models_seen = 1 if spec.accelerator_model else max(1, len(snapshot.models))
+        scan = limit * 2 if models_seen == 1 else max(16, limit * 3 // models_seen)
+        found = catalog.candidates_from(snapshot, spec, limit=limit, per_model_scan=scan)
+        if found is not None:
+            return found
+    models = model_ids(spec.accelerator_model)
+    if not models:
+        return []
+    where, params = _filters(spec)
+    cond, cond_params = min_part(spec)
+    cond = cond.replace("free", "f.free").replace("tflops", "f.tflops")
+    cap, cap_params = static_part(spec)
+    per_model = limit if len(models) == 1 else max(8, limit // len(models) * 2)
+    used = USED_SQL.replace("p.id", "b.pool_id")
+
+    def statement(bound: int | None) -> tuple[str, list[Any]]:
+        # Innermost: the cheapest pools of one model that pass the cheap filters, walked in
+        # pool_bookable_price_idx order and cut at ``bound``; then free capacity (one slot
+        # probe each); then the free-capacity condition, cheapest first.
+        branch = (
+            "SELECT * FROM (SELECT f.pool_id, f.national_id, f.center_id, f.center_nid, "
+            "f.operator_id, f.hub, f.accelerator, f.accelerators, f.accelerators_per_node, "
+            "f.free, f.price, f.currency, f.tflops, f.memory_gb, f.intra_node_interconnect, "
+            "f.inter_node_interconnect, f.green_power_share, f.verified_at FROM ("
+            f"SELECT b.*, b.accelerators - COALESCE({used}, 0) AS free FROM ("
+            "SELECT p.id AS pool_id, p.national_id, c.id AS center_id, "
+            "c.national_id AS center_nid, c.operator_id, h.code AS hub, a.slug AS accelerator, "
+            "p.accelerators, p.accelerators_per_node, "
+            "p.price_per_accelerator_hour AS price, p.currency, "
+            f"{TFLOPS_SQL} AS tflops, a.memory_gb, p.intra_node_interconnect, "
+            "p.inter_node_interconnect, c.green_power_share, p.verified_at "
+            f"{FROM_SQL} WHERE p.accelerator_id = %s AND {' AND '.join(where)} "
+            f"AND {TFLOPS_SQL} > 0 AND {cap} "
+            "ORDER BY p.price_per_accelerator_hour, p.id"
+            + (" LIMIT %s" if bound else "")
+            + f") AS b) AS f WHERE {cond} ORDER BY f.price, f.pool_id LIMIT %s) AS m{{i}}"
+        )
+        sql = " UNION ALL ".join(branch.replace("{i}", str(i)) for i in range(len(models)))
+        all_params: list[Any] = []
+        for model in models:
+            all_params += [first, last, model, *params, *cap_params]
+            all_params += [bound] if bound else []
+            all_params += [*cond_params, per_model]
+        return sql, all_params
+
+    bound = int(getattr(settings, "BROKER_CANDIDATE_SCAN", 512))
+    with connection.cursor() as cur:
+        cur.execute(*statement(bound))
+        rows = cur.fetchall()
+        if len(rows) < MIN_CANDIDATES:
+            # Few fit among the cheapest: look at every pool before saying "nothing fits".
+            cur.execute(*statement(None))
+            rows = cur.fetchall()
+        traits: dict[int, set[str]] = defaultdict(set)
+        if rows and (spec.traits or spec.interconnect):
+            pool_ids = [row[0] for row in rows]
+            if pool_ids:
+                cur.execute(
+                    "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt JOIN registry_trait t "
+                    f"ON t.id = pt.trait_id WHERE pt.pool_id IN ({_in(pool_ids)})",
+                    pool_ids,
+                )
+                for pool_id, slug in cur.fetchall():
+                    traits[pool_id].add(slug)
+    out = []
+    for row in rows:
+        verified_at = row[17]
+        if isinstance(verified_at, str):  # SQLite returns text from raw SQL
+            verified_at = dt.datetime.fromisoformat(verified_at).replace(tzinfo=dt.UTC)
+        out.append(
+            Candidate(
+                pool_id=row[0],
+                national_id=row[1],
+                center_id=row[2],
+                center_national_id=row[3],
+                operator_id=row[4],
+                hub=row[5],
+                accelerator=row[6],
+                accelerators=row[7],
+                accelerators_per_node=row[8],
+                free=max(0, int(row[9])),
+                price=None if row[10] is None else Decimal(str(row[10])),
+                currency=row[11] or "",
+                tflops=float(row[12] or 0),
+                memory_gb=row[13],
+                intra_node_interconnect=row[14] or "",
+                inter_node_interconnect=row[15] or "",
+                green_power_share=float(row[16]),
+                verified_at=verified_at,
+                traits=frozenset(traits.get(row[0], ())),
+            )
+        )
+    # One deterministic order whatever the branches returned: cheapest per unit of work.
+    out.sort(key=lambda c: (c.price is None, _unit(spec, c), c.pool_id))
+    return out[:limit]
+
+
+def _unit(spec: WorkloadSpec, cand: Candidate) -> Decimal:
+    if cand.price is None:
+        return Decimal(0)
+    if spec.accelerator_model or not cand.tflops:
+        return cand.price
+    return cand.price / Decimal(str(cand.tflops))
+
+
+def prefilter_counts(spec: WorkloadSpec) -> dict[str, int]:
+    """How many listed pools of the requested model (of any model when the spec asks for
+    A100-equivalents) the SQL prefilter left out, per reason (the first reason that applies).
+
+    A pass over those pools: asked for only when the caller wants explanations.
+    """
+    first, last = (
+        connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(spec.start, spec.end)
+    )
+    cases: list[str] = ["WHEN p.status <> 'active' OR c.status <> 'active' THEN 'pool.not_active'"]
+    params: list[Any] = []
+    scope = "p.status IN ('active', 'degraded', 'offline')"
+    scope_params: list[Any] = []
+    if spec.accelerator_model:
+        # Only pools of the requested model are explained: the index keeps this cheap, and
+        # "it is another model" explains nothing.
+        scope += " AND p.accelerator_id = %s"
+        scope_params.append((model_ids(spec.accelerator_model) or [0])[0])
+    if spec.hubs_allowed:
+        cases.append(f"WHEN h.code NOT IN ({_in(spec.hubs_allowed)}) THEN 'hub.not_allowed'")
+        params += list(spec.hubs_allowed)
+    if spec.hubs_excluded:
+        cases.append(f"WHEN h.code IN ({_in(spec.hubs_excluded)}) THEN 'hub.excluded'")
+        params += list(spec.hubs_excluded)
+    if spec.centers_excluded:
+        cases.append(f"WHEN c.national_id IN ({_in(spec.centers_excluded)}) THEN 'center.excluded'")
+        params += list(spec.centers_excluded)
+    if spec.price_cap is not None:
+        cases.append(
+            "WHEN p.price_per_accelerator_hour IS NULL OR p.price_per_accelerator_hour > %s "
+            "THEN 'price.over_cap'"
+        )
+        params.append(spec.price_cap)
+    for trait in spec.traits:
+        cases.append(
+            "WHEN NOT EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
+            "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s) "
+            "THEN 'traits.missing'"
+        )
+        params.append(trait)
+    cases.append(f"WHEN {TFLOPS_SQL} <= 0 THEN 'performance.unknown'")
+    cond, cond_params = min_part(spec)
+    cond = cond.replace("free", f"(p.accelerators - COALESCE({USED_SQL}, 0))").replace(
+        "tflops", TFLOPS_SQL
+    )
+    n_used = cond.count(USED_SQL)
+    cases.append(f"WHEN NOT ({cond}) THEN 'capacity.insufficient'")
+    sql = (
+        f"SELECT reason, COUNT(*) FROM (SELECT CASE {' '.join(cases)} ELSE NULL END AS reason "
+        f"{FROM_SQL} WHERE {scope}) q "
+        "WHERE reason IS NOT NULL GROUP BY reason"
+    )
+    # The capacity condition embeds USED_SQL, whose window parameters come first in it.
+    cond_all: list[Any] = []
+    for _ in range(n_used):
+        cond_all += [first, last]
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, *cond_all, *cond_params, *scope_params])
+        return {reason: int(n) for reason, n in cur.fetchall()}

@@ -1,0 +1,406 @@
+"""A per-process snapshot of the bookable pools' static facts, for fast candidate selection.
+
+This is the scheduler cache of RELIABILITY 1.2, used the way that section allows: it only
+*proposes* candidates. What may be stale here (price, hub, size, traits, for at most
+``BROKER_PLACEMENT_CACHE_SECONDS``) never decides a booking: status and free capacity of every
+proposed pool are read fresh from the database, and the ledger checks both again under lock when
+booking. A pool activated a moment ago appears at the next refresh.
+
+Pools are kept per model and per (model, hub), sorted by price, so a request walks the cheapest
+pools that can fit and stops: its cost follows the number of candidates, not the number of
+pools. One thread refreshes while the others keep using the previous snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import gc
+import heapq
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection
+
+from brokers.ledger import slot_bounds
+from brokers.placement.spec import Candidate, WorkloadSpec
+from registry.models.catalog import A100_BF16_DENSE_TFLOPS
+
+SNAPSHOT_SQL = (
+    "SELECT p.id, p.national_id, c.id, c.national_id, c.operator_id, h.code, a.slug, "
+    "p.accelerators, p.accelerators_per_node, p.price_per_accelerator_hour, p.currency, "
+    "COALESCE(p.measured_tflops_per_accelerator, a.bf16_dense_tflops, a.fp16_dense_tflops, "
+    "p.declared_tflops_per_accelerator, 0), a.memory_gb, p.intra_node_interconnect, "
+    "p.inter_node_interconnect, c.green_power_share, p.verified_at, cl.code "
+    "FROM registry_pool p JOIN registry_center c ON c.id = p.center_id "
+    "JOIN registry_cluster cl ON cl.id = c.cluster_id JOIN registry_hub h ON h.id = cl.hub_id "
+    "JOIN registry_accelerator a ON a.id = p.accelerator_id "
+    "WHERE p.status = 'active' AND c.status = 'active'"
+)
+
+
+# Batches of candidates checked against the database before giving the question to SQL.
+MAX_BATCHES = 4
+# Fewer candidates than this that fit: keep walking (or ask the database about every pool).
+MIN_CANDIDATES = 8
+
+
+def _key(c: Candidate) -> tuple[bool, Decimal, int]:
+    return (c.price is None, c.price or Decimal(0), c.pool_id)
+
+
+def size_class(accelerators: int) -> tuple[int, int]:
+    """Pools are grouped by size class (the two leading bits of their accelerator count: 8, 12,
+    16, 24, 32, 48...), so a request for many accelerators never walks the small pools and
+    walks at most one class of pools that may be a little too small."""
+    n = max(1, int(accelerators))
+    bits = n.bit_length()
+    return (bits, (n >> (bits - 2)) & 1 if bits >= 2 else 0)
+
+
+class PoolCatalog:
+    """Active pools in active centers, as candidates with ``free`` unknown (set to size).
+
+    Lists sorted by price, keyed by (model, hub, size class): a walk merges the few lists that
+    can hold the request.
+    """
+
+    def __init__(
+        self, pools: list[Candidate], loaded_at: float, clusters: dict[int, str] | None = None
+    ) -> None:
+        self.loaded_at = loaded_at
+        self.size = len(pools)
+        self.clusters = clusters or {}
+        # By national id, whole and per model and per hub: capacity listings page through these.
+        self.by_nid: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+        for pool in pools:
+            for key in (
+                ("", ""),
+                (pool.accelerator, ""),
+                ("", pool.hub),
+                (pool.accelerator, pool.hub),
+            ):
+                self.by_nid[key].append(pool)
+        for group in self.by_nid.values():
+            group.sort(key=lambda p: p.national_id)
+        self.nid_keys = {key: [p.national_id for p in group] for key, group in self.by_nid.items()}
+        # Listed pools that are not bookable (degraded, offline, or in such a center), per model.
+        self.inactive: dict[str, int] = {}
+        groups: dict[tuple[str, str, tuple[int, int]], list[Candidate]] = defaultdict(list)
+        hubs: dict[str, set[str]] = defaultdict(set)
+        classes: dict[str, set[tuple[int, int]]] = defaultdict(set)
+        max_tflops: dict[str, float] = defaultdict(float)
+        for pool in pools:
+            k = size_class(pool.accelerators)
+            groups[(pool.accelerator, pool.hub, k)].append(pool)
+            hubs[pool.accelerator].add(pool.hub)
+            classes[pool.accelerator].add(k)
+            max_tflops[pool.accelerator] = max(max_tflops[pool.accelerator], pool.tflops)
+        for group in groups.values():
+            group.sort(key=_key)
+        self.groups = dict(groups)
+        self.models = sorted(hubs)
+        self.hubs = {m: sorted(h) for m, h in hubs.items()}
+        self.classes = {m: sorted(k) for m, k in classes.items()}
+        self.max_tflops = dict(max_tflops)
+
+    def walk(self, model: str, hubs: tuple[str, ...], min_accelerators: int) -> Iterator[Candidate]:
+        """Pools of ``model`` (in ``hubs`` if given) with room for ``min_accelerators`` by size
+        class, cheapest first."""
+        least = size_class(max(1, min_accelerators))
+        lists = [
+            self.groups[(model, hub, k)]
+            for hub in (hubs or self.hubs.get(model, ()))
+            for k in self.classes.get(model, ())
+            if k >= least and (model, hub, k) in self.groups
+        ]
+        if len(lists) == 1:
+            return iter(lists[0])
+        return heapq.merge(*lists, key=_key)
+
+
+def load() -> PoolCatalog:
+    with connection.cursor() as cur:
+        cur.execute(SNAPSHOT_SQL)
+        rows = cur.fetchall()
+        cur.execute(
+            "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
+            "JOIN registry_trait t ON t.id = pt.trait_id"
+        )
+        traits: dict[int, set[str]] = defaultdict(set)
+        for pool_id, slug in cur.fetchall():
+            traits[pool_id].add(slug)
+    pools = []
+    clusters: dict[int, str] = {}
+    for r in rows:
+        clusters[r[0]] = r[17]
+        verified_at = r[16]
+        if isinstance(verified_at, str):  # SQLite returns text from raw SQL
+            verified_at = dt.datetime.fromisoformat(verified_at).replace(tzinfo=dt.UTC)
+        pools.append(
+            Candidate(
+                pool_id=r[0],
+                national_id=r[1],
+                center_id=r[2],
+                center_national_id=r[3],
+                operator_id=r[4],
+                hub=r[5],
+                accelerator=r[6],
+                accelerators=r[7],
+                accelerators_per_node=r[8],
+                free=r[7],
+                price=None if r[9] is None else Decimal(str(r[9])),
+                currency=r[10] or "",
+                tflops=float(r[11] or 0),
+                memory_gb=r[12],
+                intra_node_interconnect=r[13] or "",
+                inter_node_interconnect=r[14] or "",
+                green_power_share=float(r[15]),
+                verified_at=verified_at,
+                traits=frozenset(traits.get(r[0], ())),
+            )
+        )
+    snapshot = PoolCatalog(pools, time.monotonic(), clusters)
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT a.slug, COUNT(*) FROM registry_pool p JOIN registry_center c "
+            "ON c.id = p.center_id JOIN registry_accelerator a ON a.id = p.accelerator_id "
+            "WHERE p.status IN ('active', 'degraded', 'offline') "
+            "AND NOT (p.status = 'active' AND c.status = 'active') GROUP BY a.slug"
+        )
+        snapshot.inactive = dict(cur.fetchall())
+    # Hundreds of thousands of long-lived objects: keep them out of the cyclic collector's
+    # full passes, which would otherwise pause a request now and then for 100+ ms.
+    gc.freeze()
+    return snapshot
+
+
+_lock = threading.Lock()
+_refreshing = threading.Lock()
+_current: PoolCatalog | None = None
+
+
+def ttl() -> float:
+    return float(getattr(settings, "BROKER_PLACEMENT_CACHE_SECONDS", 60.0))
+
+
+def current() -> PoolCatalog | None:
+    """The snapshot (None when the cache is off). The first call loads it; afterwards a stale
+    snapshot is refreshed by a background thread while requests go on with the old one, so no
+    request pays for a reload."""
+    global _current
+    if ttl() <= 0:
+        return None
+    with _lock:
+        snapshot = _current
+    if snapshot is None:
+        with _refreshing:
+            with _lock:
+                if _current is None:
+                    _current = load()
+                return _current
+    if time.monotonic() - snapshot.loaded_at >= ttl() and _refreshing.acquire(blocking=False):
+        threading.Thread(target=_reload, name="pool-snapshot", daemon=True).start()
+    return snapshot
+
+
+def _reload() -> None:
+    global _current
+    try:
+        fresh = load()
+        with _lock:
+            _current = fresh
+    finally:
+        connection.close()  # this thread's own connection
+        _refreshing.release()
+
+
+def invalidate() -> None:
+    """Forget the snapshot (tests; or after bulk changes)."""
+    global _current
+    with _lock:
+        _current = None
+
+
+def fits_statically(spec: WorkloadSpec, cand: Candidate) -> bool:
+    """Could this pool ever take the workload, whatever is booked (size, price, place)?"""
+    if spec.price_cap is not None and (cand.price is None or cand.price > spec.price_cap):
+        return False
+    if cand.hub in spec.hubs_excluded or cand.center_national_id in spec.centers_excluded:
+        return False
+    if spec.traits and not set(spec.traits) <= cand.traits:
+        return False
+    if cand.tflops <= 0:
+        return False
+    if spec.accelerator_model:
+        return cand.accelerators >= (spec.gang_size if spec.allow_split else spec.count)
+    if spec.allow_split:
+        return cand.accelerators >= spec.gang_size
+    return cand.accelerators * cand.tflops >= spec.a100_equivalents * A100_BF16_DENSE_TFLOPS
+
+
+def candidates_from(
+    snapshot: PoolCatalog, spec: WorkloadSpec, *, limit: int, per_model_scan: int
+) -> list[Candidate] | None:
+    """Candidates from the snapshot with fresh status and free capacity, or None when the
+    snapshot cannot answer alone (the caller then asks the database about every pool).
+
+    Walks each model's pools cheapest first in batches of ``per_model_scan`` that fit by size,
+    price and place; reads their free capacity in one query per batch; stops once enough fit
+    or the walk is over.
+    """
+    models = [spec.accelerator_model] if spec.accelerator_model else snapshot.models
+    units = spec.a100_equivalents * A100_BF16_DENSE_TFLOPS
+    walks = {}
+    for model in models:
+        if spec.allow_split:
+            least = spec.gang_size
+        elif spec.accelerator_model:
+            least = spec.count
+        else:
+            best = snapshot.max_tflops.get(model, 0.0)
+            if best <= 0:
+                continue
+            least = math.ceil(units / best - 1e-9)
+        walks[model] = snapshot.walk(model, spec.hubs_allowed, least)
+    cap = spec.price_cap
+    out: list[Candidate] = []
+    for _ in range(MAX_BATCHES):
+        proposed: list[Candidate] = []
+        for model in list(walks):
+            taken = 0
+            for cand in walks[model]:
+                if cap is not None and cand.price is not None and cand.price > cap:
+                    del walks[model]  # sorted by price: nothing further is cheap enough
+                    break
+                if fits_statically(spec, cand):
+                    proposed.append(cand)
+                    taken += 1
+                    if taken >= per_model_scan:
+                        break
+            else:
+                walks.pop(model, None)  # this model's walk is over
+        if proposed:
+            free = fresh_free(spec.start, spec.end, [c.pool_id for c in proposed])
+            for cand in proposed:
+                if cand.pool_id in free and _fits_now(spec, cand, free[cand.pool_id]):
+                    out.append(replace(cand, free=free[cand.pool_id]))
+        if len(out) >= min(limit, MIN_CANDIDATES) or not walks:
+            break
+    else:
+        if len(out) < MIN_CANDIDATES:
+            return None
+    from brokers.placement.candidates import _unit
+
+    out.sort(key=lambda c: (c.price is None, _unit(spec, c), c.pool_id))
+    return out[:limit]
+
+
+def _fits_now(spec: WorkloadSpec, cand: Candidate, free: int) -> bool:
+    if spec.accelerator_model or spec.allow_split:
+        return free >= (spec.gang_size if spec.allow_split else spec.count)
+    return free * cand.tflops >= spec.a100_equivalents * A100_BF16_DENSE_TFLOPS
+
+
+def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dict[int, int]:
+    """``{pool_id: free accelerators over the window}`` for those still active (one query)."""
+    first, last = (connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(start, end))
+    if connection.vendor == "postgresql":
+        # One array parameter: client-side binding of hundreds of placeholders costs more
+        # than the query.
+        match, params = "p.id = ANY(%s)", [first, last, pool_ids]
+    else:
+        match = f"p.id IN ({','.join(['%s'] * len(pool_ids))})"
+        params = [first, last, *pool_ids]
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT p.id, p.accelerators - COALESCE((SELECT MAX(s.reserved) FROM "
+            "brokers_poolslot s WHERE s.pool_id = p.id AND s.slot_start >= %s "
+            "AND s.slot_start < %s), 0) FROM registry_pool p "
+            "JOIN registry_center c ON c.id = p.center_id "
+            f"WHERE {match} AND p.status = 'active' AND c.status = 'active'",
+            params,
+        )
+        return {pool_id: max(0, int(n)) for pool_id, n in cur.fetchall()}
+
+
+def capacity_page(
+    snapshot: PoolCatalog,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    model: str,
+    hub: str,
+    cluster: str,
+    interconnect: str,
+    max_price: Decimal | None,
+    min_free: int,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[tuple[Candidate, int]], str]:
+    """One page of pools with at least ``min_free`` free accelerators over the window, by
+    national id after ``page_token``; free capacity and status read fresh, a batch at a time."""
+    group = snapshot.by_nid.get((model, hub), [])
+    keys = snapshot.nid_keys.get((model, hub), [])
+    i = bisect.bisect_right(keys, page_token) if page_token else 0
+    wanted = interconnect.lower()
+    out: list[tuple[Candidate, int]] = []
+    while i < len(group) and len(out) <= page_size:
+        batch: list[Candidate] = []
+        while i < len(group) and len(batch) < page_size + 1 - len(out):
+            pool = group[i]
+            i += 1
+            if cluster and snapshot.clusters.get(pool.pool_id) != cluster:
+                continue
+            if max_price is not None and (pool.price is None or pool.price > max_price):
+                continue
+            fabrics = f"{pool.intra_node_interconnect} {pool.inter_node_interconnect}".lower()
+            if wanted and wanted not in fabrics:
+                continue
+            batch.append(pool)
+        if batch:
+            free = fresh_free(start, end, [p.pool_id for p in batch])
+            out += [(p, free[p.pool_id]) for p in batch if free.get(p.pool_id, -1) >= min_free]
+    next_token = out[page_size - 1][0].national_id if len(out) > page_size else ""
+    return out[:page_size], next_token
+
+
+def static_reason(spec: WorkloadSpec, pool: Candidate) -> str | None:
+    """Why a pool can never take the workload whatever is booked, or None (same reason codes
+    as the SQL prefilter, in the same order)."""
+    if spec.hubs_allowed and pool.hub not in spec.hubs_allowed:
+        return "hub.not_allowed"
+    if pool.hub in spec.hubs_excluded:
+        return "hub.excluded"
+    if pool.center_national_id in spec.centers_excluded:
+        return "center.excluded"
+    if spec.price_cap is not None and (pool.price is None or pool.price > spec.price_cap):
+        return "price.over_cap"
+    if spec.traits and not set(spec.traits) <= pool.traits:
+        return "traits.missing"
+    if pool.tflops <= 0:
+        return "performance.unknown"
+    if not fits_statically(spec, pool):
+        return "capacity.insufficient"
+    return None
+
+
+def prefilter_counts(snapshot: PoolCatalog, spec: WorkloadSpec) -> dict[str, int]:
+    """The explanation counts from the snapshot: pools of the model(s) that can never fit, per
+    reason, plus the model's pools that are not active. Pools that fit by size but are booked
+    over the window are not counted here (they are fetched and rejected one by one)."""
+    counts: dict[str, int] = defaultdict(int)
+    models = [spec.accelerator_model] if spec.accelerator_model else snapshot.models
+    for model in models:
+        counts["pool.not_active"] += snapshot.inactive.get(model, 0)
+        for pool in snapshot.by_nid.get((model, ""), ()):
+            reason = static_reason(spec, pool)
+            if reason is not None:
+                counts[reason] += 1
+    return {k: v for k, v in counts.items() if v}

@@ -1,0 +1,185 @@
+"""Placement filters: each says whether one pool can take the workload, and if not, why.
+
+A filter is ``(spec, candidate, context) -> Rejection | None``; they are small so each can be
+tested alone, and composed in one list (:data:`FILTERS`) that :mod:`brokers.placement.engine`
+runs in order (the first rejection is reported).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from brokers.choices import LatencyClass
+from brokers.placement.network import Network
+from brokers.placement.spec import Candidate, Rejection, WorkloadSpec
+
+# Interactive work must stay this close (round trip to its data) or in the data's own hub.
+INTERACTIVE_MAX_RTT_MS = 15.0
+
+
+@dataclass
+class Context:
+    """What filters and scorers share for one request: the network, and fair-share figures."""
+
+    network: Network
+    # Scarce: the request would take a large part of what is free for its model(s).
+    scarce: bool = False
+    # The requesting firm's share of the candidates' capacity it already holds in the window.
+    firm_share: float = 0.0
+    fair_share_cap: float = 0.5
+    # Accelerators the firm already holds on each pool in the window (scored as a penalty).
+    firm_held: dict[int, int] = field(default_factory=dict)
+    # Figures scorers compute once per request over all peers (e.g. the cheapest unit price).
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+Filter = Callable[[WorkloadSpec, Candidate, Context], Rejection | None]
+
+
+def needed_on(spec: WorkloadSpec, cand: Candidate) -> int:
+    """Accelerators of this pool the whole workload needs: the count, or the A100-equivalents
+    converted by the pool's measured (else datasheet) performance, rounded up to whole gangs."""
+    if spec.accelerator_model:
+        return spec.count
+    per = cand.a100_per_accelerator
+    if per <= 0:
+        return 0
+    n = math.ceil(spec.a100_equivalents / per - 1e-9)
+    return math.ceil(n / spec.gang_size) * spec.gang_size
+
+
+def model_matches(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if spec.accelerator_model and cand.accelerator != spec.accelerator_model:
+        return Rejection(
+            cand.national_id, "model.mismatch", f"{cand.accelerator}, not {spec.accelerator_model}"
+        )
+    return None
+
+
+def hub_allowed(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if spec.hubs_allowed and cand.hub not in spec.hubs_allowed:
+        return Rejection(cand.national_id, "hub.not_allowed", f"hub {cand.hub} is not allowed")
+    if cand.hub in spec.hubs_excluded:
+        return Rejection(cand.national_id, "hub.excluded", f"hub {cand.hub} is excluded")
+    return None
+
+
+def center_allowed(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if cand.center_national_id in spec.centers_excluded:
+        return Rejection(
+            cand.national_id, "center.excluded", f"center {cand.center_national_id} is excluded"
+        )
+    return None
+
+
+def price_within_cap(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if spec.price_cap is None:
+        return None
+    if cand.price is None or cand.price > spec.price_cap:
+        return Rejection(
+            cand.national_id,
+            "price.over_cap",
+            f"{cand.price} {cand.currency}/accelerator-hour is over the cap {spec.price_cap}",
+        )
+    return None
+
+
+def memory_enough(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if spec.memory_gb_per_accelerator and (cand.memory_gb or 0) < spec.memory_gb_per_accelerator:
+        return Rejection(
+            cand.national_id,
+            "memory.insufficient",
+            f"{cand.memory_gb or 'unknown'} GB per accelerator, "
+            f"{spec.memory_gb_per_accelerator} GB needed",
+        )
+    return None
+
+
+def node_shape(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if cand.accelerators_per_node < spec.min_accelerators_per_node:
+        return Rejection(
+            cand.national_id,
+            "node.too_small",
+            f"{cand.accelerators_per_node} accelerators per node, "
+            f"{spec.min_accelerators_per_node} needed",
+        )
+    return None
+
+
+def interconnect_matches(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    wanted = spec.interconnect.lower()
+    if not wanted:
+        return None
+    fabrics = f"{cand.intra_node_interconnect} {cand.inter_node_interconnect}".lower()
+    if wanted in fabrics or wanted in cand.traits:
+        return None
+    return Rejection(
+        cand.national_id,
+        "interconnect.mismatch",
+        f"{fabrics.strip() or 'no declared fabric'}, {spec.interconnect} needed",
+    )
+
+
+def traits_present(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    missing = sorted(set(spec.traits) - cand.traits)
+    if missing:
+        return Rejection(cand.national_id, "traits.missing", f"lacks {', '.join(missing)}")
+    return None
+
+
+def capacity_free(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    need = spec.gang_size if spec.allow_split else needed_on(spec, cand)
+    if need <= 0:
+        return Rejection(cand.national_id, "performance.unknown", "no measured or rated TFLOPS")
+    if cand.free < need:
+        return Rejection(
+            cand.national_id,
+            "capacity.insufficient",
+            f"{cand.free} of {cand.accelerators} accelerators free in the window, {need} needed",
+        )
+    return None
+
+
+def latency_class_fits(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    if spec.latency_class != LatencyClass.INTERACTIVE or not spec.data_hub:
+        return None
+    rtt = ctx.network.latency_ms(spec.data_hub, cand.hub)
+    if cand.hub != spec.data_hub and rtt > INTERACTIVE_MAX_RTT_MS:
+        return Rejection(
+            cand.national_id,
+            "latency.too_far",
+            f"{rtt:.0f} ms from the data in {spec.data_hub}; interactive work needs "
+            f"{INTERACTIVE_MAX_RTT_MS:.0f} ms or less",
+        )
+    return None
+
+
+def fair_share(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    """When capacity is scarce, a firm already above its fair share waits for others."""
+    if ctx.scarce and ctx.firm_share >= ctx.fair_share_cap:
+        return Rejection(
+            cand.national_id,
+            "fair_share.exceeded",
+            f"capacity is scarce and the firm already holds {ctx.firm_share:.0%} of it "
+            f"(fair-share cap {ctx.fair_share_cap:.0%})",
+        )
+    return None
+
+
+# The one place filters are composed; order decides which reason a pool is reported under.
+FILTERS: list[Filter] = [
+    model_matches,
+    hub_allowed,
+    center_allowed,
+    price_within_cap,
+    traits_present,
+    memory_enough,
+    node_shape,
+    interconnect_matches,
+    latency_class_fits,
+    capacity_free,
+    fair_share,
+]

@@ -1,0 +1,242 @@
+"""What a placement request asks for, and what placement answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from brokers.choices import LatencyClass
+from registry.models.catalog import A100_BF16_DENSE_TFLOPS
+
+MAX_ACCELERATORS = 100_000
+MAX_WINDOW = dt.timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """A workload as an AI firm describes it to the broker.
+
+    Either ``accelerator_model`` (a catalog slug) with ``count`` accelerators, or
+    ``a100_equivalents``: any models whose accelerators add up to that many A100s by measured
+    performance (``Pool.measured_tflops_per_accelerator``, falling back to the catalog).
+    ``gang_size``: accelerators that must start together on one pool (a split never cuts a gang).
+    The workload runs ``duration`` somewhere inside ``[earliest_start, latest_end]``; the broker
+    books it from ``earliest_start``. ``data_hub``/``data_gb`` say where the input lives, to weigh
+    transfer time over ``HubLink``s. ``allow_split`` lets the broker spread it over at most
+    ``max_centers`` centers.
+    """
+
+    count: int = 0
+    accelerator_model: str = ""
+    a100_equivalents: float = 0.0
+    gang_size: int = 1
+    min_accelerators_per_node: int = 0
+    interconnect: str = ""
+    traits: tuple[str, ...] = ()
+    memory_gb_per_accelerator: float = 0.0
+    earliest_start: dt.datetime | None = None
+    latest_end: dt.datetime | None = None
+    duration: dt.timedelta = dt.timedelta(hours=1)
+    hubs_allowed: tuple[str, ...] = ()
+    hubs_excluded: tuple[str, ...] = ()
+    centers_excluded: tuple[str, ...] = ()
+    data_hub: str = ""
+    data_gb: float = 0.0
+    latency_class: str = LatencyClass.TRAINING
+    price_cap: Decimal | None = None
+    allow_split: bool = False
+    max_centers: int = 1
+    image: str = ""
+    command: str = ""
+
+    @property
+    def start(self) -> dt.datetime:
+        assert self.earliest_start is not None
+        return self.earliest_start
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + self.duration
+
+    @property
+    def hours(self) -> float:
+        return self.duration.total_seconds() / 3600
+
+    def validated(self, *, now: dt.datetime) -> WorkloadSpec:
+        """A copy with defaults filled (start now) or ``ValidationError`` naming each bad field."""
+        errors: dict[str, list[str]] = {}
+        start = self.earliest_start or now
+        if start.tzinfo is None:
+            errors["earliest_start"] = ["Give a time zone (e.g. 2026-11-23T08:00:00Z)."]
+        if bool(self.accelerator_model) == bool(self.a100_equivalents):
+            errors["accelerator_model"] = [
+                "Give either an accelerator model with a count, or a100_equivalents."
+            ]
+        if self.accelerator_model and not 1 <= self.count <= MAX_ACCELERATORS:
+            errors["count"] = [f"Between 1 and {MAX_ACCELERATORS}."]
+        if self.a100_equivalents and not 0 < self.a100_equivalents <= MAX_ACCELERATORS:
+            errors["a100_equivalents"] = [f"Between 0 and {MAX_ACCELERATORS}."]
+        if self.gang_size < 1:
+            errors["gang_size"] = ["At least 1."]
+        elif self.accelerator_model and self.count % self.gang_size:
+            errors["gang_size"] = ["The count must be a multiple of the gang size."]
+        if self.min_accelerators_per_node < 0:
+            errors["min_accelerators_per_node"] = ["Must not be negative."]
+        if self.memory_gb_per_accelerator < 0:
+            errors["memory_gb_per_accelerator"] = ["Must not be negative."]
+        if not dt.timedelta(minutes=1) <= self.duration <= MAX_WINDOW:
+            errors["duration"] = ["Between one minute and one year."]
+        elif "earliest_start" not in errors:
+            try:
+                start + self.duration + MAX_WINDOW
+            except OverflowError:
+                errors["earliest_start"] = ["Too far in the future."]
+        if self.latest_end is not None and "earliest_start" not in errors:
+            if self.latest_end < start + self.duration:
+                errors["latest_end"] = ["The window is shorter than the duration."]
+        if self.data_gb < 0:
+            errors["data_gb"] = ["Must not be negative."]
+        if self.data_gb and not self.data_hub:
+            errors["data_hub"] = ["Say which hub holds the data."]
+        if self.latency_class not in LatencyClass.values:
+            errors["latency_class"] = [f"One of {', '.join(LatencyClass.values)}."]
+        if self.price_cap is not None and self.price_cap < 0:
+            errors["price_cap"] = ["Must not be negative."]
+        if self.max_centers < 1:
+            errors["max_centers"] = ["At least 1."]
+        if set(self.hubs_allowed) & set(self.hubs_excluded):
+            errors["hubs_excluded"] = ["A hub cannot be both allowed and excluded."]
+        if errors:
+            raise ValidationError(errors)
+        # UTC from here on: PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows.
+        return dataclasses.replace(
+            self,
+            earliest_start=start.astimezone(dt.UTC),
+            latest_end=self.latest_end.astimezone(dt.UTC) if self.latest_end else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form, stored on the booking (and used to re-place it)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dt.datetime):
+                value = value.isoformat()
+            elif isinstance(value, dt.timedelta):
+                value = value.total_seconds()
+            elif isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkloadSpec:
+        """Inverse of :meth:`to_json` (unknown keys are a ``ValidationError``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValidationError({k: ["Unknown field."] for k in unknown})
+        values = dict(data)
+        try:
+            for key in ("earliest_start", "latest_end"):
+                if values.get(key):
+                    values[key] = dt.datetime.fromisoformat(values[key])
+            if "duration" in values:
+                values["duration"] = dt.timedelta(seconds=float(values["duration"]))
+            if values.get("price_cap") not in (None, ""):
+                values["price_cap"] = Decimal(str(values["price_cap"]))
+            else:
+                values["price_cap"] = None
+        except (ValueError, ArithmeticError) as exc:
+            raise ValidationError({"spec": [f"Malformed value: {exc}"]}) from None
+        for key in ("traits", "hubs_allowed", "hubs_excluded", "centers_excluded"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A pool that survived the SQL prefilter, with what filters and scorers need."""
+
+    pool_id: int
+    national_id: str
+    center_id: int
+    center_national_id: str
+    operator_id: int
+    hub: str
+    accelerator: str
+    accelerators: int
+    accelerators_per_node: int
+    free: int
+    price: Decimal | None
+    currency: str
+    tflops: float
+    memory_gb: float | None
+    intra_node_interconnect: str
+    inter_node_interconnect: str
+    green_power_share: float
+    verified_at: dt.datetime | None
+    traits: frozenset[str] = frozenset()
+
+    @property
+    def a100_per_accelerator(self) -> float:
+        return self.tflops / A100_BF16_DENSE_TFLOPS if self.tflops else 0.0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a pool cannot take the workload: a stable code and a sentence."""
+
+    pool: str
+    reason_code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class OptionPart:
+    """One pool's share of an option."""
+
+    pool_id: int
+    pool: str
+    center: str
+    hub: str
+    accelerator: str
+    accelerators: int
+    price_per_accelerator_hour: Decimal | None
+    currency: str
+
+
+@dataclass
+class PlacementOption:
+    """A way to run the workload: one part per pool, with its cost and why it ranks here."""
+
+    parts: list[OptionPart]
+    score: float
+    cost: Decimal
+    currency: str
+    transfer_seconds: float
+    green_power_share: float
+    explanation: list[str] = field(default_factory=list)
+
+    @property
+    def accelerators(self) -> int:
+        return sum(p.accelerators for p in self.parts)
+
+
+@dataclass
+class PlacementResult:
+    """Ranked options, every rejection, and counts of pools the SQL prefilter left out."""
+
+    spec: WorkloadSpec
+    options: list[PlacementOption]
+    rejections: list[Rejection]
+    prefiltered: dict[str, int] = field(default_factory=dict)
+    candidates_considered: int = 0

@@ -1,0 +1,308 @@
+"""The broker's two server interceptors: who is calling, and how errors become statuses.
+
+``AuthInterceptor`` reads ``authorization: Bearer <token>`` with the same function as the REST
+API (``registry.services.user_for_token``) and aborts UNAUTHENTICATED otherwise; health and
+reflection are open. ``ErrorInterceptor`` is the one place that maps domain errors to gRPC
+status codes with details, for unary and streaming methods alike. Both also prepare the call's
+environment: Django connections fit for this thread, the request id, the remaining deadline.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from brokers.errors import CapacityExhausted, RetryableConflict
+from brokers.ledger import DeadlineExceeded, deadline_at
+from registry.context import new_request_id, request_id_var
+from registry.services import user_for_token
+
+logger = logging.getLogger(__name__)
+
+# The authenticated user of the current call (set by AuthInterceptor around the handler).
+current_user: contextvars.ContextVar[Any] = contextvars.ContextVar("broker_user", default=None)
+
+# Database connections opened by handler threads, so a stopping server can close them (Django
+# connections are per thread and the pool's threads outlive the calls).
+handler_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_connections_lock = threading.Lock()
+
+
+def _remember_connection() -> None:
+    conn = connections["default"]
+    with _connections_lock:
+        handler_connections.add(conn)
+
+
+def close_handler_connections() -> None:
+    """Close the handler threads' connections (call after the server stopped)."""
+    with _connections_lock:
+        held = list(handler_connections)
+        handler_connections.clear()
+    for conn in held:
+        if conn.connection is not None:
+            # Closed from another thread on purpose: the owning thread is idle for good.
+            conn.connection.close()
+            conn.connection = None
+
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# A token is looked up in the database at most this often per process (seconds): a revoked
+# token keeps working that long on a broker that saw it, in exchange for one query less per call.
+AUTH_CACHE_SECONDS = 5.0
+# Connection age and health are checked at most this often per handler thread (seconds); the
+# health check is a round trip, too dear for every call.
+CONNECTION_CHECK_SECONDS = 1.0
+
+_auth_cache: dict[str, tuple[float, Any]] = {}
+_auth_lock = threading.Lock()
+_thread_state = threading.local()
+
+
+def authenticate(header: str) -> Any:
+    """The user of an ``authorization`` header value, or None; cached briefly per process."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    key = hashlib.sha256(token.encode()).hexdigest()
+    now = time.monotonic()
+    with _auth_lock:
+        hit = _auth_cache.get(key)
+    if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
+        return hit[1]
+    user = user_for_token(token)
+    with _auth_lock:
+        if len(_auth_cache) > 10_000:
+            _auth_cache.clear()
+        if user is not None:
+            _auth_cache[key] = (now, user)
+        else:
+            _auth_cache.pop(key, None)
+    return user
+
+
+def _fit_connection() -> None:
+    """Drop this thread's connection if it is too old or broken (Django's per-request check),
+    at most once per ``CONNECTION_CHECK_SECONDS``."""
+    now = time.monotonic()
+    if now - getattr(_thread_state, "checked", 0.0) >= CONNECTION_CHECK_SECONDS:
+        close_old_connections()
+        _thread_state.checked = now
+
+
+DOMAIN = "interconnect.broker.v1"
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, around: Callable[[Callable[..., Any], Any, Any], Any]
+) -> grpc.RpcMethodHandler:
+    """A handler whose behaviour runs inside ``around`` (unary-unary and unary-stream)."""
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: around(inner, req, ctx),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner = handler.unary_stream
+
+        def stream(req: Any, ctx: Any) -> Iterator[Any]:
+            # The generator runs after the handler returns: keep the context for every item.
+            yield from around(lambda r, c: _Drain(inner(r, c)), req, ctx)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class _Drain(list[Any]):
+    """A response stream passed through ``around`` unconsumed: each layer wraps its iterator,
+    so context variables and error mapping also cover the items produced later."""
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        super().__init__()
+        self.iterator = iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iterator
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """UNAUTHENTICATED unless the metadata carries a valid bearer token."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        header = str(metadata.get("authorization", ""))
+        request_id = new_request_id(str(metadata.get("x-request-id", "")) or None)
+
+        def around(
+            behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
+        ) -> Any:
+            # Django connections are per thread: drop ones past their age or broken.
+            _fit_connection()
+            try:
+                user = authenticate(header)
+            except (OperationalError, InterfaceError):
+                # The database is away (restart, cut connection): retryable, never UNKNOWN.
+                context.abort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; retry.")
+            if user is None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "A valid bearer token is required.")
+            remaining = context.time_remaining()
+            tokens = (
+                current_user.set(user),
+                request_id_var.set(request_id),
+                deadline_at.set(time.monotonic() + remaining if remaining is not None else None),
+            )
+            try:
+                result = behaviour(request, context)
+                if isinstance(result, _Drain):
+                    return _Drain(_with_vars(result.iterator, user, request_id))
+                return result
+            finally:
+                _remember_connection()
+                current_user.reset(tokens[0])
+                request_id_var.reset(tokens[1])
+                deadline_at.reset(tokens[2])
+
+        return _wrap(handler, around)
+
+
+def _with_vars(iterator: Iterator[Any], user: Any, request_id: str) -> Iterator[Any]:
+    """Iterate a response stream with the call's user and request id set."""
+    tokens = (current_user.set(user), request_id_var.set(request_id))
+    try:
+        yield from iterator
+    finally:
+        current_user.reset(tokens[0])
+        request_id_var.reset(tokens[1])
+
+
+def _bad_request(exc: ValidationError) -> status_pb2.Status:
+    detail = error_details_pb2.BadRequest()
+    messages: list[str] = []
+    items = exc.message_dict.items() if hasattr(exc, "error_dict") else [("spec", exc.messages)]
+    for field, errors in items:
+        for message in errors:
+            detail.field_violations.add(field=field, description=message)
+            messages.append(f"{field}: {message}")
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message="; ".join(messages)[:1000], details=[packed]
+    )
+
+
+def _error_info(code: int, message: str, reason: str) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    return status_pb2.Status(code=code, message=message[:1000], details=[packed])
+
+
+def status_for(exc: Exception) -> status_pb2.Status | None:
+    """The google.rpc.Status for a domain error, or None for an unexpected one."""
+    if isinstance(exc, ValidationError):
+        return _bad_request(exc)
+    if isinstance(exc, CapacityExhausted):
+        return _error_info(code_pb2.RESOURCE_EXHAUSTED, exc.detail, exc.code)
+    if isinstance(exc, RetryableConflict):
+        return _error_info(code_pb2.ABORTED, str(exc), "booking.conflict")
+    if isinstance(exc, ObjectDoesNotExist):
+        return status_pb2.Status(code=code_pb2.NOT_FOUND, message="No such booking or pool.")
+    if isinstance(exc, PermissionDenied):
+        return status_pb2.Status(
+            code=code_pb2.PERMISSION_DENIED, message=str(exc) or "Not allowed."
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc))
+    if isinstance(exc, OperationalError | InterfaceError):
+        # PostgreSQL restarting or a connection cut: the transaction did not commit, and the
+        # client's retry policy retries UNAVAILABLE with the same idempotency key (RELIABILITY X3).
+        return _error_info(
+            code_pb2.UNAVAILABLE, "The database is unavailable; retry.", "database.unavailable"
+        )
+    return None
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Domain errors become statuses with details; anything else is INTERNAL, logged with the
+    method name (the caller never sees a traceback)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        method = details.method
+
+        def abort(context: grpc.ServicerContext, exc: Exception) -> None:
+            status = status_for(exc)
+            if status is None:
+                logger.exception("broker RPC %s failed", method)
+                status = status_pb2.Status(
+                    code=code_pb2.INTERNAL, message=f"{method} failed: internal error"
+                )
+            context.abort_with_status(rpc_status.to_status(status))
+
+        def around(
+            behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
+        ) -> Any:
+            try:
+                result = behaviour(request, context)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                abort(context, exc)
+                raise  # unreachable: abort raises
+            if isinstance(result, _Drain):
+                return _Drain(_mapped(result.iterator, context, abort))
+            return result
+
+        return _wrap(handler, around)
+
+
+def _is_abort(exc: Exception) -> bool:
+    # grpc's context.abort() raises a bare ``Exception()`` after recording the status; mapping
+    # it again would overwrite that status with INTERNAL.
+    return type(exc) is Exception and not exc.args
+
+
+def _mapped(
+    iterator: Iterator[Any],
+    context: grpc.ServicerContext,
+    abort: Callable[[grpc.ServicerContext, Exception], None],
+) -> Iterator[Any]:
+    try:
+        yield from iterator
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        abort(context, exc)

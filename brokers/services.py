@@ -1,0 +1,817 @@
+"""Every write of the broker goes through a function here; every door calls these.
+
+Services are keyword-only and typed, take the acting user and the door, keep the capacity
+invariant through :mod:`brokers.ledger`, write booking events, and enqueue dispatch on commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from brokers import ledger
+from brokers.choices import (
+    CANCELLABLE_STATUSES,
+    RESERVING_STATUSES,
+    BookingStatus,
+    EventKind,
+)
+from brokers.errors import CapacityExhausted, QuotaExceeded
+from brokers.ledger import Part
+from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
+from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
+from brokers.placement.candidates import TFLOPS_SQL, USED_SQL
+from brokers.placement.engine import explain_counts
+from brokers.placement.spec import Candidate
+from registry import selectors as registry_selectors
+from registry.choices import OrgKind, Status
+from registry.models import Organization, Pool
+from registry.webhooks import webhook_emit
+
+User = Any
+# How many times a booking from a specification is re-placed when its first choice was taken
+# meanwhile (each attempt in a new transaction, on fresh free-capacity figures).
+REPLACE_ATTEMPTS = 3
+
+
+def _now() -> dt.datetime:
+    return timezone.now()
+
+
+def _require_org(actor: User) -> Organization:
+    org = registry_selectors.organization_of(actor)
+    if org is None:
+        raise PermissionDenied("Authenticate as a member of an organization.")
+    return org
+
+
+def _require_booker(actor: User) -> Organization:
+    org = _require_org(actor)
+    if org.kind not in (OrgKind.AI_FIRM, OrgKind.PLATFORM):
+        raise PermissionDenied("Only AI firms book capacity.")
+    return org
+
+
+# --- Capacity and placement --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapacityRow:
+    """Free, verified capacity of one pool over a window."""
+
+    pool: str
+    center: str
+    hub: str
+    cluster: str
+    accelerator: str
+    accelerators: int
+    free: int
+    price_per_accelerator_hour: Decimal | None
+    currency: str
+    intra_node_interconnect: str
+    inter_node_interconnect: str
+    green_power_share: float
+    a100_equivalent_per_accelerator: float
+
+
+def _capacity_row(pool: Candidate, free: int, cluster: str) -> CapacityRow:
+    return CapacityRow(
+        pool=pool.national_id,
+        center=pool.center_national_id,
+        hub=pool.hub,
+        cluster=cluster,
+        accelerator=pool.accelerator,
+        accelerators=pool.accelerators,
+        free=free,
+        price_per_accelerator_hour=pool.price,
+        currency=pool.currency,
+        intra_node_interconnect=pool.intra_node_interconnect,
+        inter_node_interconnect=pool.inter_node_interconnect,
+        green_power_share=pool.green_power_share,
+        a100_equivalent_per_accelerator=round(pool.a100_per_accelerator, 3),
+    )
+
+
+def capacity_query(
+    *,
+    actor: User,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    accelerator_model: str = "",
+    hub: str = "",
+    cluster: str = "",
+    interconnect: str = "",
+    max_price: Decimal | None = None,
+    min_free: int = 1,
+    page_size: int = 100,
+    page_token: str = "",
+) -> tuple[list[CapacityRow], str]:
+    """Verified (``active``) pools with free accelerators over ``[start, end)``, by national id,
+    one page at a time; returns the rows and the token of the next page ("" at the end)."""
+    start = start or _now()
+    end = end or start + dt.timedelta(hours=1)
+    if end <= start:
+        raise ValidationError({"end": ["The window ends after it starts."]})
+    if not 1 <= page_size <= 1000:
+        raise ValidationError({"page_size": ["Between 1 and 1000."]})
+    snapshot = catalog.current()
+    if snapshot is not None:
+        # Static facts from the per-process snapshot, status and free capacity fresh.
+        page, token = catalog.capacity_page(
+            snapshot,
+            start=start,
+            end=end,
+            model=accelerator_model,
+            hub=hub,
+            cluster=cluster,
+            interconnect=interconnect,
+            max_price=max_price,
+            min_free=min_free,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return [
+            _capacity_row(pool, free, snapshot.clusters.get(pool.pool_id, ""))
+            for pool, free in page
+        ], token
+    first, last = (
+        connection.ops.adapt_datetimefield_value(x) for x in ledger.slot_bounds(start, end)
+    )
+    where = ["p.status = 'active'", "c.status = 'active'", "p.national_id > %s"]
+    params: list[Any] = [page_token]
+    for column, value in (("a.slug", accelerator_model), ("h.code", hub), ("cl.code", cluster)):
+        if value:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if interconnect:
+        where.append(
+            "(LOWER(p.intra_node_interconnect) LIKE %s OR LOWER(p.inter_node_interconnect) LIKE %s)"
+        )
+        params += [f"%{interconnect.lower()}%"] * 2
+    if max_price is not None:
+        where.append("p.price_per_accelerator_hour <= %s")
+        params.append(max_price)
+    sql = (
+        "SELECT * FROM (SELECT p.national_id, c.national_id AS center, h.code, cl.code, a.slug, "
+        f"p.accelerators, p.accelerators - COALESCE({USED_SQL}, 0) AS free, "
+        "p.price_per_accelerator_hour, p.currency, p.intra_node_interconnect, "
+        f"p.inter_node_interconnect, c.green_power_share, {TFLOPS_SQL} AS tflops "
+        "FROM registry_pool p JOIN registry_center c ON c.id = p.center_id "
+        "JOIN registry_cluster cl ON cl.id = c.cluster_id JOIN registry_hub h ON h.id = cl.hub_id "
+        "JOIN registry_accelerator a ON a.id = p.accelerator_id "
+        f"WHERE {' AND '.join(where)}) q WHERE free >= %s ORDER BY national_id LIMIT %s"
+    )
+    from registry.models import A100_BF16_DENSE_TFLOPS
+
+    with connection.cursor() as cur:
+        cur.execute(sql, [first, last, *params, min_free, page_size + 1])
+        rows = cur.fetchall()
+    out = [
+        CapacityRow(
+            pool=r[0],
+            center=r[1],
+            hub=r[2],
+            cluster=r[3],
+            accelerator=r[4],
+            accelerators=r[5],
+            free=int(r[6]),
+            price_per_accelerator_hour=None if r[7] is None else Decimal(str(r[7])),
+            currency=r[8] or "",
+            intra_node_interconnect=r[9] or "",
+            inter_node_interconnect=r[10] or "",
+            green_power_share=float(r[11]),
+            a100_equivalent_per_accelerator=round(float(r[12] or 0) / A100_BF16_DENSE_TFLOPS, 3),
+        )
+        for r in rows[:page_size]
+    ]
+    next_token = out[-1].pool if len(rows) > page_size else ""
+    return out, next_token
+
+
+def placement_preview(
+    *, spec: WorkloadSpec, actor: User, explain: bool = True, max_options: int = 5
+) -> PlacementResult:
+    """Ranked placement options for ``spec`` with every rejection explained; books nothing."""
+    org = _require_org(actor)
+    spec = spec.validated(now=_now())
+    return place(spec, organization_id=org.pk, explain=explain, max_options=max_options)
+
+
+# --- Bookings ----------------------------------------------------------------------------------
+
+
+def _new_booking_id() -> str:
+    return f"BK-{_now():%Y%m%d}-{secrets.token_hex(4).upper()}"
+
+
+# Booking status (or event kind) -> the webhook event the firm's subscribers receive.
+WEBHOOK_FOR_STATUS = {
+    BookingStatus.RUNNING: "booking.started",
+    BookingStatus.FINISHED: "booking.finished",
+    BookingStatus.REPLACED: "booking.replaced",
+    BookingStatus.CANCELLED: "booking.cancelled",
+}
+
+
+def _event(
+    booking: Booking, kind: str, message: str = "", data: dict[str, Any] | None = None
+) -> BookingEvent:
+    """Record a booking event (the WatchBooking stream) and, in the same transaction, the
+    webhook deliveries it triggers for the firm (sent after commit)."""
+    event = BookingEvent.objects.create(
+        booking=booking, kind=kind, status=booking.status, message=message[:500], data=data or {}
+    )
+    hook = "booking.placed" if kind == EventKind.CREATED else WEBHOOK_FOR_STATUS.get(booking.status)
+    already = kind != EventKind.CREATED and (
+        BookingEvent.objects.filter(booking=booking, status=booking.status)
+        .exclude(pk=event.pk)
+        .exists()
+    )
+    if hook and not already:
+        webhook_emit(
+            organization=booking.organization,
+            event=hook,
+            data={
+                "booking": booking.national_id,
+                "status": booking.status,
+                "message": message[:500],
+            },
+        )
+    return event
+
+
+def _check_quota(
+    org: Organization, start: dt.datetime, end: dt.datetime, n: int, *, exclude: int
+) -> None:
+    """Refuse the booking if a quota of the firm would be exceeded; names the quota.
+
+    The quota row is locked, so concurrent bookings of one firm are checked one at a time.
+    "Concurrent" is counted conservatively: every reserving booking overlapping the window.
+    """
+    quota = Quota.objects.select_for_update().filter(organization=org).first()
+    if quota is None:
+        return
+    mine = Booking.objects.filter(organization=org, status__in=RESERVING_STATUSES).exclude(
+        pk=exclude
+    )
+    if quota.max_concurrent_accelerators is not None:
+        held = (
+            mine.filter(window_start__lt=end, window_end__gt=start).aggregate(
+                n=Sum("accelerators")
+            )["n"]
+            or 0
+        )
+        if held + n > quota.max_concurrent_accelerators:
+            raise QuotaExceeded(
+                f"Quota max_concurrent_accelerators ({quota.max_concurrent_accelerators}) "
+                f"exceeded: {held} held in the window, {n} requested.",
+                code="quota.max_concurrent_accelerators",
+            )
+    if quota.max_accelerator_hours_per_month is not None:
+        month = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        next_month = (month + dt.timedelta(days=32)).replace(day=1)
+        used = Decimal(0)
+        for b in mine.filter(window_start__gte=month, window_start__lt=next_month).only(
+            "accelerators", "window_start", "window_end"
+        ):
+            used += Decimal(b.accelerators) * Decimal(
+                (b.window_end - b.window_start).total_seconds() / 3600
+            )
+        asked = Decimal(n) * Decimal((end - start).total_seconds() / 3600)
+        if used + asked > quota.max_accelerator_hours_per_month:
+            raise QuotaExceeded(
+                f"Quota max_accelerator_hours_per_month ({quota.max_accelerator_hours_per_month}) "
+                f"exceeded: {used:.1f} booked this month, {asked:.1f} requested.",
+                code="quota.max_accelerator_hours_per_month",
+            )
+
+
+def _dispatch_on_commit(booking: Booking) -> None:
+    if not getattr(settings, "BROKER_DISPATCH", True):
+        return
+    from brokers.tasks import booking_dispatch as booking_dispatch_task
+
+    booking_pk, start = booking.pk, booking.window_start
+    transaction.on_commit(
+        lambda: booking_dispatch_task.apply_async(
+            (booking_pk,), eta=start if start > _now() else None
+        )
+    )
+
+
+def _book_option(
+    *,
+    org: Organization,
+    actor: User,
+    door: str,
+    spec: WorkloadSpec,
+    option: PlacementOption,
+    idempotency_key: str,
+    replaces: Booking | None = None,
+    hold_seconds: float | None = None,
+) -> Booking:
+    """One attempt, inside the caller's transaction: booking, allocations, event, quota, ledger."""
+    start, end = spec.start, spec.end
+    total = option.accelerators
+    held = hold_seconds is not None
+    booking = Booking.objects.create(
+        national_id=_new_booking_id(),
+        organization=org,
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        door=door,
+        idempotency_key=idempotency_key,
+        spec=spec.to_json(),
+        status=BookingStatus.HELD if held else BookingStatus.CONFIRMED,
+        # The hold's lapse is measured on the database's clock, like its expiry sweep.
+        hold_expires_at=Now() + dt.timedelta(seconds=hold_seconds) if held else None,
+        window_start=start,
+        window_end=end,
+        accelerators=total,
+        estimated_cost=option.cost,
+        currency=option.currency,
+    )
+    # Rows of this booking first, the shared locks last: quota row, then pools and their slot
+    # counters, so the hottest locks (a busy pool's slots) are held only from the upsert to
+    # the commit. Any refusal rolls all of it back.
+    Allocation.objects.bulk_create(
+        [
+            Allocation(
+                booking=booking,
+                pool_id=p.pool_id,
+                accelerators=p.accelerators,
+                start=start,
+                end=end,
+                price_per_accelerator_hour=p.price_per_accelerator_hour,
+            )
+            for p in option.parts
+        ]
+    )
+    _event(
+        booking,
+        EventKind.CREATED,
+        f"booked {total} accelerators on " + ", ".join(p.pool for p in option.parts),
+        {
+            "pools": [p.pool for p in option.parts],
+            "replaces": replaces.national_id if replaces else "",
+        },
+    )
+    _check_quota(org, start, end, total, exclude=booking.pk)
+    ledger.reserve([Part(p.pool_id, p.accelerators) for p in option.parts], start, end)
+    if not held:
+        _dispatch_on_commit(booking)
+    return booking
+
+
+def option_from_parts(
+    *, spec: WorkloadSpec, parts: Sequence[tuple[str, int]], actor: User
+) -> PlacementOption:
+    """A placement option the client chose (pool national ids and counts), checked against what
+    the client may see; capacity is checked by the ledger."""
+    if not parts:
+        raise ValidationError({"option": ["An option needs at least one part."]})
+    ids = [nid for nid, _ in parts]
+    # Plain rows, not model instances: this runs on every booking from an option.
+    pools = {
+        row["national_id"]: row
+        for row in registry_selectors.pools_visible_to(actor)
+        .filter(national_id__in=ids)
+        .values(
+            "pk",
+            "national_id",
+            "center__national_id",
+            "center__cluster__hub__code",
+            "accelerator__slug",
+            "price_per_accelerator_hour",
+            "currency",
+        )
+    }
+    errors = [nid for nid in ids if nid not in pools]
+    if errors:
+        raise ValidationError({"option": [f"Unknown pool {nid}." for nid in errors]})
+    from brokers.placement.spec import OptionPart
+
+    option_parts = []
+    for nid, n in parts:
+        if n < 1:
+            raise ValidationError({"option": [f"{nid}: at least one accelerator."]})
+        pool = pools[nid]
+        if spec.accelerator_model and pool["accelerator__slug"] != spec.accelerator_model:
+            raise ValidationError({"option": [f"{nid} has {pool['accelerator__slug']}."]})
+        option_parts.append(
+            OptionPart(
+                pool_id=pool["pk"],
+                pool=nid,
+                center=pool["center__national_id"],
+                hub=pool["center__cluster__hub__code"],
+                accelerator=pool["accelerator__slug"],
+                accelerators=n,
+                price_per_accelerator_hour=pool["price_per_accelerator_hour"],
+                currency=pool["currency"],
+            )
+        )
+    if spec.accelerator_model and sum(p.accelerators for p in option_parts) != spec.count:
+        raise ValidationError({"option": ["The parts must add up to the requested count."]})
+    hours = Decimal(str(spec.hours))
+    cost = sum(
+        (
+            (p.price_per_accelerator_hour or Decimal(0)) * p.accelerators * hours
+            for p in option_parts
+        ),
+        Decimal(0),
+    ).quantize(Decimal("0.01"))
+    return PlacementOption(
+        parts=option_parts,
+        score=0.0,
+        cost=cost,
+        currency=option_parts[0].currency,
+        transfer_seconds=0.0,
+        green_power_share=0.0,
+    )
+
+
+def _existing(org: Organization, key: str) -> Booking | None:
+    return Booking.objects.filter(organization=org, idempotency_key=key).first()
+
+
+def booking_create(
+    *,
+    spec: WorkloadSpec,
+    idempotency_key: str,
+    actor: User,
+    door: str,
+    option: Sequence[tuple[str, int]] | None = None,
+    hold: bool = False,
+) -> Booking:
+    """Book ``spec`` (on the best placement, or on the client's chosen ``option``).
+
+    With ``hold`` the booking is ``held``: its capacity is reserved for ``BROKER_HOLD_SECONDS``
+    and it runs only once confirmed (:func:`booking_confirm`); unconfirmed, it lapses and its
+    capacity comes back (:func:`bookings_expire_holds`).
+
+    A repeated ``idempotency_key`` of the same firm returns the first booking, whatever the
+    request says. Each attempt is a new transaction; when the chosen capacity was taken
+    meanwhile, a booking from a specification is re-placed on fresh figures up to
+    ``REPLACE_ATTEMPTS`` times. ``CapacityExhausted`` (naming the reason or quota) when nothing
+    fits.
+    """
+    org = _require_booker(actor)
+    key = (idempotency_key or "").strip()
+    if not 1 <= len(key) <= 100:
+        raise ValidationError({"idempotency_key": ["Give a key of 1 to 100 characters."]})
+    found = _existing(org, key)
+    if found is not None:
+        return found
+    spec = spec.validated(now=_now())
+    hold_seconds = float(getattr(settings, "BROKER_HOLD_SECONDS", 300)) if hold else None
+    chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
+
+    def book(option: PlacementOption) -> Booking:
+        return ledger.in_fresh_transactions(
+            lambda: _book_option(
+                org=org,
+                actor=actor,
+                door=door,
+                spec=spec,
+                option=option,
+                idempotency_key=key,
+                hold_seconds=hold_seconds,
+            )
+        )
+
+    last_error: CapacityExhausted | None = None
+    for _ in range(1 if chosen else REPLACE_ATTEMPTS):
+        if chosen is not None:
+            candidate = chosen
+        else:
+            result = place(spec, organization_id=org.pk, explain=False, max_options=1)
+            if not result.options:
+                # Explain the refusal (the full count is paid only when nothing fits).
+                result.prefiltered = explain_counts(spec)
+                raise CapacityExhausted(_no_placement_detail(result), code="booking.no_placement")
+            candidate = result.options[0]
+        try:
+            try:
+                return book(candidate)
+            except IntegrityError:
+                # A concurrent request with the same key committed first: answer with its
+                # booking. Otherwise the random booking id collided: once more, with a new id.
+                found = _existing(org, key)
+                if found is not None:
+                    return found
+                return book(candidate)
+        except IntegrityError:
+            found = _existing(org, key)
+            if found is not None:
+                return found
+            raise
+        except QuotaExceeded:
+            raise
+        except CapacityExhausted as exc:
+            last_error = exc
+    assert last_error is not None
+    raise last_error
+
+
+def _no_placement_detail(result: PlacementResult) -> str:
+    reasons: dict[str, int] = dict(result.prefiltered)
+    for r in result.rejections:
+        reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
+    summary = ", ".join(f"{code}: {n}" for code, n in sorted(reasons.items()))
+    return "No pool can take this workload" + (f" ({summary})." if summary else ".")
+
+
+def _set_status(
+    booking: Booking, *, allowed_from: frozenset[str] | set[str], to: str, reason: str = ""
+) -> bool:
+    """Compare-and-set of a booking's status; False if another writer moved it first."""
+    updated = Booking.objects.filter(pk=booking.pk, status__in=allowed_from).update(
+        status=to, status_reason=reason[:500], updated_at=_now()
+    )
+    if updated:
+        booking.status = to
+        booking.status_reason = reason[:500]
+    return bool(updated)
+
+
+def _release(booking: Booking) -> None:
+    parts = [Part(a.pool_id, a.accelerators) for a in booking.allocations.all()]
+    ledger.release(parts, booking.window_start, booking.window_end)
+
+
+def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = "") -> Booking:
+    """Cancel a booking and give its capacity back; cancelling a cancelled booking is a no-op.
+
+    The status compare-and-set makes the release happen exactly once, whatever the number of
+    concurrent cancels. Running workloads are stopped at their centers after commit.
+    """
+    with transaction.atomic():
+        booking = Booking.objects.select_for_update().get(pk=booking.pk)
+        if booking.status == BookingStatus.CANCELLED:
+            return booking
+        was = booking.status
+        if not _set_status(
+            booking,
+            allowed_from=CANCELLABLE_STATUSES,
+            to=BookingStatus.CANCELLED,
+            reason=reason or f"cancelled by {actor}",
+        ):
+            raise ValidationError({"status": [f"A {booking.status} booking cannot be cancelled."]})
+        _release(booking)
+        _event(booking, EventKind.STATUS, booking.status_reason, {"door": door})
+        if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING) and getattr(
+            settings, "BROKER_DISPATCH", True
+        ):
+            from brokers.tasks import booking_stop as booking_stop_task
+
+            pk = booking.pk
+            transaction.on_commit(lambda: booking_stop_task.delay(pk))
+    return booking
+
+
+def booking_confirm(*, booking: Booking, actor: User, door: str) -> Booking:
+    """Confirm a held booking before its hold lapses (database time); it is then dispatched.
+
+    Confirming a confirmed booking is a no-op; a lapsed hold is refused (``hold.expired``) and
+    its capacity given back at once.
+    """
+    with transaction.atomic():
+        confirmed = Booking.objects.filter(
+            pk=booking.pk, status=BookingStatus.HELD, hold_expires_at__gt=Now()
+        ).update(status=BookingStatus.CONFIRMED, status_reason="confirmed", updated_at=_now())
+        booking.refresh_from_db()
+        if confirmed:
+            _event(booking, EventKind.STATUS, "confirmed", {"door": door})
+            _dispatch_on_commit(booking)
+            return booking
+    if booking.status == BookingStatus.HELD:
+        bookings_expire_holds()
+        raise ValidationError({"status": ["The hold has expired (hold.expired); book again."]})
+    if booking.status != BookingStatus.CONFIRMED and booking.status not in (
+        BookingStatus.DISPATCHING,
+        BookingStatus.RUNNING,
+        BookingStatus.FINISHED,
+    ):
+        raise ValidationError({"status": [f"A {booking.status} booking cannot be confirmed."]})
+    return booking
+
+
+def bookings_expire_holds() -> int:
+    """Cancel every hold whose time has passed (database time) and give its capacity back; the
+    periodic sweep, also run when a lapsed hold is confirmed. Returns how many lapsed."""
+    lapsed = 0
+    for pk in Booking.objects.filter(
+        status=BookingStatus.HELD, hold_expires_at__lte=Now()
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            booking = Booking.objects.select_for_update().get(pk=pk)
+            # Compare-and-set: a concurrent confirm or sweep wins at most once.
+            if _set_status(
+                booking,
+                allowed_from={BookingStatus.HELD},
+                to=BookingStatus.CANCELLED,
+                reason="the hold expired unconfirmed",
+            ):
+                _release(booking)
+                _event(booking, EventKind.STATUS, booking.status_reason)
+                lapsed += 1
+    return lapsed
+
+
+def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Booking | None:
+    """Move a booking that cannot run where it is to other capacity: same specification, that
+    center excluded, new booking, old one ``replaced`` (its capacity given back) with an event
+    naming the new one. Returns the new booking, or None (old one ``failed``) if nothing fits.
+    """
+    spec = WorkloadSpec.from_json(booking.spec)
+    excluded = tuple(sorted({*spec.centers_excluded, exclude_center} - {""}))
+    now = _now()
+    # Keep the duration; start now if the original start has passed.
+    start = max(spec.start, now)
+    import dataclasses
+
+    spec = dataclasses.replace(
+        spec, centers_excluded=excluded, earliest_start=start, latest_end=None
+    )
+    result = place(spec, organization_id=booking.organization_id, explain=False, max_options=1)
+
+    def attempt() -> Booking | None:
+        old = Booking.objects.select_for_update().get(pk=booking.pk)
+        if old.status not in RESERVING_STATUSES:
+            return old.replaced_by
+        _release(old)
+        if not result.options:
+            _set_status(
+                old, allowed_from=RESERVING_STATUSES, to=BookingStatus.FAILED, reason=reason
+            )
+            _event(old, EventKind.STATUS, f"{reason}; no other capacity fits")
+            return None
+        new = _book_option(
+            org=old.organization,
+            actor=old.created_by,
+            door=old.door,
+            spec=spec,
+            option=result.options[0],
+            idempotency_key=f"{old.idempotency_key}~r{old.pk}"[:100],
+            replaces=old,
+        )
+        _set_status(old, allowed_from=RESERVING_STATUSES, to=BookingStatus.REPLACED, reason=reason)
+        Booking.objects.filter(pk=old.pk).update(replaced_by=new)
+        _event(
+            old,
+            EventKind.REPLACED,
+            f"{reason}; moved to {new.national_id}",
+            {"replaced_by": new.national_id, "excluded_center": exclude_center},
+        )
+        return new
+
+    try:
+        return ledger.in_fresh_transactions(attempt)
+    except CapacityExhausted:
+        # The new capacity was taken meanwhile: fail the old booking rather than loop.
+        def fail() -> None:
+            old = Booking.objects.select_for_update().get(pk=booking.pk)
+            if old.status in RESERVING_STATUSES:
+                _release(old)
+                _set_status(
+                    old, allowed_from=RESERVING_STATUSES, to=BookingStatus.FAILED, reason=reason
+                )
+                _event(old, EventKind.STATUS, f"{reason}; no other capacity fits")
+
+        ledger.in_fresh_transactions(fail)
+        return None
+
+
+def booking_record(
+    *,
+    booking: Booking,
+    kind: str,
+    message: str,
+    to: str | None = None,
+    allowed_from: frozenset[str] | set[str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Record what dispatch learnt: an event, and a status move if ``to`` is given (compare-and-
+    set from ``allowed_from``). Returns False if the status move lost to another writer."""
+    with transaction.atomic():
+        moved = True
+        if to is not None and to != booking.status:
+            moved = _set_status(
+                booking, allowed_from=allowed_from or {booking.status}, to=to, reason=message
+            )
+            if not moved:
+                return False
+        _event(booking, kind, message, data)
+    return moved
+
+
+def booking_flag_pool(*, pool_id: int, to_status: str, reason: str) -> list[Booking]:
+    """A pool went degraded/offline: flag its bookings that have not ended, with an event.
+
+    Bookings on an ``offline`` pool that have not started running are re-placed by a task.
+    """
+    now = _now()
+    flagged = list(
+        Booking.objects.filter(
+            status__in=RESERVING_STATUSES, window_end__gt=now, allocations__pool_id=pool_id
+        ).distinct()
+    )
+    pool = Pool.objects.select_related("center").get(pk=pool_id)
+    message = f"pool {pool.national_id} is {to_status}: {reason}"[:500]
+    for booking in flagged:
+        with transaction.atomic():
+            Booking.objects.filter(pk=booking.pk).update(flagged_reason=message)
+            _event(booking, EventKind.FLAGGED, message, {"pool": pool.national_id})
+            if (
+                to_status == Status.OFFLINE
+                and booking.status in (BookingStatus.CONFIRMED, BookingStatus.HELD)
+                and getattr(settings, "BROKER_DISPATCH", True)
+            ):
+                from brokers.tasks import booking_replace as booking_replace_task
+
+                pk, center = booking.pk, pool.center.national_id
+                transaction.on_commit(
+                    lambda pk=pk, center=center: booking_replace_task.delay(pk, center)
+                )
+    return flagged
+
+
+def usage_record(
+    *, allocation: Allocation, started_at: dt.datetime, finished_at: dt.datetime
+) -> UsageRecord:
+    """Record what an allocation really used (idempotent: once per allocation)."""
+    hours = Decimal(max(0.0, (finished_at - started_at).total_seconds()) / 3600)
+    accel_hours = (hours * allocation.accelerators).quantize(Decimal("0.0001"))
+    price = allocation.price_per_accelerator_hour or Decimal(0)
+    record, _ = UsageRecord.objects.get_or_create(
+        allocation=allocation,
+        defaults={
+            "organization_id": allocation.booking.organization_id,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "accelerator_hours": accel_hours,
+            "cost": (accel_hours * price).quantize(Decimal("0.01")),
+            "currency": allocation.booking.currency,
+        },
+    )
+    return record
+
+
+@transaction.atomic
+def quota_set(
+    *,
+    organization: Organization,
+    actor: User,
+    max_concurrent_accelerators: int | None,
+    max_accelerator_hours_per_month: int | None,
+) -> Quota:
+    """Set an AI firm's quota (platform staff only)."""
+    if not registry_selectors.is_platform_staff(actor):
+        raise PermissionDenied("Only platform staff set quotas.")
+    quota, _ = Quota.objects.update_or_create(
+        organization=organization,
+        defaults={
+            "max_concurrent_accelerators": max_concurrent_accelerators,
+            "max_accelerator_hours_per_month": max_accelerator_hours_per_month,
+        },
+    )
+    return quota
+
+
+def pool_capacity_sync(*, pool_id: int, capacity: int) -> None:
+    """Keep the future slot counters of a pool in step with its size; a reduction below what is
+    already reserved violates the slots' CHECK and is refused with a field message."""
+    now_slot = connection.ops.adapt_datetimefield_value(ledger.slot_bounds(_now(), _now())[0])
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cur:
+                cur.execute(
+                    "UPDATE brokers_poolslot SET capacity = %s "
+                    "WHERE pool_id = %s AND slot_start >= %s AND capacity <> %s",
+                    [capacity, pool_id, now_slot, capacity],
+                )
+    except IntegrityError:
+        peak = (
+            Booking.objects.filter(
+                status__in=RESERVING_STATUSES, allocations__pool_id=pool_id, window_end__gt=_now()
+            ).aggregate(n=Sum("allocations__accelerators"))["n"]
+            or 0
+        )
+        raise ValidationError(
+            {
+                "nodes": [
+                    f"The pool cannot shrink to {capacity} accelerators: up to {peak} are "
+                    "booked in future windows (pool.in_use)."
+                ]
+            }
+        ) from None

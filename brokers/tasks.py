@@ -1,0 +1,54 @@
+"""Celery tasks of the broker: take ids, refetch, call one function, safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from brokers import dispatch, services
+from brokers.models import Booking
+
+FOLLOW_AGAIN_SECONDS = 2
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_dispatch(booking_id: int) -> str:
+    """Start a booking's workload at its centers, then follow it (idempotent per booking)."""
+    outcome = dispatch.dispatch(booking_id)
+    if outcome == dispatch.Outcome.FOLLOW:
+        booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
+    return outcome.value
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_follow(booking_id: int) -> str:
+    """Follow a dispatched booking for a while; hand over to a new task if it still runs."""
+    outcome = dispatch.follow(booking_id)
+    if outcome == dispatch.Outcome.FOLLOW:
+        booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
+    return outcome.value
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_stop(booking_id: int) -> None:
+    """Stop a cancelled booking's workloads at its centers."""
+    dispatch.stop(booking_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_replace(booking_id: int, center_national_id: str) -> None:
+    """Re-place a booking whose center went offline before it started."""
+    booking = Booking.objects.filter(pk=booking_id).first()
+    if booking is None:
+        return
+    services.booking_replace(
+        booking=booking,
+        exclude_center=center_national_id,
+        reason=f"center {center_national_id} went offline before the workload started",
+    )
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def bookings_expire_holds() -> int:
+    """Periodic sweep (every minute, scheduled by migration 0004): lapsed holds give their
+    capacity back. Idempotent: a hold lapses once."""
+    return services.bookings_expire_holds()

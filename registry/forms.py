@@ -1,0 +1,145 @@
+"""Portal forms of the registry: they check the shape of the input; services check the rules.
+
+A rule the service refuses comes back as a Django ``ValidationError`` and is put on the form with
+``apply_service_errors``, so the page shows it next to the field, with the user's input kept.
+"""
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import slug_re
+
+from registry.choices import ALLOWED_TRANSITIONS, OPERATOR_TRANSITIONS, Origin, Role, Status
+from registry.models import Accelerator, Center, Cluster, Hub, Pool, Trait
+from registry.services import CENTER_FIELDS, POOL_FIELDS
+
+
+def apply_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Put a service's ``ValidationError`` on the form: messages for fields the form shows go on
+    the field, the others (``status``, ``__all__``...) on the form as a whole."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for name, errors in exc.error_dict.items():
+        messages = [m for e in errors for m in e.messages]
+        if name in form.fields:
+            form.add_error(name, messages)
+        else:
+            label = "" if name in ("__all__", "status") else f"{name}: "
+            form.add_error(None, [f"{label}{m}" for m in messages])
+
+
+class CenterForm(forms.ModelForm):
+    """Register a center: the fields ``registry.services.center_register`` accepts."""
+
+    cluster = forms.ModelChoiceField(
+        queryset=Cluster.objects.select_related("hub"),
+        help_text="The national data-center cluster the center belongs to.",
+    )
+
+    class Meta:
+        model = Center
+        fields = list(CENTER_FIELDS)
+        widgets = {
+            "latitude": forms.NumberInput(attrs={"step": "0.0001"}),
+            "longitude": forms.NumberInput(attrs={"step": "0.0001"}),
+            "pue": forms.NumberInput(attrs={"step": "0.01"}),
+            "green_power_share": forms.NumberInput(attrs={"step": "0.01"}),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["cluster"].label_from_instance = lambda c: f"{c.hub.code} · {c.name}"
+
+
+class PoolForm(forms.ModelForm):
+    """Declare a pool: the fields ``registry.services.pool_create`` accepts, plus traits."""
+
+    accelerator = forms.ModelChoiceField(queryset=Accelerator.objects.all())
+    traits = forms.CharField(
+        required=False,
+        help_text="Comma-separated capability tags, e.g. nvlink, rdma, fp8.",
+    )
+
+    class Meta:
+        model = Pool
+        fields = list(POOL_FIELDS)
+
+    def clean_traits(self) -> list[str]:
+        raw = self.cleaned_data.get("traits") or ""
+        slugs = [s.strip().lower() for s in raw.replace(";", ",").split(",") if s.strip()]
+        bad = [s for s in slugs if not slug_re.match(s)]
+        if bad:
+            raise ValidationError(f"Not a tag (letters, digits, - and _ only): {', '.join(bad)}")
+        return sorted(set(slugs))
+
+    def service_data(self) -> dict[str, Any]:
+        return {f: self.cleaned_data[f] for f in POOL_FIELDS if f in self.cleaned_data}
+
+
+class MemberInviteForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
+class TokenCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'ci pipeline'.")
+
+
+REQUEST_LABELS = {Status.DRAFT: "Withdraw to draft", Status.RETIRED: "Retire"}
+
+
+class TransitionForm(forms.Form):
+    """An operator's explicit lifecycle request (withdraw to draft, retire).
+
+    Offers only the moves the declared tables allow from the pool's status (the operator's
+    table, or every allowed move for platform staff); ``lifecycle_transition`` checks again.
+    """
+
+    to = forms.ChoiceField(choices=list(REQUEST_LABELS.items()))
+    reason = forms.CharField(max_length=500, required=False)
+
+    def __init__(self, *args: Any, status: str | None = None, staff: bool = False, **kw: Any):
+        super().__init__(*args, **kw)
+        if status is not None:
+            allowed = ALLOWED_TRANSITIONS[status]
+            self.fields["to"].choices = [
+                (to, label)
+                for to, label in REQUEST_LABELS.items()
+                if to in allowed and (staff or (status, to) in OPERATOR_TRANSITIONS)
+            ]
+
+
+def _choices(pairs: list[tuple[str, str]], blank: str = "any") -> list[tuple[str, str]]:
+    return [("", blank), *pairs]
+
+
+class CapacitySearchForm(forms.Form):
+    """Search listed capacity: the filters of ``registry.filtersets.PoolFilterSet`` as a form, plus
+    a minimum in A100-equivalents."""
+
+    accelerator = forms.ChoiceField(required=False)
+    origin = forms.ChoiceField(required=False, choices=_choices(list(Origin.choices)))
+    hub = forms.ChoiceField(required=False)
+    cluster = forms.ChoiceField(required=False)
+    trait = forms.ChoiceField(required=False, label="Interconnect / trait")
+    min_accelerators = forms.IntegerField(required=False, min_value=1)
+    min_a100_equivalents = forms.FloatField(required=False, min_value=0, label="Min A100-eq.")
+    max_price = forms.DecimalField(
+        required=False, min_value=0, decimal_places=4, label="Max price / acc·h"
+    )
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("active", "verified (active)"), ("listed", "all listed"), ("", "any I can see")],
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["accelerator"].choices = _choices(
+            [(a.slug, str(a)) for a in Accelerator.objects.all()]
+        )
+        self.fields["hub"].choices = _choices([(h.code, h.name) for h in Hub.objects.all()])
+        self.fields["cluster"].choices = _choices([(c.code, c.name) for c in Cluster.objects.all()])
+        self.fields["trait"].choices = _choices([(t.slug, t.slug) for t in Trait.objects.all()])

@@ -1,0 +1,103 @@
+"""The ``interconnect`` command line against a real broker: tables, booking, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from brokers.rpc.server import BrokerRuntime, build_server
+from registry import services as registry_services
+from tests.brokers.broker_testing import ROOT
+from tests.brokers.conftest import next_hour
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker() -> Iterator[BrokerRuntime]:
+    runtime = build_server("127.0.0.1:0", max_workers=4)
+    yield runtime
+    runtime.stop(grace=0).wait()
+
+
+def run(broker: BrokerRuntime, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "INTERCONNECT_TOKEN": token,
+        "INTERCONNECT_BROKER": f"127.0.0.1:{broker.port}",
+    }
+    return subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_capacity_place_book_bookings_cancel(
+    broker: BrokerRuntime, dave: Any, acme: Any, active_pool: Any
+) -> None:
+    pool = active_pool(acme, size=8)
+    _, token = registry_services.token_create(user=dave, name="cli")
+    start = next_hour().isoformat()
+    capacity = run(broker, token, "capacity", "--model", "nvidia-a100-80g")
+    assert capacity.returncode == 0, capacity.stderr
+    assert pool.national_id in capacity.stdout and "1 pools, 8 accelerators free" in capacity.stdout
+    placed = run(
+        broker,
+        token,
+        "place",
+        "--model",
+        "nvidia-a100-80g",
+        "--count",
+        "4",
+        "--start",
+        start,
+        "--duration",
+        "2h",
+    )
+    assert placed.returncode == 0 and "80.00 CNY" in placed.stdout and "why:" in placed.stdout
+    booked = run(
+        broker,
+        token,
+        "book",
+        "--model",
+        "nvidia-a100-80g",
+        "--count",
+        "4",
+        "--start",
+        start,
+        "--key",
+        "cli-1",
+    )
+    assert booked.returncode == 0, booked.stderr
+    booking_id = booked.stdout.split("booking ")[1].split(":")[0]
+    listed = run(broker, token, "bookings")
+    assert booking_id in listed.stdout and "confirmed" in listed.stdout
+    cancelled = run(broker, token, "cancel", booking_id)
+    assert "cancelled" in cancelled.stdout
+    watched = run(broker, token, "watch", booking_id)
+    assert "ended: cancelled" in watched.stdout
+
+
+def test_errors_print_the_status_and_exit_non_zero(
+    broker: BrokerRuntime, dave: Any, acme: Any, active_pool: Any
+) -> None:
+    active_pool(acme, size=8)
+    _, token = registry_services.token_create(user=dave, name="cli")
+    full = run(broker, token, "book", "--model", "nvidia-a100-80g", "--count", "64", "--key", "x")
+    assert full.returncode == 1 and "RESOURCE_EXHAUSTED" in full.stderr
+    assert "reason: booking.no_placement" in full.stderr
+    bad = run(
+        broker, token, "place", "--model", "nvidia-a100-80g", "--count", "3", "--gang-size", "2"
+    )
+    assert bad.returncode == 1 and "gang_size:" in bad.stderr
+    anon = run(broker, "ci_bad_token", "bookings")
+    assert anon.returncode == 1 and "UNAUTHENTICATED" in anon.stderr
+    usage = run(broker, token, "book", "--duration", "soon")
+    assert usage.returncode == 2

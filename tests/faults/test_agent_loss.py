@@ -1,0 +1,363 @@
+"""X9: a site agent lost mid-verification (SIGKILL, or SIGSTOP then SIGCONT).
+
+A real simulated agent process (``python -m agent --simulate honest:PORT``) serves three
+centers' pools; a real Celery worker verifies them (``pool_verify``: claim, gRPC probe and
+benchmark, Freivalds, verdict). The agent is killed or frozen while a benchmark streams. The
+invariant: no pool becomes ``active`` without a PASSED run carrying its Freivalds evidence, and
+no run is left open. After SIGCONT the retries must pass: ``recovery_s`` is SIGCONT -> first
+pool active.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.harness.figures import Figure, rounded
+from tests.harness.platform import Platform
+from tests.harness.procs import PYTHON, ManagedProcess, free_port, port_open, wait_until
+from tests.harness.redis import PrivateRedis
+
+pytestmark = pytest.mark.slow
+
+POOLS = 3
+# n=256, 2 repetitions, 989 TFLOPS declared, scale 4e-8: the emulated benchmark streams for
+# about 1.7 s, long enough for the fault to land mid-stream.
+TIME_SCALE = "4e-8"
+VERIFY_ENV = {
+    "VERIFICATION_TIME_SCALE": TIME_SCALE,
+    "VERIFICATION_MATRIX_SIZE": "256",
+    "VERIFICATION_RPC_TIMEOUT": "3",
+    "VERIFICATION_MAX_RETRIES": "3",
+    "VERIFICATION_TASK_TIME_LIMIT": "30",
+}
+
+REGISTER = """
+from django.contrib.auth import get_user_model
+from registry import services
+from registry.choices import Door
+from registry.models import Accelerator, Cluster
+actor = get_user_model().objects.get(username="zhongwei")
+ids = []
+for i in range(POOLS):
+    center = services.center_register(actor=actor, door=Door.CLI, data={
+        "cluster": Cluster.objects.get(code="ZW"), "name": f"x9-center-{i}", "latitude": 37.5,
+        "longitude": 105.2, "pue": 1.2, "green_power_share": 0.5, "agent_endpoint": ENDPOINT,
+    })
+    pool = services.pool_create(actor=actor, door=Door.CLI, center=center, data={
+        "name": "x9-pool", "accelerator": Accelerator.objects.get(slug="nvidia-h100-sxm"),
+        "accelerators_per_node": 8, "nodes": 1, "price_per_accelerator_hour": "10.00",
+        "currency": "CNY", "declared_tflops_per_accelerator": 989.0,
+    })
+    services.pool_submit(pool=pool, actor=actor, door=Door.CLI)
+    ids.append(pool.national_id)
+RESULT = ids
+"""
+
+
+def _start_agent(platform: Platform, port: int) -> ManagedProcess:
+    agent = platform.procs.start(
+        "agent",
+        [
+            PYTHON, "-m", "agent", "--simulate", f"honest:{port}", "--time-scale", TIME_SCALE,
+            "--model", "nvidia-h100-sxm", "--accelerators", "8", "--nodes", "1",
+            "--declared-tflops", "989",
+        ],
+        env=platform.env(),
+    )  # fmt: skip
+    wait_until(lambda: port_open(port), timeout=30, what="simulated agent")
+    return agent
+
+
+def _runs(platform: Platform) -> dict[str, int]:
+    return dict(
+        platform.sql("SELECT state, count(*) FROM verification_verificationrun GROUP BY state")
+    )
+
+
+def _verified_without_check(platform: Platform) -> int:
+    """Active pools with no PASSED run that holds Freivalds evidence."""
+    return platform.sql(
+        """
+        SELECT count(*) FROM registry_pool p
+        WHERE p.status = 'active' AND NOT EXISTS (
+            SELECT 1 FROM verification_verificationrun r
+            WHERE r.pool_id = p.id AND r.state = 'passed' AND r.finished_at IS NOT NULL
+              AND jsonb_array_length(r.freivalds) > 0
+        )
+        """
+    )[0][0]
+
+
+def _active(platform: Platform) -> int:
+    return platform.sql("SELECT count(*) FROM registry_pool WHERE status = 'active'")[0][0]
+
+
+class HeartbeatRig:
+    """One listed pool, its agent beating every second to a real Telemetry server, a worker
+    running ``heartbeat_sweep`` and ``beats`` Celery beat processes dispatching it every second.
+    """
+
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        beats: int,
+        env: dict[str, str],
+        worker_prefix: tuple[str, ...] = (),
+    ) -> None:
+        self.platform = platform
+        self.agent_port, self.telemetry_port = free_port(), free_port()
+        endpoint = repr(f"127.0.0.1:{self.agent_port}")
+        self.ids = platform.django(LISTED_POOL.replace("ENDPOINT", endpoint))
+        platform.procs.start(
+            "telemetry",
+            [PYTHON, "manage.py", "run_telemetry", "--port", str(self.telemetry_port)],
+            env=platform.env(),
+        )
+        wait_until(lambda: port_open(self.telemetry_port), timeout=30, what="telemetry server")
+        self.worker = platform.start_worker(prefix=worker_prefix, **env)
+        self.beat_procs = [
+            platform.procs.start(
+                f"beat-{n}",
+                [PYTHON, "-m", "celery", "-A", "interconnect", "beat", "-l", "info"],
+                env=platform.env(LOG_LEVEL="INFO", **env),
+            )
+            for n in range(1, beats + 1)
+        ]
+
+    def start_agent(self, name: str) -> ManagedProcess:
+        return self.platform.procs.start(
+            name,
+            [
+                PYTHON, "-m", "agent", "--simulate", f"honest:{self.agent_port}",
+                "--time-scale", TIME_SCALE, "--model", "nvidia-h100-sxm",
+                "--accelerators", "8", "--nodes", "1", "--declared-tflops", "989",
+                "--platform", f"127.0.0.1:{self.telemetry_port}",
+                "--token", self.platform.token(), "--heartbeat-interval", "1",
+                "--center-id", self.ids["center"],
+                "--pool-id", f"nvidia-h100-sxm={self.ids['pool']}",
+            ],
+            env=self.platform.env(),
+        )  # fmt: skip
+
+    def status(self) -> str:
+        return self.platform.sql(
+            "SELECT status FROM registry_pool WHERE national_id = %s", (self.ids["pool"],)
+        )[0][0]
+
+    def beats_recorded(self) -> int:
+        return self.platform.sql("SELECT count(*) FROM verification_heartbeat")[0][0]
+
+    def sweeps_run(self) -> int:
+        return len(re.findall(r"heartbeat_sweep\[[^\]]+\] succeeded", self.worker.log()))
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
+    fault: str,
+    make_platform: Callable[..., Platform],
+    make_redis: Callable[..., PrivateRedis],
+    figure: Callable[..., Figure],
+) -> None:
+    redis = make_redis(appendonly=False)
+    platform = make_platform(broker_url=redis.url)
+    fig = figure("X9.agent_loss", fault=fault, attempted=POOLS, recovery_s=None)
+    port = free_port()
+    agent = _start_agent(platform, port)
+    platform.start_worker(**VERIFY_ENV)
+    code = REGISTER.replace("POOLS", str(POOLS)).replace("ENDPOINT", repr(f"127.0.0.1:{port}"))
+    pools = platform.django(code)
+    assert len(pools) == POOLS
+    # The fault lands while a benchmark streams: a run is claimed and past its quick probes.
+    wait_until(lambda: _runs(platform).get("running"), timeout=60, what="a running run")
+    time.sleep(0.6)
+    fault_at = time.monotonic()
+    fig["passed_before_fault"] = _runs(platform).get("passed", 0)
+    if fault == "sigkill":
+        agent.kill()
+    else:
+        agent.signal(signal.SIGSTOP)
+        time.sleep(4.0)  # longer than the RPC deadline: the in-flight call must time out
+        agent.signal(signal.SIGCONT)
+        resumed_at = time.monotonic()
+        first = wait_until(
+            lambda: _active(platform) > fig["passed_before_fault"] and time.monotonic(),
+            timeout=60,
+            what="a pool verified after SIGCONT",
+        )
+        fig["recovery_s"] = rounded(first - resumed_at)
+    wait_until(
+        lambda: not ({"queued", "running"} & set(_runs(platform))),
+        timeout=90,
+        what="every run finished (passed, failed or error)",
+    )
+    runs = _runs(platform)
+    fig.update(
+        runs=sum(runs.values()),
+        run_states=runs,
+        acked=_active(platform),
+        verified_without_check=_verified_without_check(platform),
+        stuck_runs=runs.get("queued", 0) + runs.get("running", 0),
+        fault_to_settled_s=rounded(time.monotonic() - fault_at),
+        lost=0,
+        doubled=platform.sql(
+            "SELECT count(*) FROM (SELECT pool_id FROM verification_verificationrun "
+            "WHERE state = 'passed' GROUP BY pool_id HAVING count(*) > 1) d"
+        )[0][0],
+        oversold=0,
+    )
+    assert fig["verified_without_check"] == 0
+    assert fig["stuck_runs"] == 0
+    assert fig["doubled"] == 0
+    if fault == "sigkill":
+        # Nothing can pass without the agent: whatever had not passed before ends in error.
+        assert runs.get("error", 0) + runs.get("passed", 0) == POOLS
+        assert fig["acked"] == runs.get("passed", 0)
+    else:
+        assert fig["acked"] == POOLS, "after SIGCONT every pool verifies"
+
+
+HEARTBEAT_ENV = {"HEARTBEAT_DEGRADED_AFTER": "2", "HEARTBEAT_OFFLINE_AFTER": "4"}
+
+LISTED_POOL = """
+import datetime as dt
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from registry import services
+from registry.choices import Door
+from registry.models import Accelerator, Center, Cluster, Pool
+actor = get_user_model().objects.get(username="zhongwei")
+center = services.center_register(actor=actor, door=Door.CLI, data={
+    "cluster": Cluster.objects.get(code="ZW"), "name": "x9 heartbeat center", "latitude": 37.5,
+    "longitude": 105.2, "pue": 1.2, "green_power_share": 0.5, "agent_endpoint": ENDPOINT,
+})
+pool = services.pool_create(actor=actor, door=Door.CLI, center=center, data={
+    "name": "x9-hb-pool", "accelerator": Accelerator.objects.get(slug="nvidia-h100-sxm"),
+    "accelerators_per_node": 8, "nodes": 1, "price_per_accelerator_hour": "10.00",
+    "currency": "CNY", "declared_tflops_per_accelerator": 989.0,
+})
+# Test set-up only: a pool verified a moment ago (verification is the other test's subject).
+Center.objects.filter(pk=center.pk).update(status="active")
+Pool.objects.filter(pk=pool.pk).update(status="active", verified_at=timezone.now())
+from django.core.management import call_command
+call_command("setup_schedules")
+# The sweeps run every second here (10 s in production) so that detection is measured in
+# seconds of the thresholds above, not of the schedule.
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+PeriodicTask.objects.filter(task="verification.tasks.heartbeat_sweep").update(interval=every)
+PeriodicTasks.update_changed()
+RESULT = {"center": center.national_id, "pool": pool.national_id}
+"""
+
+
+def test_a_silent_agent_takes_its_pool_offline_and_back(
+    make_platform: Callable[..., Platform],
+    make_redis: Callable[..., PrivateRedis],
+    figure: Callable[..., Figure],
+) -> None:
+    """X9 (heartbeats) and X13 (two beats): SIGKILL an agent that beats every second.
+
+    Real Telemetry server, Celery worker running ``heartbeat_sweep``, and TWO Celery beat
+    processes on the django-celery-beat schedule of ``setup_schedules`` (a deployment mistake
+    RELIABILITY 2.4 warns about: every sweep is dispatched twice). The pool must go degraded,
+    then offline (unlisted), and back to active once a new agent process beats again, with
+    exactly one lifecycle transition per move despite the doubled sweeps.
+    """
+    redis = make_redis(appendonly=False)
+    platform = make_platform(broker_url=redis.url)
+    fig = figure(
+        "X9.heartbeat_loss",
+        heartbeat_interval_s=1,
+        degraded_after_s=int(HEARTBEAT_ENV["HEARTBEAT_DEGRADED_AFTER"]),
+        offline_after_s=int(HEARTBEAT_ENV["HEARTBEAT_OFFLINE_AFTER"]),
+        recovery_s=None,
+    )
+    rig = HeartbeatRig(platform, beats=2, env=HEARTBEAT_ENV)
+    start_beating_agent, status, beats = rig.start_agent, rig.status, rig.beats_recorded
+    beat_procs, ids = rig.beat_procs, rig.ids
+    agent = start_beating_agent("agent")
+    started_at = time.monotonic()
+    wait_until(lambda: beats() >= 3, timeout=60, what="heartbeats recorded")
+    # Beats keep the pool active across several sweeps before the fault.
+    time.sleep(3.0)
+    assert status() == "active"
+    agent.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: status() == "degraded", timeout=60, what="degraded")
+    fig["degraded_detected_s"] = rounded(time.monotonic() - killed_at)
+    wait_until(lambda: status() == "offline", timeout=60, what="offline")
+    fig["offline_detected_s"] = rounded(time.monotonic() - killed_at)
+    restarted_at = time.monotonic()
+    start_beating_agent("agent-restarted")
+    wait_until(lambda: status() == "active", timeout=60, what="active again")
+    fig["recovery_s"] = rounded(time.monotonic() - restarted_at)
+    transitions = platform.sql(
+        "SELECT to_status FROM registry_lifecycletransition WHERE object_key = %s ORDER BY id",
+        (ids["pool"],),
+    )
+    fig.update(
+        transitions=[t for (t,) in transitions],
+        attempted=1,
+        acked=1,
+        lost=0,
+        doubled=0,
+        oversold=0,
+    )
+    figure(
+        "X13.double_beat",
+        beats=len(beat_procs),
+        dispatches=sum(b.log().count("Sending due task") for b in beat_procs),
+        sweeps_run=rig.sweeps_run(),
+        seconds=rounded(time.monotonic() - started_at),
+        transitions=len(fig["transitions"]),
+        duplicate_effects=len(fig["transitions"]) - 3,
+    )
+    # Nothing moved the pool before the fault (set up active), so these are all its moves.
+    assert fig["transitions"] == ["degraded", "offline", "active"]
+
+
+def test_a_worker_with_a_skewed_clock_does_not_take_a_beating_pool_offline(
+    make_platform: Callable[..., Platform],
+    make_redis: Callable[..., PrivateRedis],
+    figure: Callable[..., Figure],
+) -> None:
+    """X12 (clock skew): the worker running ``heartbeat_sweep`` lives 5 minutes ahead
+    (``faketime -f +5m``), everything else on the right time; the agent beats every second.
+
+    Silence must be judged on one clock: heartbeats are stamped with the Telemetry server's
+    clock, so a sweeper comparing them with its own skewed clock sees 5 minutes of silence
+    (default thresholds: degraded after 30 s, offline after 120 s) and unlists a healthy pool.
+    """
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is not installed (Debian package faketime)")
+    redis = make_redis(appendonly=False)
+    platform = make_platform(broker_url=redis.url)
+    fig = figure("X12.clock_skew", skew="+5m", process="worker", sweeps=0, recovery_s=None)
+    rig = HeartbeatRig(platform, beats=1, env={}, worker_prefix=("faketime", "-f", "+5m"))
+    rig.start_agent("agent")
+    wait_until(lambda: rig.beats_recorded() >= 3, timeout=60, what="heartbeats recorded")
+    # Sweeps every second for a while, the agent beating all along.
+    wait_until(lambda: rig.sweeps_run() >= 5, timeout=60, what="sweeps")
+    fig.update(
+        sweeps=rig.sweeps_run(),
+        final_status=rig.status(),
+        false_moves=len(
+            platform.sql(
+                "SELECT 1 FROM registry_lifecycletransition WHERE object_key = %s",
+                (rig.ids["pool"],),
+            )
+        ),
+        attempted=1,
+        acked=1,
+        lost=0,
+        doubled=0,
+        oversold=0,
+    )
+    assert (fig["final_status"], fig["false_moves"]) == ("active", 0)

@@ -105,7 +105,7 @@ class WorkloadSpec:
             errors["data_hub"] = ["Say which hub holds the data."]
         if self.latency_class not in LatencyClass.values:
             errors["latency_class"] = [f"One of {', '.join(LatencyClass.values)}."]
-        if self.price_cap is not None and self.price_cap < 0:
+        if self.price_cap is not None and (not self.price_cap.is_finite() or self.price_cap < 0):
             errors["price_cap"] = ["Must not be negative."]
         if self.max_centers < 1:
             errors["max_centers"] = ["At least 1."]

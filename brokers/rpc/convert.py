@@ -49,19 +49,40 @@ def decimal_from_pb(value: str, field: str) -> Decimal | None:
     if not value:
         return None
     try:
-        return Decimal(value)
+        number = Decimal(value)
     except InvalidOperation:
         raise ValidationError({field: ["A decimal number, e.g. 12.50."]}) from None
+    if not number.is_finite():  # NaN and Infinity parse, but compare only by raising
+        raise ValidationError({field: ["A finite decimal number, e.g. 12.50."]})
+    return number
 
 
 def _str(value: Decimal | None) -> str:
     return "" if value is None else str(value)
 
 
+# The longest workload a spec may ask for (a year); longer is certainly a client bug.
+MAX_DURATION_SECONDS = 366 * 24 * 3600
+
+
 def spec_from_pb(msg: pb.WorkloadSpec) -> WorkloadSpec:
-    """The domain WorkloadSpec of a proto one (validation happens in the service)."""
+    """The domain WorkloadSpec of a proto one (domain validation happens in the service; this
+    refuses what cannot even be represented: out-of-range numbers, NUL characters)."""
     if msg.latency_class not in LATENCY_FROM_PB:
         raise ValidationError({"latency_class": ["Unknown latency class."]})
+    duration = msg.duration_seconds
+    if duration and not (0 < duration <= MAX_DURATION_SECONDS):  # also refuses NaN
+        raise ValidationError({"duration_seconds": ["Between 0 and one year, in seconds."]})
+    for name in ("accelerator_model", "interconnect", "data_hub", "image", "command", "price_cap"):
+        if "\x00" in getattr(msg, name):
+            raise ValidationError({name: ["NUL characters are not allowed."]})
+    try:
+        return _spec(msg)
+    except (OverflowError, ValueError) as exc:  # e.g. a timestamp past year 9999
+        raise ValidationError({"spec": [f"A value is out of range: {exc}"]}) from None
+
+
+def _spec(msg: pb.WorkloadSpec) -> WorkloadSpec:
     return WorkloadSpec(
         accelerator_model=msg.accelerator_model,
         count=msg.count,

@@ -20,7 +20,13 @@ from typing import Any
 
 import grpc
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import (
+    DataError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+)
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -240,6 +246,11 @@ def status_for(exc: Exception) -> status_pb2.Status | None:
         )
     if isinstance(exc, DeadlineExceeded):
         return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc))
+    if isinstance(exc, DataError):
+        # A value the database refuses (NUL in text, out-of-range number): bad input.
+        return _error_info(
+            code_pb2.INVALID_ARGUMENT, "A value is outside what the database accepts.", "invalid"
+        )
     if isinstance(exc, OperationalError | InterfaceError):
         # PostgreSQL restarting or a connection cut: the transaction did not commit, and the
         # client's retry policy retries UNAVAILABLE with the same idempotency key (RELIABILITY X3).

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 
 from brokers import selectors, services
@@ -97,6 +98,8 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             .order_by("-id")
         )
         if request.page_token:
+            if not request.page_token.isdigit() or len(request.page_token) > 18:
+                raise ValidationError({"page_token": ["Not a page token from this server."]})
             qs = qs.filter(id__lt=int(request.page_token))
         if request.status:
             qs = qs.filter(status=convert.STATUS_FROM_PB.get(request.status, ""))

@@ -56,6 +56,9 @@ test: protos ## Set up and run lint and the whole suite against PostgreSQL and R
 	@bash .ci/ensure-services.sh
 	$(MAKE) --no-print-directory lint
 	$(PY) manage.py makemigrations --check --dry-run -v0
+	@# A process left over from an interrupted run must not keep the old test database open.
+	-@psql "$(dir $(TEST_DATABASE_URL))postgres" -qtc "SELECT pg_terminate_backend(pid) \
+		FROM pg_stat_activity WHERE datname = 'test_$(notdir $(TEST_DATABASE_URL))'" >/dev/null 2>&1
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_CELERY_BROKER_URL) \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -347,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(describe(exc), file=sys.stderr)
         return 1
+    except ValueError as exc:
+        # A value the request message cannot carry (e.g. a negative count for a uint32 field).
+        print(f"error: invalid argument: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

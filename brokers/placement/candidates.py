@@ -41,6 +41,17 @@ FROM_SQL = (
 )
 
 
+def aware_utc(value: object) -> dt.datetime | None:
+    """A timestamp read by raw SQL as an aware UTC datetime: SQLite (``make run``) gives text
+    or a naive datetime in UTC, PostgreSQL an aware one."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 def _in(values: tuple[str, ...] | list[str]) -> str:
     return ",".join(["%s"] * len(values))
 
@@ -180,9 +191,7 @@ def fetch_candidates(spec: WorkloadSpec, *, limit: int) -> list[Candidate]:
                     traits[pool_id].add(slug)
     out = []
     for row in rows:
-        verified_at = row[17]
-        if isinstance(verified_at, str):  # SQLite returns text from raw SQL
-            verified_at = dt.datetime.fromisoformat(verified_at).replace(tzinfo=dt.UTC)
+        verified_at = aware_utc(row[17])
         out.append(
             Candidate(
                 pool_id=row[0],

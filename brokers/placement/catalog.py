@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection
 
 from brokers.ledger import slot_bounds
+from brokers.placement.candidates import aware_utc
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 
@@ -140,9 +141,7 @@ def load() -> PoolCatalog:
     clusters: dict[int, str] = {}
     for r in rows:
         clusters[r[0]] = r[17]
-        verified_at = r[16]
-        if isinstance(verified_at, str):  # SQLite returns text from raw SQL
-            verified_at = dt.datetime.fromisoformat(verified_at).replace(tzinfo=dt.UTC)
+        verified_at = aware_utc(r[16])
         pools.append(
             Candidate(
                 pool_id=r[0],

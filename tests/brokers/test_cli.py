@@ -101,3 +101,13 @@ def test_errors_print_the_status_and_exit_non_zero(
     assert anon.returncode == 1 and "UNAUTHENTICATED" in anon.stderr
     usage = run(broker, token, "book", "--duration", "soon")
     assert usage.returncode == 2
+
+
+def test_a_value_the_request_cannot_carry_is_a_clean_cli_error(capsys: Any) -> None:
+    from brokers.client import cli
+
+    code = cli.main(
+        ["--token", "ci_x_y", "--broker", "127.0.0.1:9", "place", "--model", "m", "--count", "-1"]
+    )
+    assert code == 2
+    assert "invalid argument" in capsys.readouterr().err

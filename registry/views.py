@@ -23,7 +23,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from registry import charts, selectors, services
-from registry.choices import LISTED_STATUSES, STATUS_COLORS, Door, Status
+from registry.choices import (
+    LISTED_STATUSES,
+    OPERATOR_TRANSITIONS,
+    STATUS_COLORS,
+    Door,
+    Status,
+)
 from registry.filtersets import PoolFilterSet
 from registry.forms import (
     CapacitySearchForm,
@@ -355,7 +361,8 @@ def pool_detail_context(request: HttpRequest, national_id: str) -> dict[str, Any
         "transition_form": TransitionForm(
             status=pool.status, staff=selectors.is_platform_staff(request.user)
         ),
-        "can_submit": pool.status in (Status.DRAFT, Status.FAILED, Status.OFFLINE),
+        # Shown when the transition table lets an operator submit from here (the service decides).
+        "can_submit": (pool.status, Status.SUBMITTED) in OPERATOR_TRANSITIONS,
         **pool_status_timeline(pool, timezone.now()),
     }
     if editable:

@@ -1,18 +1,13 @@
-"""One JSON line per measured test (RELIABILITY's figures): printed, and appended to
-``test-artifacts/figures.jsonl`` so that a run leaves its table behind."""
+"""One JSON line per measured test (RELIABILITY's figures), in the same format and file as the
+fault harness's figures (``tests/harness/figures.py``): printed as ``FIGURE {...}`` and appended
+to ``test-artifacts/figures.jsonl``."""
 
-import json
-from pathlib import Path
 from typing import Any
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+from tests.harness.figures import Figure
 
 
 def figure(test: str, **fields: Any) -> dict[str, Any]:
-    line = {"test": test, **fields}
-    text = json.dumps(line, default=str)
-    print("\n" + text)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with (ARTIFACTS / "figures.jsonl").open("a") as fh:
-        fh.write(text + "\n")
-    return line
+    line = Figure(test, **fields)
+    line.emit()
+    return dict(line)

@@ -10,8 +10,13 @@ bookings never wait on each other in a cycle):
    transition (an UPDATE of that row) waits for the booking to commit, or the booking sees the
    new status, never something in between;
 2. adds ``n`` to every slot of the window in one upsert (``INSERT ... ON CONFLICT DO UPDATE ...
-   WHERE reserved + n <= capacity``; a missing slot row is created with ``n``), taking the rows
-   in slot order, and compares the affected row count with the number of slots.
+   WHERE reserved + n <= capacity``, the capacity being the pool's size read in step 1, never a
+   slot row's older figure; a missing slot row is created with ``n``), taking the rows in slot
+   order, and compares the affected row count with the number of slots.
+
+A booking that ends (finished, failed, cancelled, replaced, lapsed) gives back the slots from
+its end on; the slots before stay counted (they were used), so ``reserved`` of a slot is the sum
+of the bookings that held it, never less.
 
 Any shortfall raises ``CapacityExhausted``; the caller's transaction then rolls back every pool
 it touched (multi-pool bookings are all-or-nothing). Deadlocks and serialization failures are
@@ -176,7 +181,9 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
                 )
             # One upsert per pool: a missing slot row is created holding ``n``; an existing one
             # gets ``n`` more only where it still fits. Rows are taken in slot order (the VALUES
-            # order), so two bookings lock a pool's slots in the same order.
+            # order), so two bookings lock a pool's slots in the same order. "Fits" is measured
+            # against the pool's size now (locked above), not the row's own ``capacity``, which
+            # may date from when the pool was larger (a past slot); the row takes the new size.
             values = ",".join(["(%s, %s, %s, %s)"] * len(slots))
             params: list[object] = []
             for slot in slots:
@@ -184,8 +191,9 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
             cur.execute(
                 "INSERT INTO brokers_poolslot (pool_id, slot_start, capacity, reserved) "
                 f"VALUES {values} ON CONFLICT (pool_id, slot_start) DO UPDATE "
-                "SET reserved = brokers_poolslot.reserved + excluded.reserved "
-                "WHERE brokers_poolslot.reserved + excluded.reserved <= brokers_poolslot.capacity",
+                "SET reserved = brokers_poolslot.reserved + excluded.reserved, "
+                "capacity = excluded.capacity "
+                "WHERE brokers_poolslot.reserved + excluded.reserved <= excluded.capacity",
                 params,
             )
             # Inserted plus updated rows; a slot that is full was neither.
@@ -196,10 +204,14 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
 
 
 def release(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None:
-    """Give back what :func:`reserve` took for the same parts and window (same lock order).
+    """Give back what :func:`reserve` took for the same parts over the slots of ``[start, end)``
+    (same lock order); ``start`` may be later than the booking's start, to give back only the
+    rest of its window.
 
     The caller makes sure it runs once per booking (a compare-and-set on the booking status).
     """
+    if end <= start:
+        return
     first, last = (_db_time(x) for x in slot_bounds(start, end))
     merged: dict[int, int] = {}
     for part in parts:

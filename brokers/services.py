@@ -320,11 +320,22 @@ def _book_option(
     idempotency_key: str,
     replaces: Booking | None = None,
     hold_seconds: float | None = None,
+    hold_until: dt.datetime | None = None,
 ) -> Booking:
-    """One attempt, inside the caller's transaction: booking, allocations, event, quota, ledger."""
+    """One attempt, inside the caller's transaction: booking, allocations, event, quota, ledger.
+
+    ``hold_seconds`` books it held for that long (database time); ``hold_until`` books it held
+    until that instant (a re-placed hold keeps the expiry the firm was given).
+    """
     start, end = spec.start, spec.end
     total = option.accelerators
-    held = hold_seconds is not None
+    held = hold_seconds is not None or hold_until is not None
+    expires: Any = None
+    if hold_until is not None:
+        expires = hold_until
+    elif hold_seconds is not None:
+        # The hold's lapse is measured on the database's clock, like its expiry sweep.
+        expires = Now() + dt.timedelta(seconds=hold_seconds)
     booking = Booking.objects.create(
         national_id=_new_booking_id(),
         organization=org,
@@ -333,8 +344,7 @@ def _book_option(
         idempotency_key=idempotency_key,
         spec=spec.to_json(),
         status=BookingStatus.HELD if held else BookingStatus.CONFIRMED,
-        # The hold's lapse is measured on the database's clock, like its expiry sweep.
-        hold_expires_at=Now() + dt.timedelta(seconds=hold_seconds) if held else None,
+        hold_expires_at=expires,
         window_start=start,
         window_end=end,
         accelerators=total,
@@ -545,8 +555,14 @@ def _set_status(
 
 
 def _release(booking: Booking) -> None:
+    """Give back the booking's capacity from now on: the slot of this instant and the later
+    ones. Earlier slots stay counted: they were used (or, never used, lie in the past, where no
+    booking may go). Callers run it once per booking (a compare-and-set on the status)."""
+    now = _now()
+    if now >= booking.window_end:
+        return
     parts = [Part(a.pool_id, a.accelerators) for a in booking.allocations.all()]
-    ledger.release(parts, booking.window_start, booking.window_end)
+    ledger.release(parts, max(booking.window_start, now), booking.window_end)
 
 
 def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = "") -> Booking:
@@ -649,6 +665,9 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
         old = Booking.objects.select_for_update().get(pk=booking.pk)
         if old.status not in RESERVING_STATUSES:
             return old.replaced_by
+        # A hold moves as a hold, with the expiry the firm was given: only a confirm (by the
+        # firm) makes a booking that runs and is billed.
+        hold_until = old.hold_expires_at if old.status == BookingStatus.HELD else None
         _release(old)
         if not result.options:
             _set_status(
@@ -664,6 +683,7 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
             option=result.options[0],
             idempotency_key=f"{old.idempotency_key}~r{old.pk}"[:100],
             replaces=old,
+            hold_until=hold_until,
         )
         _set_status(old, allowed_from=RESERVING_STATUSES, to=BookingStatus.REPLACED, reason=reason)
         Booking.objects.filter(pk=old.pk).update(replaced_by=new)
@@ -702,15 +722,31 @@ def booking_record(
     data: dict[str, Any] | None = None,
 ) -> bool:
     """Record what dispatch learnt: an event, and a status move if ``to`` is given (compare-and-
-    set from ``allowed_from``). Returns False if the status move lost to another writer."""
+    set from ``allowed_from``). Returns False if the status move lost to another writer.
+
+    A move out of the reserving statuses (finished, failed, stopped) gives back the rest of the
+    window (:func:`_release`), in the same transaction; a move back into them is refused (it
+    would hold capacity the ledger never reserved).
+    """
     with transaction.atomic():
         moved = True
         if to is not None and to != booking.status:
+            # The row lock makes the status read here the one the compare-and-set moves from,
+            # so the capacity is given back exactly once.
+            was = (
+                Booking.objects.select_for_update()
+                .values_list("status", flat=True)
+                .get(pk=booking.pk)
+            )
+            if was not in RESERVING_STATUSES and to in RESERVING_STATUSES:
+                return False
             moved = _set_status(
                 booking, allowed_from=allowed_from or {booking.status}, to=to, reason=message
             )
             if not moved:
                 return False
+            if was in RESERVING_STATUSES and to not in RESERVING_STATUSES:
+                _release(booking)
         _event(booking, kind, message, data)
     return moved
 
@@ -789,9 +825,13 @@ def quota_set(
 
 
 def pool_capacity_sync(*, pool_id: int, capacity: int) -> None:
-    """Keep the future slot counters of a pool in step with its size; a reduction below what is
-    already reserved violates the slots' CHECK and is refused with a field message."""
+    """Keep the slot counters of a pool in step with its size; a reduction below what is
+    reserved from the current slot on violates the slots' CHECK and is refused with a field
+    message. Past slots take the new size too, but never below what they hold (that was booked
+    when the pool was larger): a stale, larger capacity there would let a booking reaching into
+    the past oversell them."""
     now_slot = connection.ops.adapt_datetimefield_value(ledger.slot_bounds(_now(), _now())[0])
+    past = "CASE WHEN reserved > %s THEN reserved ELSE %s END"
     try:
         with transaction.atomic():
             with connection.cursor() as cur:
@@ -799,6 +839,11 @@ def pool_capacity_sync(*, pool_id: int, capacity: int) -> None:
                     "UPDATE brokers_poolslot SET capacity = %s "
                     "WHERE pool_id = %s AND slot_start >= %s AND capacity <> %s",
                     [capacity, pool_id, now_slot, capacity],
+                )
+                cur.execute(
+                    f"UPDATE brokers_poolslot SET capacity = {past} "
+                    f"WHERE pool_id = %s AND slot_start < %s AND capacity <> {past}",
+                    [capacity, capacity, pool_id, now_slot, capacity, capacity],
                 )
     except IntegrityError:
         peak = (

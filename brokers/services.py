@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 from django.db.models.functions import Now
@@ -27,13 +27,14 @@ from brokers.choices import (
     BookingStatus,
     EventKind,
 )
-from brokers.errors import CapacityExhausted, QuotaExceeded
+from brokers.errors import CapacityExhausted, QuotaExceeded, RetryableConflict
 from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
 from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
 from brokers.placement.candidates import TFLOPS_SQL, USED_SQL
 from brokers.placement.engine import explain_counts
 from brokers.placement.spec import Candidate
+from interconnect.metrics import BOOKINGS, refusals_counted
 from registry import selectors as registry_selectors
 from registry.choices import OrgKind, Status
 from registry.models import Organization, Pool
@@ -454,6 +455,16 @@ def _existing(org: Organization, key: str) -> Booking | None:
     return Booking.objects.filter(organization=org, idempotency_key=key).first()
 
 
+@refusals_counted(
+    [
+        (QuotaExceeded, "quota"),
+        (CapacityExhausted, "capacity"),
+        (ValidationError, "invalid"),
+        (ObjectDoesNotExist, "invalid"),
+        (RetryableConflict, "conflict"),
+        (IntegrityError, "conflict"),
+    ]
+)
 def booking_create(
     *,
     spec: WorkloadSpec,
@@ -487,7 +498,7 @@ def booking_create(
     chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
 
     def book(option: PlacementOption) -> Booking:
-        return ledger.in_fresh_transactions(
+        booked = ledger.in_fresh_transactions(
             lambda: _book_option(
                 org=org,
                 actor=actor,
@@ -498,6 +509,8 @@ def booking_create(
                 hold_seconds=hold_seconds,
             )
         )
+        BOOKINGS.labels(door=door).inc()
+        return booked
 
     last_error: CapacityExhausted | None = None
     for _ in range(1 if chosen else REPLACE_ATTEMPTS):

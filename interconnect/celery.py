@@ -18,7 +18,12 @@ app.autodiscover_tasks()
 # --- The request id follows a task: stamped on publish, restored before the task runs. ---------
 from typing import Any  # noqa: E402
 
-from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
+from celery.signals import (  # noqa: E402
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+)
 
 from registry.context import new_request_id, request_id_var  # noqa: E402
 
@@ -45,3 +50,12 @@ def _clear_request_id(task_id: str | None = None, **kwargs: Any) -> None:
     token = _tokens.pop(task_id, None) if task_id else None
     if token is not None:
         request_id_var.reset(token)
+
+
+@worker_init.connect
+def _serve_metrics(**kwargs: Any) -> None:
+    """A worker's metrics on ``METRICS_PORT``: served by the main process, summed over its pool
+    children (multiprocess mode, see ``interconnect.metrics``)."""
+    from interconnect.metrics import start_metrics_server
+
+    start_metrics_server()

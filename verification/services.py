@@ -27,7 +27,7 @@ from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from agent.challenge import assemble, matrices
-from interconnect.metrics import VERIFICATION_VERDICTS
+from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, Door, Status
@@ -585,7 +585,9 @@ def heartbeat_record(
         )
         for beat in pools
     ]
-    return Heartbeat.objects.bulk_create(rows)
+    recorded = Heartbeat.objects.bulk_create(rows)
+    HEARTBEATS.inc()
+    return recorded
 
 
 def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:

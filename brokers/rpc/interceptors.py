@@ -1,10 +1,13 @@
-"""The broker's two server interceptors: who is calling, and how errors become statuses.
+"""The broker's server interceptors: how long calls take, who is calling, and how errors
+become statuses.
 
 ``AuthInterceptor`` reads ``authorization: Bearer <token>`` with the same function as the REST
 API (``registry.services.user_for_token``) and aborts UNAUTHENTICATED otherwise; health and
 reflection are open. ``ErrorInterceptor`` is the one place that maps domain errors to gRPC
 status codes with details, for unary and streaming methods alike. Both also prepare the call's
 environment: Django connections fit for this thread, the request id, the remaining deadline.
+``MetricsInterceptor``, outermost, records every ``Broker`` call's duration and final status
+code in ``interconnect_grpc_request_duration_seconds`` (a stream until its last item).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from grpc_status import rpc_status
 
 from brokers.errors import CapacityExhausted, RetryableConflict
 from brokers.ledger import DeadlineExceeded, deadline_at
+from interconnect.metrics import GRPC_LATENCY
 from registry.context import new_request_id, request_id_var
 from registry.services import user_for_token
 
@@ -149,6 +153,63 @@ class _Drain(list[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         return self.iterator
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Duration and status code of every ``Broker`` call (health and reflection left out).
+
+    The code is the one the call ends with: OK, the code a handler or an inner interceptor
+    aborted with (UNAUTHENTICATED, a mapped domain error), or UNKNOWN for an exception that
+    escaped them. Requests gRPC could not deserialize never reach a handler and are not counted.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+
+        def observe(context: grpc.ServicerContext, started: float, ended: str | None) -> None:
+            # ``ended``: None when the handler returned, else what to call an exception that
+            # left no status behind (UNKNOWN; CANCELLED for a stream the client closed).
+            code = context.code()
+            name = code.name if isinstance(code, grpc.StatusCode) else (ended or "OK")
+            GRPC_LATENCY.labels(method=method, code=name).observe(time.perf_counter() - started)
+
+        def around(
+            behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
+        ) -> Any:
+            started = time.perf_counter()
+            try:
+                result = behaviour(request, context)
+            except BaseException:
+                observe(context, started, "UNKNOWN")
+                raise
+            if isinstance(result, _Drain):
+                return _Drain(_timed(result.iterator, lambda e: observe(context, started, e)))
+            observe(context, started, None)
+            return result
+
+        return _wrap(handler, around)
+
+
+def _timed(iterator: Iterator[Any], done: Callable[[str | None], None]) -> Iterator[Any]:
+    """Iterate a response stream; ``done`` once it ends (None), fails or is closed."""
+    ended: str | None = None
+    try:
+        yield from iterator
+    except GeneratorExit:
+        ended = "CANCELLED"
+        raise
+    except BaseException:
+        ended = "UNKNOWN"
+        raise
+    finally:
+        done(ended)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

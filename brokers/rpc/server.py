@@ -18,7 +18,12 @@ from django.conf import settings
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brokers.rpc.interceptors import AuthInterceptor, ErrorInterceptor, close_handler_connections
+from brokers.rpc.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    close_handler_connections,
+)
 from brokers.rpc.servicer import BrokerServicer
 from protos import broker_pb2, broker_pb2_grpc
 
@@ -58,7 +63,7 @@ def build_server(
     workers = max_workers or int(settings.BROKER_GRPC_WORKERS)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="broker"),
-        interceptors=[AuthInterceptor(), ErrorInterceptor()],
+        interceptors=[MetricsInterceptor(), AuthInterceptor(), ErrorInterceptor()],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),

@@ -3,7 +3,9 @@
 With several processes, the parent forks N children that each build their own server on the
 same port with ``SO_REUSEPORT`` (the kernel spreads connections); the parent does no gRPC work
 and closes its database connections before forking, so nothing gRPC- or socket-related is
-shared across the fork. SIGTERM to the parent stops every child gracefully.
+shared across the fork. SIGTERM to the parent stops every child gracefully. With
+``METRICS_PORT`` the serving process (the parent with several) exposes the metrics of all of
+them (``interconnect.metrics.start_metrics_server``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ class Command(BaseCommand):
             sys.exit(2)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         from brokers.rpc.server import serve
+        from interconnect.metrics import start_metrics_server
 
         if processes == 1:
+            start_metrics_server()
             serve(address, max_workers=options["workers"])
             return
         connections.close_all()  # no inherited database sockets in the children
@@ -51,6 +55,8 @@ class Command(BaseCommand):
                 finally:
                     os._exit(0)
             children.append(pid)
+        # After the forks: the children inherit no metrics socket or server thread.
+        start_metrics_server()
         self._supervise(children)
 
     def _supervise(self, children: list[int]) -> None:

@@ -1,4 +1,5 @@
-"""Serve the platform's Telemetry gRPC service (agents' heartbeats) until SIGTERM or SIGINT."""
+"""Serve the platform's Telemetry gRPC service (agents' heartbeats) until SIGTERM or SIGINT;
+its metrics on ``METRICS_PORT`` when set."""
 
 import signal
 import threading
@@ -6,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from interconnect.metrics import start_metrics_server
 from verification.rpc.telemetry import create_telemetry_server, stop_telemetry_server
 
 
@@ -22,6 +24,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopping.set())
         server, port = create_telemetry_server(f"{options['host']}:{options['port']}")
+        start_metrics_server()
         self.stdout.write(f"telemetry listening on {options['host']}:{port}")
         self.stdout.flush()
         stopping.wait()

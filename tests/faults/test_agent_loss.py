@@ -5,11 +5,15 @@ centers' pools; a real Celery worker verifies them (``pool_verify``: claim, gRPC
 benchmark, Freivalds, verdict). The agent is killed or frozen while a benchmark streams. The
 invariant: no pool becomes ``active`` without a PASSED run carrying its Freivalds evidence, and
 no run is left open. After SIGCONT the retries must pass: ``recovery_s`` is SIGCONT -> first
-pool active.
+pool active. The fault must land mid-run: the runs ``running`` (with ``started_at``) at the
+instant of the signal are recorded, and after SIGKILL at least one of them must end in error.
+``lost``: a submitted pool whose verification never finished; ``doubled``: a pool with two
+passed runs; ``oversold`` is None (``n/a``): nothing is booked.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import signal
@@ -94,6 +98,27 @@ def _verified_without_check(platform: Platform) -> int:
     )[0][0]
 
 
+def _running_now(platform: Platform) -> list[int]:
+    """Runs claimed and started (past their quick probes), not finished: a benchmark in flight."""
+    return [
+        pk
+        for (pk,) in platform.sql(
+            "SELECT id FROM verification_verificationrun "
+            "WHERE state = 'running' AND started_at IS NOT NULL AND finished_at IS NULL"
+        )
+    ]
+
+
+def _unfinished_pools(platform: Platform, pools: list[str]) -> int:
+    """Submitted pools with no finished verification run (a submission lost on the way)."""
+    return platform.sql(
+        "SELECT count(*) FROM registry_pool p WHERE p.national_id = ANY(%s) AND NOT EXISTS ("
+        "SELECT 1 FROM verification_verificationrun r "
+        "WHERE r.pool_id = p.id AND r.finished_at IS NOT NULL)",
+        (pools,),
+    )[0][0]
+
+
 def _active(platform: Platform) -> int:
     return platform.sql("SELECT count(*) FROM registry_pool WHERE status = 'active'")[0][0]
 
@@ -157,6 +182,35 @@ class HeartbeatRig:
     def sweeps_run(self) -> int:
         return len(re.findall(r"heartbeat_sweep\[[^\]]+\] succeeded", self.worker.log()))
 
+    def sweeps_received(self) -> int:
+        return len(re.findall(r"heartbeat_sweep\[[^\]]+\] received", self.worker.log()))
+
+    def sweeps_dispatched(self) -> list[int]:
+        """Sweeps each beat process sent (read from its log file: it may be stopped)."""
+        return [
+            b.log_path.read_text(errors="replace").count("(verification.tasks.heartbeat_sweep)")
+            for b in self.beat_procs
+        ]
+
+
+LOG_TIME = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3})")
+
+
+def clock_offset(log: str, marker: str) -> float | None:
+    """Seconds between the time a process stamped on its last log line holding ``marker`` and
+    this process's clock now (both local time); None when no such line.
+
+    The line was written at most a sweep interval ago, so this is the process's clock skew, less
+    at most about a second."""
+    lines = [line for line in log.splitlines() if marker in line and LOG_TIME.search(line)]
+    if not lines:
+        return None
+    found = LOG_TIME.search(lines[-1])
+    assert found is not None
+    stamped = dt.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")
+    stamped += dt.timedelta(milliseconds=int(found.group(2)))
+    return (stamped - dt.datetime.now()).total_seconds()
+
 
 @pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
 def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
@@ -177,8 +231,10 @@ def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
     # The fault lands while a benchmark streams: a run is claimed and past its quick probes.
     wait_until(lambda: _runs(platform).get("running"), timeout=60, what="a running run")
     time.sleep(0.6)
-    fault_at = time.monotonic()
     fig["passed_before_fault"] = _runs(platform).get("passed", 0)
+    # Read at the last moment before the signal: these runs are mid-benchmark when it lands.
+    in_flight = _running_now(platform)
+    fault_at = time.monotonic()
     if fault == "sigkill":
         agent.kill()
     else:
@@ -198,20 +254,31 @@ def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
         what="every run finished (passed, failed or error)",
     )
     runs = _runs(platform)
+    in_flight_ended = dict(
+        platform.sql(
+            "SELECT state, count(*) FROM verification_verificationrun WHERE id = ANY(%s) "
+            "GROUP BY state",
+            (in_flight,),
+        )
+    )
     fig.update(
         runs=sum(runs.values()),
         run_states=runs,
+        in_flight_at_fault=len(in_flight),
+        in_flight_ended=in_flight_ended,
         acked=_active(platform),
         verified_without_check=_verified_without_check(platform),
         stuck_runs=runs.get("queued", 0) + runs.get("running", 0),
         fault_to_settled_s=rounded(time.monotonic() - fault_at),
-        lost=0,
+        lost=_unfinished_pools(platform, pools),
         doubled=platform.sql(
             "SELECT count(*) FROM (SELECT pool_id FROM verification_verificationrun "
             "WHERE state = 'passed' GROUP BY pool_id HAVING count(*) > 1) d"
         )[0][0],
-        oversold=0,
+        oversold=None,  # nothing is booked
     )
+    assert fig["in_flight_at_fault"] >= 1, "no benchmark was in flight: the fault proved nothing"
+    assert fig["lost"] == 0
     assert fig["verified_without_check"] == 0
     assert fig["stuck_runs"] == 0
     assert fig["doubled"] == 0
@@ -219,6 +286,8 @@ def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
         # Nothing can pass without the agent: whatever had not passed before ends in error.
         assert runs.get("error", 0) + runs.get("passed", 0) == POOLS
         assert fig["acked"] == runs.get("passed", 0)
+        # The kill landed on a benchmark: a run in flight at the kill could not pass.
+        assert in_flight_ended.get("error", 0) >= 1, in_flight_ended
     else:
         assert fig["acked"] == POOLS, "after SIGCONT every pool verifies"
 
@@ -298,29 +367,52 @@ def test_a_silent_agent_takes_its_pool_offline_and_back(
     start_beating_agent("agent-restarted")
     wait_until(lambda: status() == "active", timeout=60, what="active again")
     fig["recovery_s"] = rounded(time.monotonic() - restarted_at)
-    transitions = platform.sql(
-        "SELECT to_status FROM registry_lifecycletransition WHERE object_key = %s ORDER BY id",
-        (ids["pool"],),
+    transitions = [
+        t
+        for (t,) in platform.sql(
+            "SELECT to_status FROM registry_lifecycletransition WHERE object_key = %s ORDER BY id",
+            (ids["pool"],),
+        )
+    ]
+    # Stop both beats, then let the worker take what they sent: every sweep dispatched must
+    # have reached the worker (X13 "lost"), and none may have moved the pool twice.
+    for b in beat_procs:
+        b.stop()
+    wait_until(
+        lambda: rig.sweeps_received() >= sum(rig.sweeps_dispatched()),
+        timeout=15,
+        what="the worker to receive every dispatched sweep",
     )
+    expected = ["degraded", "offline", "active"]
+    missing = sum(1 for t in expected if t not in transitions)
     fig.update(
-        transitions=[t for (t,) in transitions],
-        attempted=1,
-        acked=1,
-        lost=0,
-        doubled=0,
-        oversold=0,
+        transitions=transitions,
+        attempted=len(expected),  # the moves the fault and the restart call for
+        acked=len(expected) - missing,
+        lost=missing,
+        doubled=len(transitions) - (len(expected) - missing),  # moves beyond one per expected
+        oversold=None,  # nothing is booked
     )
+    per_beat = rig.sweeps_dispatched()
+    received = rig.sweeps_received()
     figure(
         "X13.double_beat",
         beats=len(beat_procs),
-        dispatches=sum(b.log().count("Sending due task") for b in beat_procs),
-        sweeps_run=rig.sweeps_run(),
+        dispatched_per_beat=per_beat,
+        attempted=sum(per_beat),
+        acked=rig.sweeps_run(),
+        lost=max(0, sum(per_beat) - received),
+        doubled=fig["doubled"],
+        oversold=None,  # nothing is booked
         seconds=rounded(time.monotonic() - started_at),
-        transitions=len(fig["transitions"]),
-        duplicate_effects=len(fig["transitions"]) - 3,
+        transitions=len(transitions),
+        recovery_s=None,
     )
     # Nothing moved the pool before the fault (set up active), so these are all its moves.
-    assert fig["transitions"] == ["degraded", "offline", "active"]
+    assert transitions == expected
+    # The fault landed: both beat processes dispatched sweeps, and the worker got them all.
+    assert all(n >= 2 for n in per_beat), per_beat
+    assert received >= sum(per_beat)
 
 
 def test_a_worker_with_a_skewed_clock_does_not_take_a_beating_pool_offline(
@@ -345,7 +437,15 @@ def test_a_worker_with_a_skewed_clock_does_not_take_a_beating_pool_offline(
     wait_until(lambda: rig.beats_recorded() >= 3, timeout=60, what="heartbeats recorded")
     # Sweeps every second for a while, the agent beating all along.
     wait_until(lambda: rig.sweeps_run() >= 5, timeout=60, what="sweeps")
+    # The fault landed: the worker's clock (stamped on its log lines) is 5 minutes ahead, the
+    # unskewed beat's is not.
+    worker_offset = clock_offset(rig.worker.log(), "heartbeat_sweep")
+    beat_offset = clock_offset(
+        rig.beat_procs[0].log(), "Sending due task"
+    )  # written by the same sweep cadence
     fig.update(
+        worker_clock_offset_s=rounded(worker_offset),
+        beat_clock_offset_s=rounded(beat_offset),
         sweeps=rig.sweeps_run(),
         final_status=rig.status(),
         false_moves=len(
@@ -354,10 +454,14 @@ def test_a_worker_with_a_skewed_clock_does_not_take_a_beating_pool_offline(
                 (rig.ids["pool"],),
             )
         ),
-        attempted=1,
-        acked=1,
-        lost=0,
-        doubled=0,
-        oversold=0,
     )
+    fig.update(
+        attempted=fig["sweeps"],  # sweeps run by the skewed worker
+        acked=None,  # a sweep answers nothing
+        lost=fig["false_moves"],  # moves that took the beating pool out of the listing
+        doubled=None,  # nothing is done twice here
+        oversold=None,  # nothing is booked
+    )
+    assert worker_offset is not None and 290 <= worker_offset <= 310, worker_offset
+    assert beat_offset is not None and abs(beat_offset) <= 10, beat_offset
     assert (fig["final_status"], fig["false_moves"]) == ("active", 0)

@@ -9,7 +9,8 @@ Figure: attempted (idempotency keys), acked (keys answered with a booking), reje
 (RESOURCE_EXHAUSTED), lost (an acked booking missing or not holding capacity without a client
 cancel), doubled (a key with two bookings, in the database or in the answers), oversold (pools
 seen over capacity at some instant), unresolved (keys that never got an answer), recovery_s
-(fault removed -> first valid answer), codes (every error status the clients saw).
+(fault removed -> first valid answer), codes (every error status the clients saw),
+client_errors (client threads that died: each fails the test, with its traceback).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Storm:
             BookingClient(n, targets, token, pools, start, self.ledger) for n in range(CLIENTS)
         ]
         self.sampler = OversellSampler(lambda: platform.pg.connect(platform.dbname))
+        self.hung = 0
 
     def start(self) -> None:
         self.sampler.start()
@@ -101,6 +103,7 @@ class Storm:
             c.stop()
         for c in self.clients:
             c.join(timeout=120)
+        self.hung = sum(1 for c in self.clients if c.is_alive())
         self.sampler.stop()
 
     def settle(self, fig: Figure) -> None:
@@ -140,9 +143,14 @@ class Storm:
             sample_errors=sampled["sample_errors"],
             unresolved=ledger.unresolved,
             codes=dict(ledger.codes),
+            client_errors=len(ledger.errors),
+            clients_hung=self.hung,
         )
 
     def assert_invariants(self, fig: Figure) -> None:
+        errors = self.ledger.errors
+        assert errors == [], "a storm client died:\n" + "\n".join(errors[:3])
+        assert fig["clients_hung"] == 0
         assert fig["acked"] > 0 and fig["samples"] > 0
         assert fig["lost"] == 0
         assert fig["doubled"] == 0

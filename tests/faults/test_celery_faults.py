@@ -8,7 +8,8 @@ id and answers after a short delay, so that kills land mid-delivery.
 Figure keys: attempted (events emitted), acked (deliveries committed by ``webhook_emit``),
 delivered (rows ``delivered`` in the database), lost (an event never received or not
 ``delivered`` in the end), doubled (a delivery row with more than one recorded attempt),
-redelivered (extra HTTP posts after a kill: at-least-once, reported, not hidden), recovery_s.
+redelivered (extra HTTP posts after a kill: at-least-once, reported, not hidden), recovery_s;
+oversold is None (``n/a``): no capacity is booked.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _settle(platform: Platform, receiver: WebhookReceiver, fig: Figure) -> None:
         lost=sum(1 for eid, state, _ in rows if state != "delivered" or eid not in received),
         doubled=sum(1 for _, state, attempts in rows if state == "delivered" and attempts > 1),
         redelivered=receiver.redelivered(),
-        oversold=0,
+        oversold=None,  # deliveries book no capacity: nothing can be oversold
     )
 
 

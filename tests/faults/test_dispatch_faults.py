@@ -6,7 +6,10 @@ Redis, a prefork worker that starts each workload on a simulated agent and follo
 end, and the agent (time-scaled: an hour-long booking runs about 3.6 s). The worker is killed
 while workloads run; a new one takes the unacknowledged tasks back after the visibility
 timeout. Every booking must end ``finished`` with its workload started ONCE at the agent (one
-``dispatched`` event: StartWorkload is idempotent per workload id) and one usage record.
+``dispatched`` event: StartWorkload is idempotent per workload id) and one usage record. The
+oversell sampler runs every 100 ms from the first booking to the end (and once more at the end):
+the bookings hold the whole pool, so a redelivered dispatch that booked or re-placed anything
+again would show.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import pytest
 
 from brokers.client.client import BrokerClient, workload_spec
 from tests.harness.figures import Figure, rounded
+from tests.harness.oversell import OversellSampler, sweep
 from tests.harness.platform import Platform
-from tests.harness.procs import PYTHON, free_port, port_open, wait_until
+from tests.harness.procs import PYTHON, ManagedProcess, free_port, port_open, wait_until
 from tests.harness.redis import PrivateRedis
 
 pytestmark = pytest.mark.slow
@@ -87,6 +91,31 @@ def test_dispatch_survives_the_worker_killed_mid_workload(
     worker = platform.start_worker(
         visibility_timeout=VISIBILITY_TIMEOUT, task_time_limit=TASK_TIME_LIMIT
     )
+    sampler = OversellSampler(lambda: platform.pg.connect(platform.dbname))
+    sampler.start()
+    try:
+        _book_and_kill(platform, fig, broker_port, worker)
+    finally:
+        sampler.stop()
+    with platform.pg.connect(platform.dbname) as conn:
+        final_over = sweep(conn)
+    sampled = sampler.figure()
+    fig.update(
+        oversold=max(sampled["oversold"], len(final_over)),
+        max_over=max(sampled["max_over"], max(final_over.values(), default=0)),
+        samples=sampled["samples"],
+        sample_errors=sampled["sample_errors"],
+    )
+    assert fig["redelivered"] >= 1, "no dispatch was in flight at the kill: the test proved nothing"
+    assert (fig["lost"], fig["doubled"], fig["never_dispatched"]) == (0, 0, 0)
+    assert fig["usage_records"] == BOOKINGS
+    assert fig["samples"] > 0 and fig["oversold"] == 0, sampler.oversold_pools
+
+
+def _book_and_kill(
+    platform: Platform, fig: Figure, broker_port: int, worker: ManagedProcess
+) -> None:
+    """Book the pool full, kill the worker mid-workload, start another, wait for the end."""
     with BrokerClient(f"127.0.0.1:{broker_port}", platform.token("deepcurrent")) as client:
         booked = [
             client.book(
@@ -130,8 +159,4 @@ def test_dispatch_survives_the_worker_killed_mid_workload(
         doubled=sum(1 for n in dispatched.values() if n > 1),
         never_dispatched=sum(1 for n in dispatched.values() if n == 0),
         usage_records=usage,
-        oversold=0,
     )
-    assert fig["redelivered"] >= 1, "no dispatch was in flight at the kill: the test proved nothing"
-    assert (fig["lost"], fig["doubled"], fig["never_dispatched"]) == (0, 0, 0)
-    assert fig["usage_records"] == BOOKINGS

@@ -5,6 +5,10 @@ cancels some of its bookings (churn, so capacity frees up and transient oversell
 A request that fails with a retryable code (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, or an
 INTERNAL from a dying process) is retried with the SAME idempotency key, on the next broker
 target: a booking that committed before the failure is returned, never made twice.
+
+A client thread that dies (an unexpected status, a bug in the client) records its exception in
+``BookingLedger.errors``: an exception inside a thread is otherwise only a warning, and the test
+would pass with a dead client. ``Storm`` asserts the list is empty.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime as dt
 import random
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,6 +46,7 @@ class BookingLedger:
     unresolved: int = 0
     codes: dict[str, int] = field(default_factory=dict)
     answers: list[float] = field(default_factory=list)  # times of valid answers (ok or exhausted)
+    errors: list[str] = field(default_factory=list)  # exceptions that ended a client thread
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answered(self) -> None:
@@ -156,6 +162,9 @@ class BookingClient(threading.Thread):
                 booking_id = self._book(key)
                 if booking_id and self.rng.random() < self.cancel_share:
                     self._cancel(booking_id)
+        except BaseException:
+            with self.ledger.lock:
+                self.ledger.errors.append(f"client {self.n}: {traceback.format_exc()}")
         finally:
             for client in self.clients:
                 client.channel.close()

@@ -6,7 +6,9 @@ appended to ``test-artifacts/figures.jsonl`` (gitignored) for the README's fault
 
 Shared keys: attempted (operations issued), acked (successes with an object id), lost (an acked
 object missing after recovery), doubled (one logical operation with two effects), oversold
-(pool-instants over capacity), recovery_s (fault removed -> first acked operation).
+(pools seen over capacity by the oversell sampler during the run), recovery_s (fault removed ->
+first acked operation). Every value is measured by the test; a key the row cannot have (no
+capacity is booked, so nothing can be oversold) is None, printed ``n/a`` in the table.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def _variant(figure: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def cell(value: Any) -> str:
+    """A table cell: ``n/a`` for a figure the row cannot have (None) or did not measure."""
+    return "n/a" if value is None else str(value)
+
+
 def fault_table(path: Path = FIGURES_FILE) -> str:
     """The README's fault table from the latest figure of every X-row test (and variant)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -85,7 +92,7 @@ def fault_table(path: Path = FIGURES_FILE) -> str:
         return (int(digits or 0), test, variant)
 
     for (test, variant), figure in sorted(latest.items(), key=order):
-        cells = [str(figure.get(k, "")) for k in TABLE_KEYS]
+        cells = [cell(figure.get(k)) for k in TABLE_KEYS]
         rows.append(f"| {test} | {variant} | " + " | ".join(cells) + f" | {figure.get('pass')} |")
     return "\n".join(rows)
 

@@ -2,13 +2,16 @@
 
 A writer records every request it issues (time, status) and every object it was told exists
 (``acked``). After the fault, the test compares the ledger with the database: an acked object
-missing is *lost*, a logical operation with two rows is *doubled*.
+missing is *lost*, a logical operation with two rows is *doubled*. A writer thread that dies
+records its exception in ``Ledger.errors`` (otherwise only a warning), and the tests assert
+there is none.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,7 @@ class Ledger:
     attempted: int = 0  # logical operations (a retry of the same name is not a new one)
     resolved_by_lookup: int = 0  # a retry said "exists": the first try had committed
     unresolved: int = 0
+    errors: list[str] = field(default_factory=list)  # exceptions that ended a writer thread
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, status: int | None) -> None:
@@ -125,6 +129,13 @@ class RestWriter(threading.Thread):
         return None
 
     def run(self) -> None:
+        try:
+            self._write()
+        except BaseException:
+            with self.ledger.lock:
+                self.ledger.errors.append(f"writer {self.tag}: {traceback.format_exc()}")
+
+    def _write(self) -> None:
         i = 0
         while not self.stop_event.is_set():
             i += 1

@@ -1,15 +1,19 @@
 """The candidate query: one indexed SQL statement that prefilters pools and computes their free
 capacity over the window from ``PoolSlot`` (the most reserved slot of the window).
 
-Only what SQL does cheaply is filtered here (status, model, hubs, centers, price, traits, free
-capacity); the rest is left to the Python filters, which explain each rejection. Pools left out
-by SQL are counted per reason by :func:`prefilter_counts` when the caller asks for explanations.
+Every filter that depends only on a pool's static facts narrows the candidates here (status,
+model, hubs, centers, price, traits, memory, node shape, interconnect, the hubs within reach of
+interactive work: :func:`static_conditions`), and so does free capacity: proposing pools that a
+filter is bound to reject would crowd out those that fit. The Python filters check all of it
+again and explain each rejection. Pools left out by SQL are counted per reason by
+:func:`prefilter_counts` when the caller asks for explanations.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +22,8 @@ from django.db import connection
 
 from brokers.ledger import slot_bounds
 from brokers.placement import catalog
+from brokers.placement.filters import hubs_within_reach
+from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models import A100_BF16_DENSE_TFLOPS
 
@@ -52,7 +58,7 @@ def aware_utc(value: object) -> dt.datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
-def _in(values: tuple[str, ...] | list[str]) -> str:
+def _in(values: Collection[Any]) -> str:
     return ",".join(["%s"] * len(values))
 
 
@@ -86,34 +92,114 @@ def model_ids(slug: str = "") -> list[int]:
         return [row[0] for row in cur.fetchall()]
 
 
-def _filters(spec: WorkloadSpec) -> tuple[list[str], list[Any]]:
-    """Conditions shared by every model's branch (the model itself is per branch)."""
+TRAIT_SQL = (
+    "EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
+    "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s)"
+)
+
+
+def _contains(haystack: str) -> str:
+    """SQL: ``haystack`` contains the parameter (a plain substring, like Python's ``in``)."""
+    if connection.vendor == "postgresql":
+        return f"strpos({haystack}, %s) > 0"
+    return f"instr({haystack}, %s) > 0"
+
+
+def static_conditions(spec: WorkloadSpec) -> list[tuple[str, str, list[Any]]]:
+    """``(reason_code, SQL condition, params)`` for every static filter the spec sets, in the
+    order of :data:`brokers.placement.filters.FILTERS`: a pool passes the filter exactly when
+    the condition is true (never NULL), so the candidate query can narrow on all of them and
+    :func:`prefilter_counts` can name the first one a pool fails."""
+    out: list[tuple[str, str, list[Any]]] = []
+    if spec.hubs_allowed:
+        out.append(
+            ("hub.not_allowed", f"h.code IN ({_in(spec.hubs_allowed)})", list(spec.hubs_allowed))
+        )
+    if spec.hubs_excluded:
+        out.append(
+            ("hub.excluded", f"h.code NOT IN ({_in(spec.hubs_excluded)})", list(spec.hubs_excluded))
+        )
+    if spec.centers_excluded:
+        out.append(
+            (
+                "center.excluded",
+                f"c.national_id NOT IN ({_in(spec.centers_excluded)})",
+                list(spec.centers_excluded),
+            )
+        )
+    if spec.price_cap is not None:
+        out.append(
+            (
+                "price.over_cap",
+                "(p.price_per_accelerator_hour IS NOT NULL AND p.price_per_accelerator_hour <= %s)",
+                [spec.price_cap],
+            )
+        )
+    if spec.traits:
+        out.append(
+            (
+                "traits.missing",
+                "(" + " AND ".join([TRAIT_SQL] * len(spec.traits)) + ")",
+                list(spec.traits),
+            )
+        )
+    if spec.memory_gb_per_accelerator:
+        out.append(
+            (
+                "memory.insufficient",
+                "COALESCE(a.memory_gb, 0) >= %s",
+                [spec.memory_gb_per_accelerator],
+            )
+        )
+    if spec.min_accelerators_per_node:
+        out.append(
+            ("node.too_small", "p.accelerators_per_node >= %s", [spec.min_accelerators_per_node])
+        )
+    wanted = spec.interconnect.lower()
+    if wanted:
+        fabrics = (
+            "LOWER(COALESCE(p.intra_node_interconnect, '') || ' ' || "
+            "COALESCE(p.inter_node_interconnect, ''))"
+        )
+        out.append(
+            (
+                "interconnect.mismatch",
+                f"({_contains(fabrics)} OR {TRAIT_SQL})",
+                [wanted, wanted],
+            )
+        )
+    near = hubs_within_reach(spec, current_network())
+    if near is not None:
+        hubs = sorted(near)
+        out.append(("latency.too_far", f"h.code IN ({_in(hubs)})", hubs))
+    return out
+
+
+def _filters(spec: WorkloadSpec, exclude: Collection[int] = ()) -> tuple[list[str], list[Any]]:
+    """Conditions shared by every model's branch (the model itself is per branch): bookable,
+    every static filter of the spec, and not among the pools already proposed (``exclude``)."""
     where = ["p.status = 'active'", "c.status = 'active'"]
     params: list[Any] = []
-    if spec.hubs_allowed:
-        where.append(f"h.code IN ({_in(spec.hubs_allowed)})")
-        params += list(spec.hubs_allowed)
-    if spec.hubs_excluded:
-        where.append(f"h.code NOT IN ({_in(spec.hubs_excluded)})")
-        params += list(spec.hubs_excluded)
-    if spec.centers_excluded:
-        where.append(f"c.national_id NOT IN ({_in(spec.centers_excluded)})")
-        params += list(spec.centers_excluded)
-    if spec.price_cap is not None:
-        where.append("p.price_per_accelerator_hour <= %s")
-        params.append(spec.price_cap)
-    for trait in spec.traits:
-        where.append(
-            "EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
-            "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s)"
-        )
-        params.append(trait)
+    for _, cond, cond_params in static_conditions(spec):
+        where.append(cond)
+        params += cond_params
+    if exclude:
+        if connection.vendor == "postgresql":
+            # One array parameter, however many pools were seen.
+            where.append("NOT (p.id = ANY(%s))")
+            params.append(sorted(exclude))
+        else:
+            where.append(f"p.id NOT IN ({_in(list(exclude))})")
+            params += sorted(exclude)
     return where, params
 
 
-def fetch_candidates(spec: WorkloadSpec, *, limit: int) -> list[Candidate]:
-    """Pools that pass the SQL prefilter, cheapest first within each model, at most ``limit``
-    per model.
+def fetch_candidates(
+    spec: WorkloadSpec, *, limit: int, exclude: Collection[int] = ()
+) -> list[Candidate]:
+    """Pools that pass the prefilter (bookable, every static filter of the spec, room for the
+    workload in the window), cheapest first, at most ``limit``; pools in ``exclude`` (an
+    earlier page) are skipped, so a caller pages on until the list comes back empty.
 
     One statement: a ``UNION ALL`` of one branch per accelerator model (one branch when the spec
     names a model). Each branch walks ``pool_bookable_price_idx`` (model, price, id over active
@@ -127,13 +213,15 @@ def fetch_candidates(spec: WorkloadSpec, *, limit: int) -> list[Candidate]:
     if snapshot is not None:
         models_seen = 1 if spec.accelerator_model else max(1, len(snapshot.models))
         scan = limit * 2 if models_seen == 1 else max(16, limit * 3 // models_seen)
-        found = catalog.candidates_from(snapshot, spec, limit=limit, per_model_scan=scan)
+        found = catalog.candidates_from(
+            snapshot, spec, limit=limit, per_model_scan=scan, exclude=exclude
+        )
         if found is not None:
             return found
     models = model_ids(spec.accelerator_model)
     if not models:
         return []
-    where, params = _filters(spec)
+    where, params = _filters(spec, exclude)
     cond, cond_params = min_part(spec)
     cond = cond.replace("free", "f.free").replace("tflops", "f.tflops")
     cap, cap_params = static_part(spec)
@@ -246,28 +334,9 @@ def prefilter_counts(spec: WorkloadSpec) -> dict[str, int]:
         # "it is another model" explains nothing.
         scope += " AND p.accelerator_id = %s"
         scope_params.append((model_ids(spec.accelerator_model) or [0])[0])
-    if spec.hubs_allowed:
-        cases.append(f"WHEN h.code NOT IN ({_in(spec.hubs_allowed)}) THEN 'hub.not_allowed'")
-        params += list(spec.hubs_allowed)
-    if spec.hubs_excluded:
-        cases.append(f"WHEN h.code IN ({_in(spec.hubs_excluded)}) THEN 'hub.excluded'")
-        params += list(spec.hubs_excluded)
-    if spec.centers_excluded:
-        cases.append(f"WHEN c.national_id IN ({_in(spec.centers_excluded)}) THEN 'center.excluded'")
-        params += list(spec.centers_excluded)
-    if spec.price_cap is not None:
-        cases.append(
-            "WHEN p.price_per_accelerator_hour IS NULL OR p.price_per_accelerator_hour > %s "
-            "THEN 'price.over_cap'"
-        )
-        params.append(spec.price_cap)
-    for trait in spec.traits:
-        cases.append(
-            "WHEN NOT EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
-            "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s) "
-            "THEN 'traits.missing'"
-        )
-        params.append(trait)
+    for reason, cond, cond_params in static_conditions(spec):
+        cases.append(f"WHEN NOT ({cond}) THEN '{reason}'")
+        params += cond_params
     cases.append(f"WHEN {TFLOPS_SQL} <= 0 THEN 'performance.unknown'")
     cond, cond_params = min_part(spec)
     cond = cond.replace("free", f"(p.accelerators - COALESCE({USED_SQL}, 0))").replace(

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -30,6 +30,8 @@ from django.db import connection
 
 from brokers.ledger import slot_bounds
 from brokers.placement.candidates import aware_utc
+from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
+from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 
@@ -227,14 +229,18 @@ def invalidate() -> None:
         _current = None
 
 
-def fits_statically(spec: WorkloadSpec, cand: Candidate) -> bool:
-    """Could this pool ever take the workload, whatever is booked (size, price, place)?"""
-    if spec.price_cap is not None and (cand.price is None or cand.price > spec.price_cap):
-        return False
-    if cand.hub in spec.hubs_excluded or cand.center_national_id in spec.centers_excluded:
-        return False
-    if spec.traits and not set(spec.traits) <= cand.traits:
-        return False
+def static_rejection(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> str | None:
+    """The first static filter (``STATIC_FILTERS``: the same functions the engine runs) that
+    refuses the pool, as its reason code, or None."""
+    for check in STATIC_FILTERS:
+        rejection = check(spec, cand, ctx)
+        if rejection is not None:
+            return rejection.reason_code
+    return None
+
+
+def fits_by_size(spec: WorkloadSpec, cand: Candidate) -> bool:
+    """Could this pool hold the workload if it were empty?"""
     if cand.tflops <= 0:
         return False
     if spec.accelerator_model:
@@ -244,20 +250,39 @@ def fits_statically(spec: WorkloadSpec, cand: Candidate) -> bool:
     return cand.accelerators * cand.tflops >= spec.a100_equivalents * A100_BF16_DENSE_TFLOPS
 
 
+def fits_statically(spec: WorkloadSpec, cand: Candidate, ctx: Context | None = None) -> bool:
+    """Could this pool ever take the workload, whatever is booked (every static filter, size)?"""
+    ctx = ctx or Context(network=current_network())
+    return static_rejection(spec, cand, ctx) is None and fits_by_size(spec, cand)
+
+
 def candidates_from(
-    snapshot: PoolCatalog, spec: WorkloadSpec, *, limit: int, per_model_scan: int
+    snapshot: PoolCatalog,
+    spec: WorkloadSpec,
+    *,
+    limit: int,
+    per_model_scan: int,
+    exclude: Collection[int] = (),
 ) -> list[Candidate] | None:
     """Candidates from the snapshot with fresh status and free capacity, or None when the
     snapshot cannot answer alone (the caller then asks the database about every pool).
 
-    Walks each model's pools cheapest first in batches of ``per_model_scan`` that fit by size,
-    price and place; reads their free capacity in one query per batch; stops once enough fit
-    or the walk is over.
+    Walks each model's pools cheapest first (only the hubs within reach), in batches of
+    ``per_model_scan`` that pass every static filter and fit by size, skipping ``exclude``
+    (pools an earlier page proposed); reads their free capacity in one query per batch; stops
+    once enough fit or the walk is over.
     """
     models = [spec.accelerator_model] if spec.accelerator_model else snapshot.models
     units = spec.a100_equivalents * A100_BF16_DENSE_TFLOPS
+    ctx = Context(network=current_network())
+    near = hubs_within_reach(spec, ctx.network)
     walks = {}
     for model in models:
+        hubs = spec.hubs_allowed
+        if near is not None:
+            hubs = tuple(h for h in (hubs or snapshot.hubs.get(model, ())) if h in near)
+            if not hubs:
+                continue
         if spec.allow_split:
             least = spec.gang_size
         elif spec.accelerator_model:
@@ -267,7 +292,7 @@ def candidates_from(
             if best <= 0:
                 continue
             least = math.ceil(units / best - 1e-9)
-        walks[model] = snapshot.walk(model, spec.hubs_allowed, least)
+        walks[model] = snapshot.walk(model, hubs, least)
     cap = spec.price_cap
     out: list[Candidate] = []
     for _ in range(MAX_BATCHES):
@@ -278,7 +303,9 @@ def candidates_from(
                 if cap is not None and cand.price is not None and cand.price > cap:
                     del walks[model]  # sorted by price: nothing further is cheap enough
                     break
-                if fits_statically(spec, cand):
+                if cand.pool_id in exclude:
+                    continue
+                if fits_statically(spec, cand, ctx):
                     proposed.append(cand)
                     taken += 1
                     if taken >= per_model_scan:
@@ -370,22 +397,16 @@ def capacity_page(
     return out[:page_size], next_token
 
 
-def static_reason(spec: WorkloadSpec, pool: Candidate) -> str | None:
+def static_reason(spec: WorkloadSpec, pool: Candidate, ctx: Context | None = None) -> str | None:
     """Why a pool can never take the workload whatever is booked, or None (same reason codes
     as the SQL prefilter, in the same order)."""
-    if spec.hubs_allowed and pool.hub not in spec.hubs_allowed:
-        return "hub.not_allowed"
-    if pool.hub in spec.hubs_excluded:
-        return "hub.excluded"
-    if pool.center_national_id in spec.centers_excluded:
-        return "center.excluded"
-    if spec.price_cap is not None and (pool.price is None or pool.price > spec.price_cap):
-        return "price.over_cap"
-    if spec.traits and not set(spec.traits) <= pool.traits:
-        return "traits.missing"
+    ctx = ctx or Context(network=current_network())
+    reason = static_rejection(spec, pool, ctx)
+    if reason is not None:
+        return reason
     if pool.tflops <= 0:
         return "performance.unknown"
-    if not fits_statically(spec, pool):
+    if not fits_by_size(spec, pool):
         return "capacity.insufficient"
     return None
 
@@ -396,10 +417,11 @@ def prefilter_counts(snapshot: PoolCatalog, spec: WorkloadSpec) -> dict[str, int
     over the window are not counted here (they are fetched and rejected one by one)."""
     counts: dict[str, int] = defaultdict(int)
     models = [spec.accelerator_model] if spec.accelerator_model else snapshot.models
+    ctx = Context(network=current_network())
     for model in models:
         counts["pool.not_active"] += snapshot.inactive.get(model, 0)
         for pool in snapshot.by_nid.get((model, ""), ()):
-            reason = static_reason(spec, pool)
+            reason = static_reason(spec, pool, ctx)
             if reason is not None:
                 counts[reason] += 1
     return {k: v for k, v in counts.items() if v}

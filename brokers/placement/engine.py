@@ -28,6 +28,7 @@ from brokers.placement.spec import (
     PlacementResult,
     Rejection,
     WorkloadSpec,
+    check_start,
 )
 
 # A request is "scarce" when it needs more than this share of what is free among candidates.
@@ -208,11 +209,38 @@ def place(
 ) -> PlacementResult:
     """Ranked placement options for a validated spec, with every rejection explained.
 
-    Pools dropped by the SQL prefilter are counted per reason (``prefiltered``) when
-    ``explain``; pools fetched but refused by a Python filter are listed one by one.
+    Candidates come a page of ``candidate_limit`` at a time, cheapest first; when no option
+    can be built from the pools seen so far, the next page is fetched, until the candidates
+    run out: "nothing fits" means that no bookable pool fits. Pools dropped by the SQL
+    prefilter are counted per reason (``prefiltered``) when ``explain``; pools fetched but
+    refused by a Python filter are listed one by one.
+
+    A window that starts in the past is refused (``ValidationError``): the slots behind us are
+    not capacity anyone can use, whatever their counters say.
     """
+    check_start(spec.earliest_start)
     limit = int(candidate_limit or getattr(settings, "BROKER_CANDIDATE_LIMIT", 64))
-    cands = fetch_candidates(spec, limit=limit)
+    cands: list[Candidate] = []
+    seen: set[int] = set()
+    while True:
+        page = fetch_candidates(spec, limit=limit, exclude=seen)
+        cands += [c for c in page if c.pool_id not in seen]
+        seen.update(c.pool_id for c in page)
+        result = _rank(spec, cands, organization_id, max_options)
+        if result.options or not page:
+            break
+    if explain:
+        result.prefiltered = explain_counts(spec)
+    return result
+
+
+def _rank(
+    spec: WorkloadSpec,
+    cands: list[Candidate],
+    organization_id: int | None,
+    max_options: int,
+) -> PlacementResult:
+    """Filters, scores and options over the candidates fetched so far."""
     ctx = build_context(spec, cands, organization_id)
     rejections: list[Rejection] = []
     survivors: list[Candidate] = []
@@ -248,12 +276,9 @@ def place(
             else "; no other option"
         )
         best.explanation.insert(0, f"chosen: highest score {best.score:.3f}{runner_up}")
-    result = PlacementResult(
+    return PlacementResult(
         spec=spec,
         options=options[:max_options],
         rejections=rejections,
         candidates_considered=len(cands),
     )
-    if explain:
-        result.prefiltered = explain_counts(spec)
-    return result

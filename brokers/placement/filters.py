@@ -169,6 +169,17 @@ def fair_share(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection |
     return None
 
 
+def hubs_within_reach(spec: WorkloadSpec, network: Network) -> frozenset[str] | None:
+    """The hubs :func:`latency_class_fits` accepts, for the candidate query; None when the
+    latency class sets no bound (anything but interactive work with a data hub)."""
+    if spec.latency_class != LatencyClass.INTERACTIVE or not spec.data_hub:
+        return None
+    near = {
+        h for h in network.hubs if network.latency_ms(spec.data_hub, h) <= INTERACTIVE_MAX_RTT_MS
+    }
+    return frozenset({spec.data_hub} | near)
+
+
 # The one place filters are composed; order decides which reason a pool is reported under.
 FILTERS: list[Filter] = [
     model_matches,
@@ -182,4 +193,19 @@ FILTERS: list[Filter] = [
     latency_class_fits,
     capacity_free,
     fair_share,
+]
+
+# The filters that depend only on a pool's static facts (not on its free capacity nor on what the
+# firm holds): the candidate step applies each of them before fetching (in SQL, or walking the
+# pool snapshot), so the pools it proposes fail only on capacity or fair share.
+STATIC_FILTERS: list[Filter] = [
+    model_matches,
+    hub_allowed,
+    center_allowed,
+    price_within_cap,
+    traits_present,
+    memory_enough,
+    node_shape,
+    interconnect_matches,
+    latency_class_fits,
 ]

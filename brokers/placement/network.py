@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from registry.models import HubLink
+from registry.models import Hub, HubLink
 
 # Inside one hub data moves over the metro network; without a link row we assume a slow path.
 INTRA_HUB_GBPS = 400.0
@@ -18,9 +18,11 @@ REFRESH_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Network:
-    """Latency (ms) and bandwidth (Gb/s) between hub codes, symmetric."""
+    """Latency (ms) and bandwidth (Gb/s) between hub codes, symmetric; ``hubs``: every hub code
+    (so that "the hubs within reach" can be listed for the candidate query)."""
 
     links: dict[tuple[str, str], tuple[float, float]]
+    hubs: frozenset[str] = frozenset()
 
     def _link(self, a: str, b: str) -> tuple[float, float]:
         if a == b:
@@ -62,7 +64,8 @@ def current_network() -> Network:
             "a__code", "b__code", "latency_ms", "bandwidth_gbps"
         )
     }
-    network = Network(links)
+    hubs = frozenset(Hub.objects.values_list("code", flat=True))
+    network = Network(links, hubs | {code for pair in links for code in pair})
     with _lock:
         _cache = (time.monotonic(), network)
     return network

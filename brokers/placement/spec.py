@@ -8,13 +8,49 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from brokers.choices import LatencyClass
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 
 MAX_ACCELERATORS = 100_000
 MAX_WINDOW = dt.timedelta(days=366)
+# A start this far in the past is taken as "now" (clocks of clients and servers disagree a
+# little); further back it is refused. ``BROKER_START_GRACE_SECONDS`` overrides it.
+DEFAULT_START_GRACE_SECONDS = 120
+
+
+def start_grace() -> dt.timedelta:
+    """How far in the past an ``earliest_start`` may lie and still mean "now"."""
+    seconds = getattr(settings, "BROKER_START_GRACE_SECONDS", DEFAULT_START_GRACE_SECONDS)
+    return dt.timedelta(seconds=float(seconds))
+
+
+def past_start_message() -> str:
+    """The one refusal of a start in the past: every door (REST, gRPC, portal, CLI) and
+    :meth:`WorkloadSpec.validated` say exactly this."""
+    grace = int(start_grace().total_seconds())
+    return (
+        f"The earliest start has passed (more than {grace} s ago): give a time from now on, "
+        "or leave it out to start now."
+    )
+
+
+def past_start_error(start: dt.datetime | None, *, now: dt.datetime) -> str | None:
+    """The refusal message if ``start`` lies further in the past than the grace, else None
+    (no start means now; a naive time is left to the time-zone check)."""
+    if start is None or start.tzinfo is None:
+        return None
+    return past_start_message() if start < now - start_grace() else None
+
+
+def check_start(start: dt.datetime | None, *, now: dt.datetime | None = None) -> None:
+    """``ValidationError`` on ``earliest_start`` for a start in the past (the doors' check)."""
+    error = past_start_error(start, now=now or timezone.now())
+    if error:
+        raise ValidationError({"earliest_start": [error]})
 
 
 @dataclass(frozen=True)
@@ -68,11 +104,21 @@ class WorkloadSpec:
         return self.duration.total_seconds() / 3600
 
     def validated(self, *, now: dt.datetime) -> WorkloadSpec:
-        """A copy with defaults filled (start now) or ``ValidationError`` naming each bad field."""
+        """A copy with defaults filled (start now) or ``ValidationError`` naming each bad field.
+
+        A start in the past is refused (:func:`past_start_error`); one within the grace is
+        moved to ``now``, so the window that placement, the ledger and quotas see is the one
+        the workload will really run in.
+        """
         errors: dict[str, list[str]] = {}
-        start = self.earliest_start or now
+        asked = self.earliest_start or now
+        start = asked
         if start.tzinfo is None:
             errors["earliest_start"] = ["Give a time zone (e.g. 2026-11-23T08:00:00Z)."]
+        elif past := past_start_error(start, now=now):
+            errors["earliest_start"] = [past]
+        else:
+            start = max(start, now)
         if bool(self.accelerator_model) == bool(self.a100_equivalents):
             errors["accelerator_model"] = [
                 "Give either an accelerator model with a count, or a100_equivalents."
@@ -97,7 +143,9 @@ class WorkloadSpec:
             except OverflowError:
                 errors["earliest_start"] = ["Too far in the future."]
         if self.latest_end is not None and "earliest_start" not in errors:
-            if self.latest_end < start + self.duration:
+            # Against the start asked for: a start within the grace means "now" as the client
+            # saw it, and its window ends as the client computed it.
+            if self.latest_end < asked + self.duration:
                 errors["latest_end"] = ["The window is shorter than the duration."]
         if self.data_gb < 0:
             errors["data_gb"] = ["Must not be negative."]

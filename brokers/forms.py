@@ -6,9 +6,11 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from brokers.choices import LatencyClass
 from brokers.placement import WorkloadSpec
+from brokers.placement.spec import past_start_error
 from registry.models import Accelerator, Hub
 
 DATETIME_LOCAL = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -55,6 +57,14 @@ class WorkloadForm(forms.Form):
         hubs = [(h.code, h.name) for h in Hub.objects.all()]
         self.fields["hubs_allowed"].choices = hubs
         self.fields["data_hub"].choices = [("", "unspecified"), *hubs]
+
+    def clean_earliest_start(self) -> dt.datetime | None:
+        value = self.cleaned_data.get("earliest_start")
+        # The service's rule and message (WorkloadSpec.validated says the same).
+        error = past_start_error(value, now=timezone.now())
+        if error:
+            raise forms.ValidationError(error)
+        return value
 
     def to_spec(self) -> WorkloadSpec:
         data = self.cleaned_data

@@ -185,7 +185,13 @@ def placement(request: HttpRequest) -> HttpResponse:
                 exc.error_dict["duration_hours"] = exc.error_dict.pop("duration")
             apply_service_errors(form, exc)
         else:
-            spec_json = json.dumps(result.spec.to_json())
+            # The start as asked: an empty one stays "now" when the option is booked later.
+            spec_json = json.dumps(
+                {
+                    **result.spec.to_json(),
+                    "earliest_start": form.to_spec().to_json()["earliest_start"],
+                }
+            )
     return render(
         request,
         "brokers/placement.html",

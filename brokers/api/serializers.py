@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from brokers import selectors
 from brokers.choices import LatencyClass
 from brokers.models import Allocation, Booking, BookingEvent
 from brokers.placement import WorkloadSpec
+from brokers.placement.spec import past_start_error
 
 SLUGS = serializers.ListField(
     child=serializers.CharField(max_length=40), required=False, max_length=32
@@ -54,6 +56,13 @@ class WorkloadSpecSerializer(serializers.Serializer):
     max_centers = serializers.IntegerField(min_value=1, max_value=64, required=False, default=1)
     image = serializers.CharField(max_length=200, required=False, allow_blank=True)
     command = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+    def validate_earliest_start(self, value: dt.datetime | None) -> dt.datetime | None:
+        # The service's rule and message (WorkloadSpec.validated says the same).
+        error = past_start_error(value, now=timezone.now())
+        if error:
+            raise serializers.ValidationError(error)
+        return value
 
     def to_spec(self) -> WorkloadSpec:
         data = dict(self.validated_data)

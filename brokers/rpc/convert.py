@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from brokers.choices import BookingStatus, LatencyClass
 from brokers.models import Booking, BookingEvent
 from brokers.placement import PlacementResult, WorkloadSpec
+from brokers.placement.spec import check_start
 from brokers.services import CapacityRow
 from protos import broker_pb2 as pb
 
@@ -67,7 +68,8 @@ MAX_DURATION_SECONDS = 366 * 24 * 3600
 
 def spec_from_pb(msg: pb.WorkloadSpec) -> WorkloadSpec:
     """The domain WorkloadSpec of a proto one (domain validation happens in the service; this
-    refuses what cannot even be represented: out-of-range numbers, NUL characters)."""
+    refuses what cannot even be represented: out-of-range numbers, NUL characters; and a start
+    in the past, with the service's own message)."""
     if msg.latency_class not in LATENCY_FROM_PB:
         raise ValidationError({"latency_class": ["Unknown latency class."]})
     duration = msg.duration_seconds
@@ -77,9 +79,11 @@ def spec_from_pb(msg: pb.WorkloadSpec) -> WorkloadSpec:
         if "\x00" in getattr(msg, name):
             raise ValidationError({name: ["NUL characters are not allowed."]})
     try:
-        return _spec(msg)
+        spec = _spec(msg)
     except (OverflowError, ValueError) as exc:  # e.g. a timestamp past year 9999
         raise ValidationError({"spec": [f"A value is out of range: {exc}"]}) from None
+    check_start(spec.earliest_start)
+    return spec
 
 
 def _spec(msg: pb.WorkloadSpec) -> WorkloadSpec:

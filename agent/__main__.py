@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from types import FrameType
 
 from agent import __version__
+from agent.backends import BACKENDS, backend_for, measure
+from agent.challenge import PRECISIONS
 from agent.config import (
     AgentConfig,
     CenterConfig,
@@ -172,6 +174,12 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=_port, help="port to bind (default 50051; 0 = any free)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="how a real agent computes challenges: numpy (host CPU, the default) or torch "
+        "(CUDA devices, or Ascend through torch_npu; torch is imported only then)",
+    )
     add_pool_arguments(parser)
 
     sim = parser.add_argument_group("simulation")
@@ -310,6 +318,7 @@ def serve_configs(args: argparse.Namespace) -> list[AgentConfig]:
         port=base.port if args.port is None else args.port,
         heartbeat=heartbeat,
         center=replace(base.center, national_id=args.center_id or base.center.national_id),
+        backend=args.backend or base.backend,
     )
     specs: list[SimulationSpec] = args.simulate
     if not specs:
@@ -488,11 +497,35 @@ def _first(*values: float | None) -> float | None:
     return next((value for value in values if value is not None), None)
 
 
+def measure_command(argv: Sequence[str]) -> int:
+    """Time a chain on device 0 of a backend and print its TFLOPS: what this host really does,
+    for an operator to declare (and for the platform's verifier to check)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent measure",
+        description="Measure one device's throughput on a challenge chain, timed locally.",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    parser.add_argument("--n", type=_positive_int, default=1024, help="matrix size (1024)")
+    parser.add_argument("--steps", type=_positive_int, default=8, help="chain length (8)")
+    args = parser.parse_args(argv)
+    try:
+        backend = backend_for(args.backend)
+    except ImportError as exc:
+        print(f"error: backend {args.backend} is not available: {exc}", file=sys.stderr)
+        return 1
+    value = measure(backend, args.precision, args.n, args.steps)
+    print(f"{value:.4f} TFLOPS per device ({args.backend}, {args.precision}, n={args.n})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``register`` or ``serve`` (the default when no command is named)."""
+    """Dispatch ``register``, ``measure`` or ``serve`` (the default when no command is named)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "register":
         return register_command(args[1:])
+    if args and args[0] == "measure":
+        return measure_command(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
     return serve(args)

@@ -1,60 +1,146 @@
-"""Benchmark challenges: the matrices a seed defines, their product, and its transport in chunks.
+"""Benchmark challenges: the one definition both the agent and the platform's verifier use.
 
-A challenge is (seed, n, dtype, repetitions). Both sides derive A and B from the seed with
-:func:`matrices`; the agent returns C = A @ B, the verifier checks it (Freivalds) without
-recomputing it. This module is pure numpy so that the platform imports it as the one definition
-of the challenge matrices.
+A challenge gives each accelerator under test its own seed and asks it for a **sequential chain**
+of ``steps`` matrix products in one precision (``bf16``, ``fp16``, ``fp32`` or ``fp64``)::
+
+    A, B      = inputs(seed, n, precision)       # zero-mean normals, exactly representable
+    X_0  = A
+    C_t  = X_{t-1} @ B        # accumulated in the precision's accumulator
+    X_t  = next_input(C_t)    # (C_t / sqrt(n)) transposed, rounded to the input type
+
+Each step needs the whole previous product (the transpose mixes every row into every row of the
+next step), so the chain cannot be computed faster than its steps one after another, and it
+cannot be precomputed: the seed is drawn by the verifier. After each step the agent sends
+``digest(C_t)``, a SHA-256 commitment to the exact bytes of the product *before* it is rounded
+to the next input. The verifier's clock stops at the last commitment; only then does it choose
+which steps to open, and the opened products must hash to what was committed.
+
+Inputs are standard normals rounded to the input type: zero mean, not small integers (which an
+INT8 unit would multiply exactly at twice the BF16 rate), and exactly representable, so the
+only rounding is the accumulation's. This module is pure numpy (plus ``ml_dtypes`` for BF16) so
+that the platform imports it; backends that compute on accelerators live in ``agent.backends``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
-# Element types a challenge may use, by the names the proto's Dtype maps to.
-DTYPES: dict[str, np.dtype[np.floating]] = {
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
+Matrix = npt.NDArray[np.generic]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A challenge precision: what the inputs are, what the products accumulate in."""
+
+    name: str
+    input: np.dtype[np.generic]
+    accumulator: np.dtype[np.generic]
+
+    @property
+    def unit_roundoff(self) -> float:
+        """u of the accumulator: half its machine epsilon (2^-24 for FP32, 2^-53 for FP64)."""
+        return float(np.finfo(self.accumulator).eps) / 2.0
+
+
+PRECISIONS: dict[str, Precision] = {
+    # Tensor-core precisions: 16-bit inputs, FP32 accumulation and FP32 output.
+    "bf16": Precision("bf16", np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)),
+    "fp16": Precision("fp16", np.dtype(np.float16), np.dtype(np.float32)),
+    "fp32": Precision("fp32", np.dtype(np.float32), np.dtype(np.float32)),
+    "fp64": Precision("fp64", np.dtype(np.float64), np.dtype(np.float64)),
 }
 
 # Payload bytes per chunk. The gRPC message adds a few bytes of framing; 16 KiB of headroom
-# keeps every RunBenchmarkResponse under 1 MiB.
+# keeps every message under 1 MiB.
 MAX_CHUNK_BYTES = 1024 * 1024 - 16 * 1024
 
-Matrix = npt.NDArray[np.floating]
+
+def precision(name: str) -> Precision:
+    """The Precision called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown precision {name!r}; known: {', '.join(sorted(PRECISIONS))}"
+        ) from None
 
 
-def matrices(seed: int, n: int, dtype: str | npt.DTypeLike = "float64") -> tuple[Matrix, Matrix]:
-    """The challenge matrices A and B for ``seed``: standard normal n x n, cast to ``dtype``.
+def inputs(seed: int, n: int, name: str) -> tuple[Matrix, Matrix]:
+    """The challenge's A and B for ``seed``: standard normal n x n, rounded to the input type.
 
-    ``np.random.default_rng(seed)`` draws A first, then B, in float64, and both are cast; any
-    change here changes every challenge, so the platform and the agent must share this function.
+    ``np.random.default_rng(seed)`` draws A first, then B, in float64. Any change here changes
+    every challenge: the platform and the agent must share this function.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
-    target = np.dtype(dtype)
+    p = precision(name)
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((n, n)).astype(target, copy=False)
-    b = rng.standard_normal((n, n)).astype(target, copy=False)
+    a = rng.standard_normal((n, n)).astype(p.input)
+    b = rng.standard_normal((n, n)).astype(p.input)
     return a, b
 
 
-def multiply(a: Matrix, b: Matrix, repetitions: int = 1) -> Matrix:
-    """Compute A @ B ``repetitions`` times (the timed work) and return the product."""
-    if repetitions < 1:
-        raise ValueError("repetitions must be >= 1")
-    product = a @ b
-    for _ in range(repetitions - 1):
-        # Reuse the output buffer: repetitions measure arithmetic, not allocation.
-        np.matmul(a, b, out=product)
-    return product
+def chain_scale(n: int, name: str) -> np.generic:
+    """The factor 1/sqrt(n), in the accumulator type, that keeps every step's entries near 1."""
+    return precision(name).accumulator.type(1.0 / math.sqrt(n))
 
 
-def flops(n: int, repetitions: int = 1) -> float:
-    """Floating-point operations of the challenge: 2 n^3 per multiplication."""
-    return 2.0 * n**3 * repetitions
+def next_input(product: Matrix, name: str) -> Matrix:
+    """X_t from C_t: scaled by 1/sqrt(n) in the accumulator type, transposed, rounded.
+
+    Multiplication and rounding are IEEE round-to-nearest-even on every backend (numpy,
+    ml_dtypes and torch alike), so both sides derive the same X_t from the same C_t bits.
+    """
+    p = precision(name)
+    scaled = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    return np.ascontiguousarray(scaled.T).astype(p.input)
+
+
+def multiply(x: Matrix, b: Matrix, name: str) -> Matrix:
+    """One step on the host: X @ B with the precision's accumulator (the numpy reference)."""
+    acc = precision(name).accumulator
+    result: Matrix = np.matmul(x.astype(acc, copy=False), b.astype(acc, copy=False))
+    return result
+
+
+def chain(seed: int, n: int, name: str, steps: int) -> Iterator[Matrix]:
+    """The products C_1 .. C_steps of the challenge for ``seed``, computed on the host."""
+    x, b = inputs(seed, n, name)
+    for _ in range(steps):
+        product = multiply(x, b, name)
+        yield product
+        x = next_input(product, name)
+
+
+def canonical_bytes(product: Matrix, name: str) -> bytes:
+    """The bytes a commitment covers: the product in the accumulator type, little-endian, C
+    order."""
+    acc = precision(name).accumulator.newbyteorder("<")
+    return np.ascontiguousarray(product, dtype=acc).tobytes()
+
+
+def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: int) -> bytes:
+    """SHA-256 commitment to step ``step`` of ``device`` in challenge ``challenge_id``.
+
+    The challenge id and the position are hashed in, so a commitment cannot be replayed from
+    another run, another device or another step.
+    """
+    h = hashlib.sha256()
+    h.update(f"interconnect-chain-v1|{challenge_id}|{device}|{step}|{name}|".encode())
+    h.update(canonical_bytes(product, name))
+    return h.digest()
+
+
+def flops(n: int, steps: int = 1) -> float:
+    """Floating-point operations of a chain: 2 n^3 per step."""
+    return 2.0 * n**3 * steps
 
 
 def rows_per_chunk(n: int, itemsize: int, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> int:
@@ -63,31 +149,21 @@ def rows_per_chunk(n: int, itemsize: int, max_chunk_bytes: int = MAX_CHUNK_BYTES
 
 
 def row_blocks(
-    product: Matrix, max_chunk_bytes: int = MAX_CHUNK_BYTES
+    product: Matrix, name: str, max_chunk_bytes: int = MAX_CHUNK_BYTES
 ) -> Iterator[tuple[int, int, bytes]]:
-    """Split a matrix into (row_offset, rows, little-endian bytes) blocks of consecutive rows."""
+    """Split a product into (row_offset, rows, bytes) blocks of consecutive rows, in the bytes
+    :func:`canonical_bytes` covers."""
+    acc = precision(name).accumulator.newbyteorder("<")
     n_rows, n_cols = product.shape
-    little = product.astype(product.dtype.newbyteorder("<"), copy=False)
-    step = rows_per_chunk(n_cols, product.dtype.itemsize, max_chunk_bytes)
+    step = rows_per_chunk(n_cols, acc.itemsize, max_chunk_bytes)
     for offset in range(0, n_rows, step):
-        block = little[offset : offset + step]
-        yield offset, block.shape[0], np.ascontiguousarray(block).tobytes()
+        block = np.ascontiguousarray(product[offset : offset + step], dtype=acc)
+        yield offset, block.shape[0], block.tobytes()
 
 
-def chunk_count(n: int, itemsize: int, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> int:
-    """Number of blocks :func:`row_blocks` yields for an n x n matrix."""
-    step = rows_per_chunk(n, itemsize, max_chunk_bytes)
-    return -(-n // step)
-
-
-def assemble(
-    blocks: Iterable[tuple[int, int, bytes]], n: int, dtype: str | npt.DTypeLike
-) -> Matrix:
-    """Rebuild an n x n matrix from row blocks; ValueError on gaps, overlaps or bad sizes.
-
-    Blocks may arrive in any order, but every row must be covered exactly once.
-    """
-    target = np.dtype(dtype).newbyteorder("<")
+def assemble(blocks: Iterable[tuple[int, int, bytes]], n: int, name: str) -> Matrix:
+    """Rebuild an n x n product from row blocks; ValueError on gaps, overlaps or bad sizes."""
+    target = precision(name).accumulator.newbyteorder("<")
     result = np.empty((n, n), dtype=target)
     seen = np.zeros(n, dtype=bool)
     for offset, rows, data in blocks:

@@ -36,6 +36,7 @@ agent never holds an inconsistent configuration. File layout (TOML; JSON has the
     intra_node_interconnect = "nvlink"
     inter_node_interconnect = "infiniband-ndr"
     declared_tflops_per_accelerator = 989
+    declared_precision = "bf16"   # bf16, fp16, fp32 or fp64: what the figure is about
     price_per_accelerator_hour = 18.5
     traits = ["liquid-cooled"]
 """
@@ -68,9 +69,19 @@ class SimulationMode(StrEnum):
     slow: like honest, at half the declared speed (speed factor 0.5), reported truthfully.
     flaky: honest, but the first ``flaky_failures`` calls of GetInventory and of RunBenchmark
         fail with UNAVAILABLE.
-    cheat-wrong: returns a random matrix of the right shape instead of the product.
-    cheat-partial: returns the product with about 1 % of its rows perturbed.
-    cheat-timing: computes correctly but reports a tenth of the time it really took.
+    cheat-wrong: returns random matrices of the right shape instead of the products.
+    cheat-partial: returns the products with about 1 % of their rows perturbed.
+    cheat-timing: sends every commitment at once, before computing (random digests), then
+        computes the true products on the host CPU, at its own pace, for the opening.
+    cheat-rtt: pads every health-check answer by 0.3 s and computes at 60 % of the declared
+        speed, hoping the verifier subtracts the round trip.
+    cheat-skip: skips every other step of the chain (sends the previous product again).
+    cheat-fast: honest arithmetic 4.3 times faster than declared (speed factor 4.3): a claim
+        faster than the datasheet when the declaration is the datasheet figure.
+    cheat-precision: computes with FP8 (E4M3) inputs instead of the challenge's precision.
+    cheat-one-device: one accelerator answers for every device of the pool, taking turns.
+    cheat-replay: answers every challenge with the chain it computed for its first one.
+    cheat-one-entry: honest, except one entry of the last product is off by 1.0.
     """
 
     HONEST = "honest"
@@ -79,6 +90,13 @@ class SimulationMode(StrEnum):
     CHEAT_WRONG = "cheat-wrong"
     CHEAT_PARTIAL = "cheat-partial"
     CHEAT_TIMING = "cheat-timing"
+    CHEAT_RTT = "cheat-rtt"
+    CHEAT_SKIP = "cheat-skip"
+    CHEAT_FAST = "cheat-fast"
+    CHEAT_PRECISION = "cheat-precision"
+    CHEAT_ONE_DEVICE = "cheat-one-device"
+    CHEAT_REPLAY = "cheat-replay"
+    CHEAT_ONE_ENTRY = "cheat-one-entry"
 
 
 # Dense BF16/FP16 tensor throughput without sparsity, in TFLOPS per accelerator, from vendor
@@ -119,6 +137,8 @@ class PoolConfig:
     intra_node_interconnect: str = ""
     inter_node_interconnect: str = ""
     declared_tflops_per_accelerator: float = 0.0
+    # The arithmetic the declared figure is about: bf16, fp16, fp32 or fp64.
+    declared_precision: str = "bf16"
     name: str = ""
     price_per_accelerator_hour: float | None = None
     traits: tuple[str, ...] = ()
@@ -133,6 +153,10 @@ class PoolConfig:
             raise ConfigError(f"pool {self.key!r}: accelerators_per_node and nodes must be >= 1")
         if self.declared_tflops_per_accelerator < 0:
             raise ConfigError(f"pool {self.key!r}: declared_tflops_per_accelerator must be >= 0")
+        if self.declared_precision not in ("bf16", "fp16", "fp32", "fp64"):
+            raise ConfigError(
+                f"pool {self.key!r}: declared_precision must be bf16, fp16, fp32 or fp64"
+            )
 
     @property
     def accelerators(self) -> int:
@@ -168,6 +192,8 @@ class SimulationConfig:
         """The speed factor in force: the configured one, else 0.5 for "slow", else 1.0."""
         if self.speed_factor is not None:
             return self.speed_factor
+        if self.mode is SimulationMode.CHEAT_FAST:
+            return 4.3
         return 0.5 if self.mode is SimulationMode.SLOW else 1.0
 
 
@@ -207,7 +233,8 @@ class HeartbeatConfig:
 class AgentConfig:
     """Everything one agent (one gRPC server) needs.
 
-    ``max_matrix_size`` and ``max_repetitions`` bound benchmark challenges so a caller cannot make
+    ``max_matrix_size``, ``max_steps`` and ``max_challenge_bytes`` (products kept for opening)
+    bound benchmark challenges so a caller cannot make
     the agent compute for hours; ``max_message_bytes`` is the gRPC message limit both ways.
     """
 
@@ -221,7 +248,9 @@ class AgentConfig:
     max_message_bytes: int = 4 * MIB
     max_workers: int = 32
     max_matrix_size: int = 8192
-    max_repetitions: int = 100
+    max_steps: int = 1000
+    max_challenge_bytes: int = 4 * 1024 * MIB
+    backend: str = "numpy"
     grace_seconds: float = 5.0
     workload_startup_seconds: float = 1.0
 

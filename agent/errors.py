@@ -35,3 +35,15 @@ class Unavailable(AgentError):
     """The agent cannot serve right now; the caller should retry (transient)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(AgentError):
+    """The request is valid but the agent's state does not allow it yet (or any more)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(AgentError):
+    """The request would need more memory or time than the agent's limits allow."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -133,6 +133,7 @@ def pool_payload(pool: PoolConfig, center_national_id: str) -> dict[str, Any]:
         "price_per_accelerator_hour": pool.price_per_accelerator_hour,
         "currency": CURRENCY,
         "declared_tflops_per_accelerator": pool.declared_tflops_per_accelerator,
+        "declared_precision": pool.declared_precision,
         "traits": list(pool.traits),
     }
 

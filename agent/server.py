@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -22,11 +23,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.challenge import DTYPES, MAX_CHUNK_BYTES, chunk_count, row_blocks
-from agent.config import AgentConfig
-from agent.errors import AgentError, InvalidArgument
+from agent.backends import backend_for
+from agent.benchmark import (
+    Backend,
+    Challenge,
+    ChallengeStore,
+    Commitment,
+    DeviceReport,
+    run_challenge,
+)
+from agent.challenge import MAX_CHUNK_BYTES, precision, row_blocks
+from agent.config import AgentConfig, PoolConfig
+from agent.errors import AgentError, InvalidArgument, ResourceExhausted
 from agent.inventory import Inventory, build_inventory
-from agent.simulation import Benchmarker, Challenge, benchmarker_for, faults_for
+from agent.simulation import backend_for_simulation, faults_for, health_delay
 from agent.workloads import Workload, WorkloadRunner, WorkloadSpec, WorkloadState
 from protos import agent_pb2, agent_pb2_grpc
 
@@ -37,8 +47,10 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 DTYPE_NAMES = {
-    agent_pb2.DTYPE_FLOAT32: "float32",
-    agent_pb2.DTYPE_FLOAT64: "float64",
+    agent_pb2.DTYPE_BFLOAT16: "bf16",
+    agent_pb2.DTYPE_FLOAT16: "fp16",
+    agent_pb2.DTYPE_FLOAT32: "fp32",
+    agent_pb2.DTYPE_FLOAT64: "fp64",
 }
 DTYPE_VALUES = {name: value for value, name in DTYPE_NAMES.items()}
 STATE_VALUES = {
@@ -120,21 +132,59 @@ def inventory_to_pb(inventory: Inventory) -> agent_pb2.GetInventoryResponse:
     )
 
 
-def challenge_from_pb(request: agent_pb2.RunBenchmarkRequest, config: AgentConfig) -> Challenge:
-    """Validate a RunBenchmarkRequest against the agent's limits and turn it into a Challenge."""
-    dtype = DTYPE_NAMES.get(request.dtype)
-    if dtype is None:
-        raise InvalidArgument("dtype", "must be DTYPE_FLOAT32 or DTYPE_FLOAT64")
+def challenge_from_pb(
+    request: agent_pb2.RunBenchmarkRequest, config: AgentConfig, pool: PoolConfig
+) -> Challenge:
+    """Validate a RunBenchmarkRequest against the agent's limits and the pool, and turn it into
+    a Challenge."""
+    name = DTYPE_NAMES.get(request.dtype)
+    if name is None:
+        raise InvalidArgument("dtype", "must be one of BFLOAT16, FLOAT16, FLOAT32, FLOAT64")
     if not 1 <= request.n <= config.max_matrix_size:
         raise InvalidArgument("n", f"must be between 1 and {config.max_matrix_size}")
-    if not 1 <= request.repetitions <= config.max_repetitions:
-        raise InvalidArgument("repetitions", f"must be between 1 and {config.max_repetitions}")
+    if not 1 <= request.steps <= config.max_steps:
+        raise InvalidArgument("steps", f"must be between 1 and {config.max_steps}")
+    if not request.challenge_id or len(request.challenge_id) > 100:
+        raise InvalidArgument("challenge_id", "must be 1 to 100 characters")
+    if not request.devices:
+        raise InvalidArgument("devices", "name at least one device")
+    devices = [(d.device, d.seed) for d in request.devices]
+    indexes = [d for d, _ in devices]
+    if len(set(indexes)) != len(indexes):
+        raise InvalidArgument("devices", "each device at most once")
+    if max(indexes) >= pool.accelerators:
+        raise InvalidArgument("devices", f"the pool has devices 0..{pool.accelerators - 1}")
+    kept = len(devices) * request.steps * request.n**2 * precision(name).accumulator.itemsize
+    if kept > config.max_challenge_bytes:
+        raise ResourceExhausted(
+            f"the challenge's products ({kept // 2**20} MiB) exceed this agent's limit "
+            f"({config.max_challenge_bytes // 2**20} MiB)"
+        )
     return Challenge(
-        seed=request.seed,
-        n=request.n,
-        dtype=dtype,
-        repetitions=request.repetitions,
         challenge_id=request.challenge_id,
+        n=request.n,
+        precision=name,
+        steps=request.steps,
+        devices=tuple(devices),
+        nonce=request.nonce,
+    )
+
+
+def benchmark_event_pb(event: Commitment | DeviceReport) -> agent_pb2.RunBenchmarkResponse:
+    """The stream message of a commitment or a device report."""
+    if isinstance(event, Commitment):
+        return agent_pb2.RunBenchmarkResponse(
+            commitment=agent_pb2.StepCommitment(
+                device=event.device, step=event.step, digest=event.digest
+            )
+        )
+    return agent_pb2.RunBenchmarkResponse(
+        report=agent_pb2.DeviceReport(
+            device=event.device,
+            description=event.description,
+            attestation=event.attestation,
+            attestation_format=event.attestation_format,
+        )
     )
 
 
@@ -179,11 +229,17 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         config: AgentConfig,
         *,
         workloads: WorkloadRunner,
-        benchmarker: Benchmarker | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
         self.workloads = workloads
-        self.benchmarker = benchmarker or benchmarker_for(config.simulation)
+        if backend is None:
+            if config.simulation is not None:
+                backend = backend_for_simulation(config.simulation)
+            else:
+                backend = backend_for(config.backend)
+        self.backend = backend
+        self.store = ChallengeStore()
         self.faults = faults_for(config.simulation)
 
     @rpc_errors
@@ -198,33 +254,32 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def RunBenchmark(
         self, request: agent_pb2.RunBenchmarkRequest, context: grpc.ServicerContext
     ) -> Iterator[agent_pb2.RunBenchmarkResponse]:
-        """Compute the challenge's product, then stream a summary and the product's rows."""
+        """Run every device's chain at once, streaming each step's commitment as it is done."""
         self.faults.check("RunBenchmark")
-        challenge = challenge_from_pb(request, self.config)
         pool = self.workloads.resolve_pool(request.pool_key)
-        # Everything is computed before the first message: the verifier bounds the claimed
-        # compute time by its time-to-first-message.
-        result = self.benchmarker.run(challenge, pool)
-        itemsize = result.product.dtype.itemsize
-        yield agent_pb2.RunBenchmarkResponse(
-            summary=agent_pb2.BenchmarkSummary(
-                challenge_id=challenge.challenge_id,
-                pool_key=pool.key,
-                compute_seconds=result.compute_seconds,
-                device=result.device,
-                n=challenge.n,
-                dtype=DTYPE_VALUES[challenge.dtype],
-                repetitions=challenge.repetitions,
-                chunk_count=chunk_count(challenge.n, itemsize, MAX_CHUNK_BYTES),
-            )
-        )
-        product = result.product.astype(DTYPES[challenge.dtype], copy=False)
-        for offset, rows, data in row_blocks(product, MAX_CHUNK_BYTES):
-            if not context.is_active():  # the verifier gave up; stop serializing
+        challenge = challenge_from_pb(request, self.config, pool)
+        for event in run_challenge(challenge, pool, self.backend, self.store):
+            if not context.is_active():  # the verifier gave up
                 return
-            yield agent_pb2.RunBenchmarkResponse(
-                chunk=agent_pb2.BenchmarkChunk(row_offset=offset, rows=rows, data=data)
-            )
+            yield benchmark_event_pb(event)
+
+    @rpc_errors
+    def OpenBenchmark(
+        self, request: agent_pb2.OpenBenchmarkRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.OpenBenchmarkResponse]:
+        """Stream the committed products the verifier asks for, in row blocks."""
+        for opening in request.openings:
+            product, name = self.store.get(request.challenge_id, opening.device, opening.step)
+            for offset, rows, data in row_blocks(product, name, MAX_CHUNK_BYTES):
+                if not context.is_active():
+                    return
+                yield agent_pb2.OpenBenchmarkResponse(
+                    device=opening.device,
+                    step=opening.step,
+                    row_offset=offset,
+                    rows=rows,
+                    data=data,
+                )
 
     @rpc_errors
     def StartWorkload(
@@ -283,6 +338,18 @@ class AgentRuntime:
         return self.server.stop(self.config.grace_seconds if grace is None else grace)
 
 
+class _PaddedHealth(health.HealthServicer):
+    """Health checks answered late on purpose (the cheat-rtt simulation)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self._delay = delay
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        time.sleep(self._delay)
+        return super().Check(request, context)
+
+
 def build_server(
     address: str, *, agent_config: AgentConfig, workloads: WorkloadRunner | None = None
 ) -> AgentRuntime:
@@ -306,9 +373,14 @@ def build_server(
         AgentServicer(agent_config, workloads=workloads), server
     )
 
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True,
-        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+    delay = health_delay(agent_config.simulation)
+    health_servicer: health.HealthServicer = (
+        _PaddedHealth(delay)
+        if delay
+        else health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+        )
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", AGENT_SERVICE):  # "" is the whole server

@@ -1,139 +1,163 @@
-"""How the agent computes a benchmark: for real on the host, or as a simulated center would.
+"""Simulated centers: honest, slow, flaky, and one mode per cheat the verifier must catch.
 
-Timing model of a simulated center (the platform's verifier relies on it): an accelerator with
-declared throughput T TFLOPS is emulated at ``T * time_scale * speed_factor`` TFLOPS, and a
-challenge runs on one accelerator, so it takes
+Timing model (the platform's verifier relies on it): a simulated accelerator with declared
+throughput T TFLOPS runs at ``T * time_scale * speed_factor`` TFLOPS, so step ``t`` of its chain
+is due ``t * 2 n^3 / (T * 1e12 * time_scale * speed_factor)`` seconds after the request arrived.
+The simulation really computes every product with numpy (so the verifier's checks see real
+arithmetic), commits it, and sleeps until the step is due. Devices of one challenge run at once,
+each at that speed, unless the mode says otherwise.
 
-    simulated_seconds = 2 * n^3 * repetitions / (T * 1e12 * time_scale * speed_factor)
-
-The honest simulation really multiplies the matrices with numpy, then sleeps the remainder so
-that the compute phase lasts at least ``simulated_seconds``, and reports the time it really took.
-The cheating modes depart from that in one way each (see ``SimulationMode``).
+Each cheating mode departs from honesty in one way (``SimulationMode`` lists them); every one is
+caught by a named check of the verifier (README, "Threat model").
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
+import ml_dtypes
 import numpy as np
 
-from agent.challenge import Matrix, flops, matrices, multiply
+from agent.benchmark import Backend, DeviceReport, StepSink
+from agent.challenge import Matrix, flops, inputs, multiply, next_input, precision
 from agent.config import PoolConfig, SimulationConfig, SimulationMode
 from agent.errors import InvalidArgument, Unavailable
-from agent.inventory import cpu_description
 
-# cheat-timing claims this fraction of the time it really spent.
-CHEAT_TIMING_FRACTION = 0.1
-# cheat-partial perturbs this fraction of the product's rows (at least one row).
+# cheat-partial perturbs this fraction of each product's rows (at least one row).
 CHEAT_PARTIAL_ROW_FRACTION = 0.01
+# cheat-rtt: seconds added to every health check answer (a padded round trip).
+CHEAT_RTT_SECONDS = 0.3
+# cheat-rtt computes at this share of the declared speed, hoping the padding hides it.
+CHEAT_RTT_SPEED = 0.6
 # RPCs that fail in "flaky" mode before they start working.
 FLAKY_METHODS = ("GetInventory", "RunBenchmark")
 
 
-@dataclass(frozen=True)
-class Challenge:
-    """A benchmark challenge as the domain sees it (see ``RunBenchmarkRequest``)."""
-
-    seed: int
-    n: int
-    dtype: str
-    repetitions: int
-    challenge_id: str = ""
-
-
-@dataclass(frozen=True)
-class BenchmarkResult:
-    """What the agent sends back: the product, the time it claims, the device it names."""
-
-    product: Matrix
-    compute_seconds: float
-    device: str
-
-
-class Benchmarker(Protocol):
-    """Computes a challenge on one accelerator of a pool."""
-
-    def run(self, challenge: Challenge, pool: PoolConfig) -> BenchmarkResult: ...
-
-
-class HostBenchmarker:
-    """A real agent: multiplies with numpy on the host and reports the measured time.
-
-    A production agent on GPUs would run the multiplication on one device (torch); numpy keeps
-    this implementation dependency-free and exact.
-    """
-
-    def run(self, challenge: Challenge, pool: PoolConfig) -> BenchmarkResult:
-        a, b = matrices(challenge.seed, challenge.n, challenge.dtype)
-        started = time.perf_counter()
-        product = multiply(a, b, challenge.repetitions)
-        return BenchmarkResult(
-            product=product,
-            compute_seconds=time.perf_counter() - started,
-            device=f"numpy on {cpu_description()}",
-        )
-
-
-def simulated_seconds(
-    n: int, repetitions: int, declared_tflops: float, time_scale: float, speed_factor: float
-) -> float:
-    """Time a simulated accelerator needs for a challenge (see the module docstring)."""
+def step_seconds(n: int, declared_tflops: float, time_scale: float, speed_factor: float) -> float:
+    """Time a simulated accelerator needs for one product (see the module docstring)."""
     if declared_tflops <= 0:
         raise InvalidArgument("pool_key", "the pool has no declared throughput to emulate")
-    return flops(n, repetitions) / (declared_tflops * 1e12 * time_scale * speed_factor)
+    return flops(n) / (declared_tflops * 1e12 * time_scale * speed_factor)
 
 
-class SimulatedBenchmarker:
-    """A simulated center computing a challenge according to its mode."""
+class SimulatedBackend:
+    """A simulated center computing challenges according to its mode."""
 
     def __init__(
         self, simulation: SimulationConfig, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self.simulation = simulation
         self._sleep = sleep
+        # cheat-one-device: one emulated accelerator, shared by every device of a challenge.
+        self._one_device = threading.Lock()
+        # cheat-replay: the chains of the first device of the first challenge, replayed.
+        self._replay: list[Matrix] | None = None
+        self._replay_lock = threading.Lock()
 
-    def run(self, challenge: Challenge, pool: PoolConfig) -> BenchmarkResult:
-        mode = self.simulation.mode
-        target = simulated_seconds(
-            challenge.n,
-            challenge.repetitions,
-            pool.declared_tflops_per_accelerator,
-            self.simulation.time_scale,
-            self.simulation.effective_speed_factor,
-        )
-        a, b = matrices(challenge.seed, challenge.n, challenge.dtype)
-        started = time.perf_counter()
-        if mode is SimulationMode.CHEAT_WRONG:
-            product = _unrelated_matrix(challenge)
-        else:
-            product = multiply(a, b, challenge.repetitions)
-        if mode is SimulationMode.CHEAT_PARTIAL:
-            _perturb_rows(product, challenge.seed)
-        # Even the cheaters take the declared time: the cheat is in the answer, not the delay.
-        remaining = target - (time.perf_counter() - started)
+    def _wait_until(self, due: float) -> None:
+        remaining = due - time.perf_counter()
         if remaining > 0:
             self._sleep(remaining)
-        elapsed = time.perf_counter() - started
-        if mode is SimulationMode.CHEAT_TIMING:
-            elapsed *= CHEAT_TIMING_FRACTION
-        return BenchmarkResult(
-            product=product,
-            compute_seconds=elapsed,
-            device=f"simulated {pool.accelerator_model} (1 accelerator)",
+
+    def run_chain(self, sink: StepSink, pool: PoolConfig) -> DeviceReport:
+        mode = self.simulation.mode
+        challenge = sink.challenge
+        n, name, steps = challenge.n, challenge.precision, challenge.steps
+        speed = self.simulation.effective_speed_factor
+        if mode is SimulationMode.CHEAT_RTT:
+            speed *= CHEAT_RTT_SPEED
+        per_step = step_seconds(
+            n, pool.declared_tflops_per_accelerator, self.simulation.time_scale, speed
         )
+        description = f"simulated {pool.accelerator_model} #{sink.device}"
+        if mode is SimulationMode.CHEAT_TIMING:
+            return self._commit_before_computing(sink, description)
+        if mode is SimulationMode.CHEAT_REPLAY:
+            return self._replayed(sink, per_step, description)
+        x, b = inputs(sink.seed, n, name)
+        if mode is SimulationMode.CHEAT_PRECISION:
+            # FP8 (E4M3) inputs: a quarter of the bits, twice the tensor rate on FP8 hardware.
+            low = np.dtype(ml_dtypes.float8_e4m3fn)
+            b = b.astype(low).astype(precision(name).input)
+        due = sink.started
+        previous: Matrix | None = None
+        for step in range(1, steps + 1):
+            skipped = False
+            if mode is SimulationMode.CHEAT_ONE_DEVICE:
+                # One accelerator answers for all: the steps of every device take turns on it.
+                with self._one_device:
+                    started = time.perf_counter()
+                    product = self._product(x, b, step, sink)
+                    self._wait_until(started + per_step)
+            elif mode is SimulationMode.CHEAT_SKIP and previous is not None and step % 2 == 0:
+                product, skipped = previous.copy(), True  # skipped: the last product again
+            else:
+                if mode is SimulationMode.CHEAT_PRECISION:
+                    x = x.astype(np.dtype(ml_dtypes.float8_e4m3fn)).astype(precision(name).input)
+                product = self._product(x, b, step, sink)
+            previous = product
+            if mode is not SimulationMode.CHEAT_ONE_DEVICE and not skipped:
+                due += per_step
+                self._wait_until(due)
+            sink.commit(step, product)
+            x = next_input(product, name)
+        return DeviceReport(sink.device, description)
+
+    def _product(self, x: Matrix, b: Matrix, step: int, sink: StepSink) -> Matrix:
+        """The step's product as the mode computes it."""
+        mode = self.simulation.mode
+        name = sink.challenge.precision
+        n = sink.challenge.n
+        if mode is SimulationMode.CHEAT_WRONG:
+            return _unrelated_matrix(sink.seed, step, n, name)
+        product = multiply(x, b, name)
+        if mode is SimulationMode.CHEAT_PARTIAL:
+            _perturb_rows(product, sink.seed + step)
+        elif mode is SimulationMode.CHEAT_ONE_ENTRY and step == sink.challenge.steps:
+            product[n // 2, n // 3] += 1.0
+        return product
+
+    def _commit_before_computing(self, sink: StepSink, description: str) -> DeviceReport:
+        """cheat-timing, the cheat the old protocol let through: claim every step done at once,
+        then compute on the host CPU at its own pace and keep the true products."""
+        for step in range(1, sink.challenge.steps + 1):
+            sink.commit_digest(step, os.urandom(32))
+        name = sink.challenge.precision
+        x, b = inputs(sink.seed, sink.challenge.n, name)
+        for step in range(1, sink.challenge.steps + 1):
+            product = multiply(x, b, name)
+            sink.keep(step, product)
+            x = next_input(product, name)
+        return DeviceReport(sink.device, description)
+
+    def _replayed(self, sink: StepSink, per_step: float, description: str) -> DeviceReport:
+        """cheat-replay: the first chain this agent ever computed, for every later answer."""
+        name, n, steps = sink.challenge.precision, sink.challenge.n, sink.challenge.steps
+        with self._replay_lock:
+            if self._replay is None or len(self._replay) < steps or self._replay[0].shape[0] != n:
+                x, b = inputs(sink.seed, n, name)
+                chain = []
+                for _ in range(steps):
+                    product = multiply(x, b, name)
+                    chain.append(product)
+                    x = next_input(product, name)
+                self._replay = chain
+            chain = list(self._replay)
+        due = sink.started
+        for step in range(1, steps + 1):
+            due += per_step
+            self._wait_until(due)
+            sink.commit(step, chain[step - 1].copy())
+        return DeviceReport(sink.device, description)
 
 
-def _unrelated_matrix(challenge: Challenge) -> Matrix:
-    """A random matrix with the statistics of a real product but no relation to A and B."""
-    rng = np.random.default_rng([challenge.seed, 0xC4EA7])
-    scale = np.sqrt(challenge.n)  # entries of A @ B have standard deviation sqrt(n)
-    wrong: Matrix = (rng.standard_normal((challenge.n, challenge.n)) * scale).astype(
-        challenge.dtype
-    )
+def _unrelated_matrix(seed: int, step: int, n: int, name: str) -> Matrix:
+    """A random matrix with the statistics of a real product but no relation to X and B."""
+    rng = np.random.default_rng([seed, step, 0xC4EA7])
+    wrong: Matrix = (rng.standard_normal((n, n)) * np.sqrt(n)).astype(precision(name).accumulator)
     return wrong
 
 
@@ -174,11 +198,9 @@ class NoFaults:
         """Never fails."""
 
 
-def benchmarker_for(simulation: SimulationConfig | None) -> Benchmarker:
-    """The benchmarker of a real agent (None) or of a simulated one."""
-    if simulation is None:
-        return HostBenchmarker()
-    return SimulatedBenchmarker(simulation)
+def backend_for_simulation(simulation: SimulationConfig) -> Backend:
+    """The backend of a simulated center."""
+    return SimulatedBackend(simulation)
 
 
 def faults_for(simulation: SimulationConfig | None) -> CallFaults | NoFaults:
@@ -186,3 +208,10 @@ def faults_for(simulation: SimulationConfig | None) -> CallFaults | NoFaults:
     if simulation is not None and simulation.mode is SimulationMode.FLAKY:
         return CallFaults(simulation.flaky_failures)
     return NoFaults()
+
+
+def health_delay(simulation: SimulationConfig | None) -> float:
+    """Seconds a simulated center adds to each health check (cheat-rtt pads its round trip)."""
+    if simulation is not None and simulation.mode is SimulationMode.CHEAT_RTT:
+        return CHEAT_RTT_SECONDS
+    return 0.0

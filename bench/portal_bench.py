@@ -212,11 +212,12 @@ def build() -> None:
         "verification runs",
         "INSERT INTO verification_verificationrun (run_id, trigger, state, created_at, attempts,"
         " claimed_by, started_at, finished_at, verdict_reason, agent_endpoint, agent_id, seed,"
-        " n, dtype, reps, k, rtt_ms, measured_tflops_per_accelerator,"
-        " declared_tflops_per_accelerator, tolerance, freivalds, inventory_match, pool_id)"
+        " n, dtype, steps, k, rtt_ms, measured_tflops_per_accelerator,"
+        " declared_tflops_per_accelerator, tolerance, freivalds, devices, sample,"
+        " inventory_match, pool_id)"
         " SELECT gen_random_uuid(), 'submitted', 'passed', p.created_at, 1, 'bench:1',"
         " p.created_at, p.created_at + interval '1 minute', 'verified', '10.0.0.1:50051',"
-        " 'bench', '42', 1024, 'float64', 2, 16, 3.2, 290, 300, 0.8, '[]', '{}', p.id"
+        " 'bench', '42', 1024, 'bf16', 8, 8, 3.2, 290, 300, 0.8, '[]', '[]', '{}', '{}', p.id"
         " FROM registry_pool p",
     )
     step(

@@ -111,6 +111,15 @@ STATUS_COLORS: dict[str, str] = {
 }
 
 
+class Precision(models.TextChoices):
+    """The arithmetic a pool's declared throughput is about; verification challenges in it."""
+
+    BF16 = "bf16", "BF16 inputs, FP32 accumulation (tensor cores)"
+    FP16 = "fp16", "FP16 inputs, FP32 accumulation (tensor cores)"
+    FP32 = "fp32", "FP32"
+    FP64 = "fp64", "FP64"
+
+
 class ChangeAction(models.TextChoices):
     CREATE = "create", "Created"
     UPDATE = "update", "Updated"

@@ -53,6 +53,7 @@ POOL_HARDWARE_FIELDS = frozenset(
         "inter_node_interconnect",
         "inter_node_bandwidth_gbps",
         "declared_tflops_per_accelerator",
+        "declared_precision",
     }
 )
 CENTER_FIELDS = (

@@ -8,6 +8,7 @@ never at import time, because Celery forks its pool after importing tasks.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,12 @@ from protos import agent_pb2, agent_pb2_grpc
 from verification.errors import AgentUnavailable, VerificationRefuted
 
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-DTYPE_VALUES = {"float32": agent_pb2.DTYPE_FLOAT32, "float64": agent_pb2.DTYPE_FLOAT64}
+DTYPE_VALUES = {
+    "bf16": agent_pb2.DTYPE_BFLOAT16,
+    "fp16": agent_pb2.DTYPE_FLOAT16,
+    "fp32": agent_pb2.DTYPE_FLOAT32,
+    "fp64": agent_pb2.DTYPE_FLOAT64,
+}
 # Chunks are under 1 MiB by contract; 4 MiB matches the agent's explicit limit.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PINGS = 3
@@ -50,20 +56,16 @@ class Inventory:
 
 @dataclass
 class BenchmarkAnswer:
-    """The agent's answer to a challenge, with the verifier's own clock reading.
+    """The agent's commitments, each stamped with the verifier's own clock.
 
-    ``wall_to_first_message_seconds`` runs from sending the request to receiving the summary,
-    which the agent sends only after computing: it bounds the compute time the agent may claim.
+    ``arrivals[(device, step)]`` is the time from sending the request to receiving that step's
+    commitment (perf_counter, this process): the only times the verdict uses.
     """
 
-    compute_seconds: float
-    device: str
-    n: int
-    dtype: str
-    repetitions: int
-    chunk_count: int
-    wall_to_first_message_seconds: float
-    blocks: list[tuple[int, int, bytes]] = field(default_factory=list)
+    digests: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    arrivals: dict[tuple[int, int], float] = field(default_factory=dict)
+    reports: dict[int, dict[str, object]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 def classify(exc: grpc.RpcError, what: str) -> Exception:
@@ -93,7 +95,8 @@ def agent_channel(endpoint: str) -> Iterator[grpc.Channel]:
 
 
 def round_trip_ms(channel: grpc.Channel, *, timeout: float) -> float:
-    """Best of a few health checks, in ms: the network share of any later call's wall time.
+    """Best of a few health checks, in ms: evidence of the network's share of the wall time.
+    Never subtracted from a timing (the agent could pad it).
 
     A NOT_SERVING agent is treated as unavailable (it may be restarting).
     """
@@ -140,48 +143,88 @@ def get_inventory(channel: grpc.Channel, *, timeout: float) -> Inventory:
 def run_benchmark(
     channel: grpc.Channel,
     *,
-    seed: int,
     n: int,
     dtype: str,
-    repetitions: int,
+    steps: int,
+    devices: dict[int, int],
     pool_key: str,
     challenge_id: str,
+    nonce: bytes,
     timeout: float,
 ) -> BenchmarkAnswer:
-    """Send a challenge and collect the streamed answer (summary first, then row blocks)."""
+    """Send a challenge and collect the commitments with their arrival times on our clock.
+
+    Order is checked as the stream goes: each device's steps must arrive as 1, 2, ... once each;
+    a departure is recorded in ``problems`` (the verdict refuses it) rather than raised, so the
+    evidence keeps what came.
+    """
     request = agent_pb2.RunBenchmarkRequest(
-        seed=seed,
         n=n,
         dtype=DTYPE_VALUES[dtype],
-        repetitions=repetitions,
+        steps=steps,
+        devices=[agent_pb2.DeviceChallenge(device=d, seed=s) for d, s in sorted(devices.items())],
         pool_key=pool_key,
         challenge_id=challenge_id,
+        nonce=nonce,
     )
+    answer = BenchmarkAnswer()
+    expected = dict.fromkeys(devices, 1)
     started = time.perf_counter()
-    answer: BenchmarkAnswer | None = None
     try:
         for message in agent_pb2_grpc.AgentStub(channel).RunBenchmark(request, timeout=timeout):
+            now = time.perf_counter() - started
             kind = message.WhichOneof("payload")
-            if answer is None:
-                if kind != "summary":
-                    raise VerificationRefuted("benchmark: the first message is not a summary")
-                s = message.summary
-                answer = BenchmarkAnswer(
-                    compute_seconds=s.compute_seconds,
-                    device=s.device,
-                    n=s.n,
-                    dtype={v: k for k, v in DTYPE_VALUES.items()}.get(s.dtype, "unknown"),
-                    repetitions=s.repetitions,
-                    chunk_count=s.chunk_count,
-                    wall_to_first_message_seconds=time.perf_counter() - started,
-                )
-            elif kind == "chunk":
-                c = message.chunk
-                answer.blocks.append((c.row_offset, c.rows, c.data))
-            else:
-                raise VerificationRefuted("benchmark: a second summary in the stream")
+            if kind == "commitment":
+                c = message.commitment
+                if c.device not in expected:
+                    answer.problems.append(f"commitment for device {c.device}, not challenged")
+                elif c.step != expected[c.device] or c.step > steps:
+                    answer.problems.append(
+                        f"device {c.device}: step {c.step} arrived when step "
+                        f"{expected[c.device]} was due"
+                    )
+                else:
+                    expected[c.device] += 1
+                    answer.digests[(c.device, c.step)] = bytes(c.digest)
+                    answer.arrivals[(c.device, c.step)] = now
+            elif kind == "report":
+                r = message.report
+                answer.reports[r.device] = {
+                    "description": r.description[:200],
+                    "attestation_format": r.attestation_format[:50],
+                    "attestation_sha256": hashlib.sha256(r.attestation).hexdigest()
+                    if r.attestation
+                    else "",
+                    "attestation_bytes": len(r.attestation),
+                }
     except grpc.RpcError as exc:
         raise classify(exc, "RunBenchmark") from exc
-    if answer is None:
-        raise VerificationRefuted("benchmark: the agent sent no answer")
+    for device, due in expected.items():
+        if due <= steps:
+            answer.problems.append(f"device {device}: {steps - due + 1} of {steps} steps missing")
     return answer
+
+
+def open_benchmark(
+    channel: grpc.Channel,
+    *,
+    challenge_id: str,
+    openings: list[tuple[int, int]],
+    timeout: float,
+) -> dict[tuple[int, int], list[tuple[int, int, bytes]]]:
+    """Ask for committed products; their row blocks by (device, step)."""
+    request = agent_pb2.OpenBenchmarkRequest(
+        challenge_id=challenge_id,
+        openings=[agent_pb2.StepOpening(device=d, step=s) for d, s in openings],
+    )
+    wanted = set(openings)
+    blocks: dict[tuple[int, int], list[tuple[int, int, bytes]]] = {key: [] for key in openings}
+    try:
+        for m in agent_pb2_grpc.AgentStub(channel).OpenBenchmark(request, timeout=timeout):
+            key = (m.device, m.step)
+            if key not in wanted:
+                raise VerificationRefuted(f"bad data: device {m.device} step {m.step} not asked")
+            blocks[key].append((m.row_offset, m.rows, m.data))
+    except grpc.RpcError as exc:
+        raise classify(exc, "OpenBenchmark") from exc
+    return blocks

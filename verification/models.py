@@ -49,23 +49,49 @@ class VerificationRun(models.Model):
     # --- evidence: the challenge ---
     agent_endpoint = models.CharField(max_length=255, blank=True)
     agent_id = models.CharField(max_length=200, blank=True)
-    seed = models.CharField(max_length=40, blank=True, help_text="uint64, as text.")
+    seed = models.CharField(
+        max_length=40, blank=True, help_text="Seed of the first device challenged (uint64)."
+    )
     n = models.PositiveIntegerField(null=True, blank=True)
-    dtype = models.CharField(max_length=10, blank=True)
-    reps = models.PositiveIntegerField(null=True, blank=True)
+    dtype = models.CharField(max_length=10, blank=True, help_text="Challenge precision.")
+    steps = models.PositiveIntegerField(null=True, blank=True, help_text="Chain length.")
     k = models.PositiveIntegerField(null=True, blank=True, help_text="Freivalds vectors.")
     time_scale = models.FloatField(null=True, blank=True)
     # --- evidence: what was measured ---
-    rtt_ms = models.FloatField(null=True, blank=True, help_text="Best health-check round trip.")
-    claimed_compute_seconds = models.FloatField(null=True, blank=True)
-    wall_to_first_chunk_seconds = models.FloatField(null=True, blank=True)
+    rtt_ms = models.FloatField(
+        null=True, blank=True, help_text="Best health-check round trip (evidence only)."
+    )
+    wall_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Verifier's clock, request sent to the slowest device's last commitment.",
+    )
     measured_tflops_per_accelerator = models.FloatField(
-        null=True, blank=True, help_text="Scaled back to real time (divided by the time scale)."
+        null=True,
+        blank=True,
+        help_text="The slowest device, scaled back to real time (divided by the time scale).",
     )
     declared_tflops_per_accelerator = models.FloatField(null=True, blank=True)
+    peak_tflops_per_accelerator = models.FloatField(
+        null=True, blank=True, help_text="The catalog's figure for the challenge precision."
+    )
     tolerance = models.FloatField(null=True, blank=True)
     freivalds = models.JSONField(
         default=list, blank=True, help_text="One entry per vector: passed and residual/bound."
+    )
+    devices = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Per device challenged: node, seconds, TFLOPS, steps opened, worst ratio.",
+    )
+    sample = models.JSONField(
+        default=dict, blank=True, help_text="Nodes challenged out of the pool's, and the bound."
+    )
+    drift = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Measured / the pool's best of its last passed runs (below the threshold: "
+        "degraded).",
     )
     inventory_match = models.JSONField(default=dict, blank=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import secrets
 import socket
@@ -26,7 +27,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from agent.challenge import assemble, matrices
+from agent.challenge import assemble, digest, inputs, next_input
+from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from registry import selectors as registry_selectors
 from registry import services as registry_services
@@ -50,12 +52,12 @@ VERIFIABLE_STATUSES = frozenset(
 )
 # Status reasons written by the heartbeat sweeper start with this, so it only undoes its own moves.
 HEARTBEAT_REASON = "no heartbeat"
+# Smallest product a challenge uses, however slow the device.
+MIN_MATRIX_SIZE = 64
+# Reasons of drift verdicts start with this, so a later pass only undoes its own degradation.
+DRIFT_REASON = "drift"
 # Deliveries of one run beyond the retries before it is declared a poison message.
 EXTRA_DELIVERIES = 3
-# What the verifier grants beyond its own clock before calling a claimed time impossible: a fixed
-# allowance (VERIFICATION_TIMING_ALLOWANCE) plus this share of the wall time (matrix generation,
-# serialization, scheduling on a busy host).
-TIMING_ALLOWANCE_SHARE = 0.25
 
 
 # --- Requesting a run -------------------------------------------------------------------------
@@ -258,10 +260,40 @@ def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
         return _finish(run, me, RunState.FAILED, str(exc)[:500], evidence)
     assert evidence.measured_tflops is not None
     reason = (
-        f"verified: {evidence.measured_tflops:.1f} TFLOPS per accelerator measured, "
+        f"verified: {evidence.measured_tflops:.1f} TFLOPS per accelerator measured (slowest of "
+        f"{len(evidence.fields.get('devices', []))} devices), "
         f"{pool.declared_tflops_per_accelerator:g} declared"
     )
-    return _finish(run, me, RunState.PASSED, reason, evidence)
+    drift_reason = _judge_drift(pool, run, evidence)
+    return _finish(run, me, RunState.PASSED, drift_reason or reason, evidence)
+
+
+def _judge_drift(pool: Pool, run: VerificationRun, evidence: Evidence) -> str:
+    """Compare the measurement with the pool's best of its last passed runs; the reason when it
+    fell more than ``VERIFICATION_DRIFT_THRESHOLD`` below, else ""."""
+    assert evidence.measured_tflops is not None
+    history = list(
+        VerificationRun.objects.filter(
+            pool=pool, state=RunState.PASSED, measured_tflops_per_accelerator__isnull=False
+        )
+        .exclude(pk=run.pk)
+        .order_by("-finished_at")
+        .values_list("measured_tflops_per_accelerator", flat=True)[
+            : settings.VERIFICATION_DRIFT_HISTORY
+        ]
+    )
+    if not history:
+        return ""
+    record = max(history)
+    ratio = evidence.measured_tflops / record
+    evidence.set(drift=round(ratio, 4))
+    if ratio >= 1.0 - settings.VERIFICATION_DRIFT_THRESHOLD:
+        return ""
+    return (
+        f"{DRIFT_REASON}: measured {evidence.measured_tflops:.1f} TFLOPS per accelerator, "
+        f"{1 - ratio:.0%} below its record of {record:.1f} over the last {len(history)} passed "
+        f"runs (threshold {settings.VERIFICATION_DRIFT_THRESHOLD:.0%})"
+    )
 
 
 def _match_inventory(
@@ -325,102 +357,267 @@ def _dial_target(endpoint: str) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> None:
-    """Ask the agent and judge its answers; raises VerificationRefuted with the reason."""
-    n, reps, k = (
-        settings.VERIFICATION_MATRIX_SIZE,
-        settings.VERIFICATION_REPETITIONS,
-        settings.VERIFICATION_FREIVALDS_ROUNDS,
+@dataclass(frozen=True)
+class ChallengePlan:
+    """The challenge a run sends: size, chain length, precision and the devices under test."""
+
+    n: int
+    steps: int
+    precision: str
+    devices: dict[int, int]  # device index -> seed
+    nodes: list[int]
+    node_count: int
+
+
+def plan_challenge(pool: Pool) -> ChallengePlan:
+    """Size the challenge for this pool's model and declaration; sample its nodes.
+
+    The chain is long enough that an honest device at the declared speed (scaled) spends about
+    ``VERIFICATION_TARGET_SECONDS``: n starts at ``VERIFICATION_MATRIX_SIZE`` and doubles while
+    the chain would need more than ``VERIFICATION_MAX_STEPS`` steps (up to the maximum size).
+    It halves n (down to 64) while the chain would be shorter than ``VERIFICATION_MIN_STEPS``.
+    Nodes are drawn with the OS's CSPRNG, so the agent cannot know which will be challenged.
+    """
+    declared = float(pool.declared_tflops_per_accelerator or 0.0)
+    flops_per_second = declared * 1e12 * settings.VERIFICATION_TIME_SCALE
+    budget = settings.VERIFICATION_TARGET_SECONDS * flops_per_second
+
+    def steps_at(size: int) -> float:
+        return budget / (2.0 * size**3)
+
+    n = settings.VERIFICATION_MATRIX_SIZE
+    while steps_at(n) < settings.VERIFICATION_MIN_STEPS and n // 2 >= MIN_MATRIX_SIZE:
+        n //= 2  # a slow device (or a small time scale): smaller products, same duration
+    while (
+        steps_at(n) > settings.VERIFICATION_MAX_STEPS
+        and n * 2 <= settings.VERIFICATION_MAX_MATRIX_SIZE
+    ):
+        n *= 2  # a fast device: larger products, so the chain stays within MAX_STEPS
+    steps = math.ceil(steps_at(n))
+    steps = min(max(steps, settings.VERIFICATION_MIN_STEPS), settings.VERIFICATION_MAX_STEPS)
+    sample = settings.VERIFICATION_SAMPLE_NODES
+    system = secrets.SystemRandom()
+    nodes = sorted(
+        system.sample(range(pool.nodes), min(sample, pool.nodes) if sample else pool.nodes)
     )
-    dtype, scale = settings.VERIFICATION_DTYPE, settings.VERIFICATION_TIME_SCALE
+    per = pool.accelerators_per_node
+    devices = {node * per + slot: secrets.randbits(64) for node in nodes for slot in range(per)}
+    # The agent keeps every product until it is opened: keep the chain within its memory.
+    itemsize = precision_of(pool.declared_precision).accumulator.itemsize
+    fits = settings.VERIFICATION_MAX_CHALLENGE_BYTES // (len(devices) * n * n * itemsize)
+    steps = max(2, min(steps, fits))
+    return ChallengePlan(
+        n=n,
+        steps=steps,
+        precision=pool.declared_precision,
+        devices=devices,
+        nodes=nodes,
+        node_count=pool.nodes,
+    )
+
+
+def sample_bound(nodes: int, sampled: int, missing_share: float) -> float:
+    """Probability that a sample of ``sampled`` of ``nodes`` nodes, drawn without replacement,
+    misses every node of a pool where ``missing_share`` of the nodes are not what is declared."""
+    bad = math.ceil(nodes * missing_share)
+    if sampled >= nodes or bad == 0:
+        return 0.0 if bad else 1.0
+    return math.comb(nodes - bad, sampled) / math.comb(nodes, sampled)
+
+
+def _check_inventory(
+    channel: Any, pool: Pool, evidence: Evidence, timeout: float
+) -> agent_client.InventoryPool:
+    """The agent's inventory must match the declaration, and a simulated agent is refused
+    outside a demo or a test."""
+    inventory = agent_client.get_inventory(channel, timeout=timeout)
+    reported, match = _match_inventory(pool, inventory)
+    evidence.set(agent_id=inventory.agent_id[:200], inventory_match=match)
+    if reported is None or match["mismatches"]:
+        raise VerificationRefuted("inventory mismatch: " + "; ".join(match["mismatches"]))
+    if inventory.simulated and not settings.VERIFICATION_ACCEPT_SIMULATED:
+        raise VerificationRefuted(
+            "simulated agent: the agent reports a simulated center, and this deployment does "
+            "not accept them (VERIFICATION_ACCEPT_SIMULATED is off)"
+        )
+    return reported
+
+
+def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> None:
+    """Challenge the agent and judge its answers; raises VerificationRefuted with the reason.
+
+    Order of the checks, each naming itself in the reason: inventory, simulated, commitments
+    (every step of every device, in order), opening (each product hashes to its commitment),
+    arithmetic (Freivalds on every opened step, including the last), impossible (faster than
+    the catalog's peak), throughput (the slowest device against the declaration).
+    """
+    k, scale = settings.VERIFICATION_FREIVALDS_ROUNDS, settings.VERIFICATION_TIME_SCALE
     tolerance, timeout = settings.VERIFICATION_TOLERANCE, settings.VERIFICATION_RPC_TIMEOUT
-    # The seed comes from the OS's CSPRNG: an agent must not be able to precompute the answer.
-    seed = secrets.randbits(64)
     endpoint = pool.center.agent_endpoint
+    declared = float(pool.declared_tflops_per_accelerator or 0.0)
+    peak = pool.accelerator.peak_tflops(pool.declared_precision)
     evidence.set(
         agent_endpoint=endpoint,
-        seed=str(seed),
-        n=n,
-        dtype=dtype,
-        reps=reps,
         k=k,
         time_scale=scale,
         tolerance=tolerance,
         declared_tflops_per_accelerator=pool.declared_tflops_per_accelerator,
+        peak_tflops_per_accelerator=peak,
+        dtype=pool.declared_precision,
     )
     if not endpoint:
         raise VerificationRefuted("the center declares no agent endpoint")
-    if not pool.declared_tflops_per_accelerator:
+    if not declared:
         raise VerificationRefuted("the pool declares no throughput to verify")
-
+    if peak is not None and declared > peak * (1 + settings.VERIFICATION_PEAK_MARGIN):
+        raise VerificationRefuted(
+            f"impossible declaration: {declared:g} TFLOPS per accelerator is above the "
+            f"catalog's {pool.declared_precision.upper()} peak of {peak:g} for "
+            f"{pool.accelerator.slug}"
+        )
+    plan = plan_challenge(pool)
+    evidence.set(
+        n=plan.n,
+        steps=plan.steps,
+        seed=str(next(iter(plan.devices.values()))),
+        sample={
+            "nodes": plan.nodes,
+            "of_nodes": plan.node_count,
+            "devices": len(plan.devices),
+            # Chance that a pool with a tenth of its nodes not as declared passes unnoticed.
+            "miss_probability_10pct_bad": round(
+                sample_bound(plan.node_count, len(plan.nodes), 0.10), 6
+            ),
+        },
+    )
+    challenge_id = str(run.run_id)
     with agent_client.agent_channel(_dial_target(endpoint)) as channel:
         rtt_ms = agent_client.round_trip_ms(channel, timeout=min(timeout, 10.0))
         evidence.set(rtt_ms=round(rtt_ms, 3))
-        inventory = agent_client.get_inventory(channel, timeout=timeout)
-        reported, match = _match_inventory(pool, inventory)
-        evidence.set(agent_id=inventory.agent_id[:200], inventory_match=match)
-        if reported is None or match["mismatches"]:
-            raise VerificationRefuted("inventory mismatch: " + "; ".join(match["mismatches"]))
+        reported = _check_inventory(channel, pool, evidence, timeout)
         answer = agent_client.run_benchmark(
             channel,
-            seed=seed,
-            n=n,
-            dtype=dtype,
-            repetitions=reps,
+            n=plan.n,
+            dtype=plan.precision,
+            steps=plan.steps,
+            devices=plan.devices,
             pool_key=reported.pool_key,
-            challenge_id=str(run.run_id),
+            challenge_id=challenge_id,
+            nonce=secrets.token_bytes(32),
             timeout=timeout,
         )
-    evidence.set(
-        claimed_compute_seconds=answer.compute_seconds,
-        wall_to_first_chunk_seconds=round(answer.wall_to_first_message_seconds, 6),
-    )
-    if (answer.n, answer.dtype, answer.repetitions) != (n, dtype, reps):
-        raise VerificationRefuted(
-            f"bad data: the summary echoes n={answer.n} dtype={answer.dtype} "
-            f"repetitions={answer.repetitions}, not the challenge's"
+        # The clock has stopped: every time below was read when its commitment arrived.
+        device_evidence = {
+            d: {
+                "device": d,
+                "node": d // pool.accelerators_per_node,
+                "seconds": round(answer.arrivals.get((d, plan.steps), math.inf), 6),
+                **answer.reports.get(d, {}),
+            }
+            for d in plan.devices
+        }
+        evidence.set(devices=list(device_evidence.values()))
+        if answer.problems:
+            raise VerificationRefuted("commitments: " + "; ".join(answer.problems[:3]))
+        # Only now, with every commitment in, does the verifier pick what to open.
+        opened = _choose_steps(plan.steps)
+        needed = sorted({(d, s) for d in plan.devices for t in opened for s in (t - 1, t) if s})
+        blocks = agent_client.open_benchmark(
+            channel, challenge_id=challenge_id, openings=needed, timeout=timeout
         )
-    try:
-        product = assemble(answer.blocks, n, dtype)
-    except ValueError as exc:
-        raise VerificationRefuted(f"bad data: {exc}") from exc
+    products = _opened_products(blocks, plan, answer, challenge_id)
+    checks = _check_chains(products, plan, opened, k, device_evidence)
+    evidence.set(freivalds=checks, devices=list(device_evidence.values()))
 
-    # Correctness: Freivalds with verifier-chosen vectors, drawn after the answer arrived.
-    a, b = matrices(seed, n, dtype)
-    checks = freivalds(
-        a, b, product, k=k, rng=np.random.default_rng(secrets.randbits(128)), dtype=dtype
-    )
-    evidence.set(freivalds=[c.as_json() for c in checks])
-    failed = sum(not c.passed for c in checks)
-    if failed:
-        raise VerificationRefuted(
-            f"wrong product: Freivalds' check failed on {failed} of {k} random vectors"
-        )
-
-    # Timing: the agent cannot have computed for less than our own wall clock allows, less the
-    # network round trip and an allowance for the work that is not multiplication.
-    wall = answer.wall_to_first_message_seconds
-    allowance = settings.VERIFICATION_TIMING_ALLOWANCE + TIMING_ALLOWANCE_SHARE * wall
-    bound = wall - rtt_ms / 1000.0 - allowance
-    claimed = answer.compute_seconds
-    if not claimed > 0 or claimed < bound:
-        raise VerificationRefuted(
-            f"timing: the agent claims {claimed:.4f} s of compute, but the verifier waited "
-            f"{wall:.4f} s for the answer (at least {max(bound, 0):.4f} s of compute)"
-        )
-
-    # Throughput on one accelerator, from the longer of the claimed and the provable time,
-    # scaled back to real time so it compares with the datasheet-level declaration.
-    seconds = max(claimed, bound)
-    measured = tflops(n, reps, seconds) / scale
+    # Throughput of each device on the verifier's clock (network time left in: conservative).
+    for entry in device_evidence.values():
+        entry["tflops"] = round(tflops(plan.n, plan.steps, entry["seconds"]) / scale, 3)
+    slowest = min(device_evidence.values(), key=lambda e: e["tflops"])
+    fastest = max(device_evidence.values(), key=lambda e: e["tflops"])
+    measured = float(slowest["tflops"])
     evidence.measured_tflops = measured
-    evidence.set(measured_tflops_per_accelerator=round(measured, 3))
-    declared = float(pool.declared_tflops_per_accelerator)
+    evidence.set(
+        measured_tflops_per_accelerator=round(measured, 3),
+        wall_seconds=round(max(e["seconds"] for e in device_evidence.values()), 6),
+        devices=list(device_evidence.values()),
+    )
+    if peak is not None and fastest["tflops"] > peak * (1 + settings.VERIFICATION_PEAK_MARGIN):
+        raise VerificationRefuted(
+            f"impossible: device {fastest['device']} measured {fastest['tflops']:.1f} TFLOPS, "
+            f"above the catalog's {plan.precision.upper()} peak of {peak:g} for "
+            f"{pool.accelerator.slug} (margin {settings.VERIFICATION_PEAK_MARGIN:.0%})"
+        )
     if measured < tolerance * declared:
         raise VerificationRefuted(
-            f"throughput: measured {measured:.1f} TFLOPS per accelerator, "
+            f"throughput: device {slowest['device']} measured {measured:.1f} TFLOPS, "
             f"{measured / declared:.0%} of the declared {declared:g} (tolerance {tolerance:.0%})"
         )
+
+
+def _choose_steps(steps: int) -> list[int]:
+    """The steps to open, drawn after the commitments: all, or a sample that always holds the
+    last step (the one the clock stopped on)."""
+    count = settings.VERIFICATION_OPEN_STEPS
+    if not count or count >= steps:
+        return list(range(1, steps + 1))
+    others = secrets.SystemRandom().sample(range(1, steps), count - 1)
+    return sorted([*others, steps])
+
+
+def _opened_products(
+    blocks: dict[tuple[int, int], list[tuple[int, int, bytes]]],
+    plan: ChallengePlan,
+    answer: agent_client.BenchmarkAnswer,
+    challenge_id: str,
+) -> dict[tuple[int, int], Any]:
+    """Reassemble the opened products and hold each to its commitment."""
+    products = {}
+    for (device, step), parts in blocks.items():
+        try:
+            product = assemble(parts, plan.n, plan.precision)
+        except ValueError as exc:
+            raise VerificationRefuted(f"bad data: device {device} step {step}: {exc}") from exc
+        expected = answer.digests[(device, step)]
+        found = digest(product, plan.precision, challenge_id=challenge_id, device=device, step=step)
+        if not secrets.compare_digest(found, expected):
+            raise VerificationRefuted(
+                f"opening: device {device} step {step} does not match its commitment (the "
+                "product revealed is not the one committed while the clock ran)"
+            )
+        products[(device, step)] = product
+    return products
+
+
+def _check_chains(
+    products: dict[tuple[int, int], Any],
+    plan: ChallengePlan,
+    opened: list[int],
+    k: int,
+    device_evidence: dict[int, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Freivalds on every opened step of every device, with vectors drawn now."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    results = []
+    for device, seed in plan.devices.items():
+        a, b = inputs(seed, plan.n, plan.precision)
+        worst = 0.0
+        for step in opened:
+            x = a if step == 1 else next_input(products[(device, step - 1)], plan.precision)
+            checks = freivalds(x, b, products[(device, step)], k=k, rng=rng, name=plan.precision)
+            worst = max(worst, max(c.worst_ratio for c in checks))
+            if device == next(iter(plan.devices)) and step == opened[-1]:
+                results = [c.as_json() for c in checks]
+            failed = sum(not c.passed for c in checks)
+            if failed:
+                device_evidence[device]["worst_ratio"] = round(worst, 6)
+                raise VerificationRefuted(
+                    f"arithmetic: device {device} step {step} is not X @ B in "
+                    f"{plan.precision.upper()} (Freivalds: {failed} of {k} vectors, residual up "
+                    f"to {worst:.3g} x the bound; a wrong product or lower precision)"
+                )
+        device_evidence[device]["steps_opened"] = len(opened)
+        device_evidence[device]["worst_ratio"] = round(worst, 6)
+    return results
 
 
 def _next_due(state: str, now: dt.datetime) -> dt.datetime:
@@ -480,8 +677,17 @@ def _apply_verdict(
             actor=None,
             door=Door.WORKER,
         )
+        drifted = reason.startswith(DRIFT_REASON)
         if pool.status == Status.VERIFYING:
             move(Status.ACTIVE, reason)
+        if drifted and pool.status == Status.ACTIVE:
+            move(Status.DEGRADED, reason)
+        elif (
+            not drifted
+            and pool.status == Status.DEGRADED
+            and pool.status_reason.startswith(DRIFT_REASON)
+        ):
+            move(Status.ACTIVE, "measured back at its record: " + reason)
         _activate_center(pool)
     elif state == RunState.FAILED:
         if pool.status in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED):

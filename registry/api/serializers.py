@@ -183,6 +183,7 @@ class PoolSerializer(serializers.ModelSerializer):
             "price_per_accelerator_hour",
             "currency",
             "declared_tflops_per_accelerator",
+            "declared_precision",
             "measured_tflops_per_accelerator",
             "verified_at",
             "traits",
@@ -228,6 +229,7 @@ class PoolWriteSerializer(serializers.ModelSerializer):
             "price_per_accelerator_hour",
             "currency",
             "declared_tflops_per_accelerator",
+            "declared_precision",
             "traits",
             "version",
         ]

@@ -73,6 +73,8 @@ CENTERS = [
                 "price_per_accelerator_hour": "8.50",
                 "currency": "CNY",
                 "declared_tflops_per_accelerator": 280.0,
+                # The catalog gives the 910B's FP16 figure only: the declaration is about FP16.
+                "declared_precision": "fp16",
                 "traits": ["hccs", "rdma", "roce"],
             },
         ],

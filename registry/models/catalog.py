@@ -50,6 +50,16 @@ class Accelerator(models.Model):
     def __str__(self) -> str:
         return f"{self.vendor} {self.model}"
 
+    def peak_tflops(self, precision: str) -> float | None:
+        """The datasheet figure that applies to a challenge in ``precision`` (a
+        ``registry.choices.Precision`` value): dense BF16, dense FP16, FP32; None when the
+        catalog has none (FP64 is not catalogued)."""
+        return {
+            "bf16": self.bf16_dense_tflops,
+            "fp16": self.fp16_dense_tflops,
+            "fp32": self.fp32_tflops,
+        }.get(precision)
+
     @property
     def a100_equivalent(self) -> float | None:
         """Datasheet dense BF16 throughput relative to an A100 (None when unknown)."""

@@ -5,7 +5,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from registry.choices import Status
+from registry.choices import Precision, Status
 
 from .catalog import Accelerator, Trait
 from .orgs import Organization
@@ -117,6 +117,12 @@ class Pool(LifecycleMixin):
     currency = models.CharField(max_length=3, blank=True, help_text="ISO 4217, e.g. CNY.")
     declared_tflops_per_accelerator = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.001)]
+    )
+    declared_precision = models.CharField(
+        max_length=4,
+        choices=Precision.choices,
+        default=Precision.BF16,
+        help_text="The arithmetic the declared throughput is about; verification uses it.",
     )
     measured_tflops_per_accelerator = models.FloatField(null=True, blank=True, editable=False)
     verified_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -127,6 +127,7 @@ def test_register_creates_the_center_then_each_pool_and_submits_it(
         "price_per_accelerator_hour": 18.5,
         "currency": "CNY",
         "declared_tflops_per_accelerator": 989.0,
+        "declared_precision": "bf16",
         "traits": ["liquid-cooled"],
     }
     assert submit[:2] == ("POST", "/api/v1/pools/CN-ZJK-0042-P1/submit/")

@@ -32,17 +32,20 @@ from verification.models import VerificationRun
 ROOT = Path(__file__).resolve().parents[2]
 
 # The verifier and the simulated agents share one time scale (agent/README.md, "Timing model").
-# At 3e-7 an A100 (312 TFLOPS) is emulated at ~94 MFLOPS: a 192 x 192 challenge with two
-# repetitions takes ~0.3 s, far above numpy's real cost (~1 ms), so honest agents keep up.
+# At 3e-7 an A100 (312 TFLOPS) is emulated at ~94 MFLOPS per device: a chain of 128 x 128
+# products (4.2 MFLOP each) sized for 0.6 s has 14 steps of ~45 ms, far above numpy's real cost
+# (~0.1 ms a product), so honest agents keep up with all 8 devices of the sampled node at once.
 TIME_SCALE = 3e-7
-MATRIX_SIZE = 192
-REPETITIONS = 2
+MATRIX_SIZE = 128
+TARGET_SECONDS = 1.0
 A100_TFLOPS = 312.0
 WORKER_SETTINGS = {
     "VERIFICATION_TIME_SCALE": str(TIME_SCALE),
     "VERIFICATION_MATRIX_SIZE": str(MATRIX_SIZE),
-    "VERIFICATION_REPETITIONS": str(REPETITIONS),
-    "VERIFICATION_FREIVALDS_ROUNDS": "16",
+    "VERIFICATION_TARGET_SECONDS": str(TARGET_SECONDS),
+    "VERIFICATION_SAMPLE_NODES": "1",
+    "VERIFICATION_ACCEPT_SIMULATED": "True",
+    "VERIFICATION_FREIVALDS_ROUNDS": "8",
     "VERIFICATION_MAX_RETRIES": "4",
     "VERIFICATION_TASK_TIME_LIMIT": "30",
     "VERIFICATION_RPC_TIMEOUT": "10",
@@ -53,7 +56,9 @@ WORKER_SETTINGS = {
 def verifier_settings(settings: Any) -> None:
     """The same verifier settings in this process (direct service calls) as in the worker."""
     for name, value in WORKER_SETTINGS.items():
-        setattr(settings, name, type(getattr(settings, name))(value))
+        current = getattr(settings, name)
+        typed = value == "True" if isinstance(current, bool) else type(current)(value)
+        setattr(settings, name, typed)
 
 
 @pytest.fixture(autouse=True)

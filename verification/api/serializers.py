@@ -29,16 +29,19 @@ class VerificationRunSerializer(serializers.ModelSerializer):
             "seed",
             "n",
             "dtype",
-            "reps",
+            "steps",
             "k",
             "time_scale",
             "rtt_ms",
-            "claimed_compute_seconds",
-            "wall_to_first_chunk_seconds",
+            "wall_seconds",
             "measured_tflops_per_accelerator",
             "declared_tflops_per_accelerator",
+            "peak_tflops_per_accelerator",
             "tolerance",
+            "drift",
             "freivalds",
+            "devices",
+            "sample",
             "inventory_match",
         ]
         read_only_fields = fields
@@ -103,3 +106,10 @@ class DayAvailabilitySerializer(serializers.Serializer):
     reliability = serializers.FloatField(allow_null=True)
     heartbeats = serializers.IntegerField()
     mean_utilization = serializers.FloatField(allow_null=True)
+
+
+class AvailabilitySerializer(serializers.Serializer):
+    """A pool's availability: one entry per UTC day, oldest first."""
+
+    pool = serializers.CharField(help_text="pool national id")
+    days = DayAvailabilitySerializer(many=True)

@@ -86,7 +86,7 @@ class AvailabilityView(APIView):
             OpenApiParameter("pool", str, required=True, description="pool national id"),
             OpenApiParameter("days", int, description="1-90, default 7"),
         ],
-        responses=s.DayAvailabilitySerializer(many=True),
+        responses=s.AvailabilitySerializer,
     )
     def get(self, request: Request) -> Response:
         query = s.AvailabilityQuerySerializer(data=request.query_params)
@@ -96,9 +96,7 @@ class AvailabilityView(APIView):
             national_id=query.validated_data["pool"],
         )
         days = selectors.availability_by_day(pool=pool, days=query.validated_data["days"])
-        return Response(
-            {"pool": pool.national_id, "days": [day.as_json() for day in days]},
-        )
+        return Response(s.AvailabilitySerializer({"pool": pool.national_id, "days": days}).data)
 
 
 class ScheduledDowntimeViewSet(

@@ -17,12 +17,14 @@ from datetime import UTC
 from enum import StrEnum
 
 import grpc
+from django.conf import settings
 
 from brokers import services
 from brokers.choices import FINAL_STATUSES, BookingStatus, EventKind
 from brokers.models import Allocation, Booking
 from brokers.placement.spec import WorkloadSpec
 from protos import agent_pb2, agent_pb2_grpc
+from registry.netguard import OutboundRefused, grpc_authority_options, outbound_target
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ START_ATTEMPTS = 3
 # near the Celery time limit, and a long workload costs no worker while it runs).
 FOLLOW_BUDGET_SECONDS = 30.0
 POLL_SECONDS = 0.2
+# Bookings one relay run claims at most (the next run takes the rest).
+RELAY_BATCH = 500
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 _channels: dict[tuple[int, str], grpc.Channel] = {}
@@ -48,13 +52,39 @@ class Outcome(StrEnum):
     DONE = "done"
 
 
+class GuardRefused(grpc.RpcError):
+    """The outbound guard refused the agent endpoint; handled like the agent refusing the call
+    (``UNAVAILABLE`` when the name does not resolve right now, ``PERMISSION_DENIED`` for a
+    private or malformed target)."""
+
+    def __init__(self, refused: OutboundRefused) -> None:
+        super().__init__(str(refused))
+        self.refused = refused
+
+    def code(self) -> grpc.StatusCode:
+        if self.refused.transient:
+            return grpc.StatusCode.UNAVAILABLE
+        return grpc.StatusCode.PERMISSION_DENIED
+
+    def details(self) -> str:
+        return f"refused by the outbound guard: {self.refused}"
+
+
 def agent_stub(endpoint: str) -> agent_pb2_grpc.AgentStub:
-    """A stub on a channel made in this process (keyed by pid: never reuse one across fork)."""
-    key = (os.getpid(), endpoint)
+    """A stub on a channel to the address the outbound guard (``registry.netguard``) checked
+    just now: the name is resolved and checked on every call, so a DNS answer changed to a
+    private address is refused (``GuardRefused``), never dialled. Channels are made in this
+    process (keyed by pid: never reused across fork) and by checked address."""
+    try:
+        address = outbound_target(endpoint, allow_private=settings.AGENT_ENDPOINT_ALLOW_LOOPBACK)
+    except OutboundRefused as exc:
+        raise GuardRefused(exc) from None
+    key = (os.getpid(), endpoint, address)
     with _lock:
         channel = _channels.get(key)
         if channel is None:
-            channel = grpc.insecure_channel(endpoint)
+            options = grpc_authority_options(endpoint) if address != endpoint else None
+            channel = grpc.insecure_channel(address, options=options)
             _channels[key] = channel
     return agent_pb2_grpc.AgentStub(channel)
 
@@ -79,9 +109,9 @@ def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloa
     endpoint = allocation.pool.center.agent_endpoint
     if not endpoint:
         raise grpc.RpcError("the center has no agent endpoint")
-    stub = agent_stub(endpoint)
     for attempt in range(START_ATTEMPTS):
         try:
+            stub = agent_stub(endpoint)  # checked again on every attempt (outbound guard)
             key = _pool_key(stub, endpoint, allocation.pool.accelerator.slug)
             return stub.StartWorkload(
                 agent_pb2.StartWorkloadRequest(
@@ -103,24 +133,38 @@ def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloa
 
 
 def _code(exc: grpc.RpcError) -> str:
+    if isinstance(exc, GuardRefused):
+        return exc.details()
     code = exc.code() if hasattr(exc, "code") else None
     return code.name if code is not None else str(exc)
 
 
+def relay(*, limit: int = RELAY_BATCH) -> list[int]:
+    """The dispatch relay and scheduler (the periodic ``dispatch_due_bookings``): claim every
+    confirmed booking whose start is due, and every claimed one whose dispatch went stale, each
+    by compare-and-set; returns the ids this call claimed (and must dispatch). Two relays at
+    once split the bookings between them: none is claimed twice."""
+    due, stale = services.bookings_due_for_dispatch(limit=limit)
+    claimed = [pk for pk in due if services.booking_dispatch_claim(booking_id=pk)]
+    claimed += [pk for pk in stale if services.booking_dispatch_reclaim(booking_id=pk)]
+    return claimed
+
+
 def dispatch(booking_id: int) -> Outcome:
-    """Start the booking's workload at every center it holds; re-place it if one refuses."""
+    """Start the booking's workload at every center it holds; re-place it if one refuses.
+
+    Runs for a booking the relay claimed (``dispatching``), or a redelivery of that task. A
+    ``confirmed`` booking (a message from before the relay) is claimed here first, and left alone
+    when not due yet or claimed by someone else.
+    """
     booking = Booking.objects.filter(pk=booking_id).first()
-    # A hold runs only once confirmed (its confirmation enqueues dispatch again).
+    # A hold runs only once confirmed (its confirmation kicks the relay).
     if booking is None or booking.status in FINAL_STATUSES or booking.status == BookingStatus.HELD:
         return Outcome.GONE
     if booking.status == BookingStatus.CONFIRMED:
-        services.booking_record(
-            booking=booking,
-            kind=EventKind.STATUS,
-            message="dispatching to the centers",
-            to=BookingStatus.DISPATCHING,
-            allowed_from={BookingStatus.CONFIRMED},
-        )
+        if not services.booking_dispatch_claim(booking_id=booking_id):
+            return Outcome.GONE
+        booking.refresh_from_db()
     spec = WorkloadSpec.from_json(booking.spec)
     allocations = list(
         booking.allocations.select_related("booking", "pool__center", "pool__accelerator")

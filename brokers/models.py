@@ -188,6 +188,11 @@ class Quota(models.Model):
     def __str__(self) -> str:
         return f"quota of {self.organization_id}"
 
+    @property
+    def change_log_owner(self) -> Organization:
+        """The firm whose change log records its quota changes."""
+        return self.organization
+
 
 class UsageRecord(models.Model):
     """What one allocation really used: from the workload's real start to its real end.

@@ -36,7 +36,8 @@ from brokers.placement.engine import explain_counts
 from brokers.placement.spec import Candidate
 from interconnect.metrics import BOOKINGS, refusals_counted
 from registry import selectors as registry_selectors
-from registry.choices import OrgKind, Status
+from registry import services as registry_services
+from registry.choices import ChangeAction, OrgKind, Status
 from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
 
@@ -299,15 +300,75 @@ def _check_quota(
 
 
 def _dispatch_on_commit(booking: Booking) -> None:
+    """After commit, kick the dispatch relay if the booking starts within one relay period.
+
+    Later starts are left to the periodic relay (``dispatch_due_bookings``): no message waits
+    with a long ETA (Redis would redeliver it every visibility timeout), and a kick lost at
+    commit only delays the start until the next relay run.
+    """
     if not getattr(settings, "BROKER_DISPATCH", True):
         return
-    from brokers.tasks import booking_dispatch as booking_dispatch_task
+    from brokers.tasks import dispatch_due_bookings
 
-    booking_pk, start = booking.pk, booking.window_start
-    transaction.on_commit(
-        lambda: booking_dispatch_task.apply_async(
-            (booking_pk,), eta=start if start > _now() else None
+    wait = (booking.window_start - _now()).total_seconds()
+    if wait > DISPATCH_RELAY_SECONDS:
+        return
+    countdown = max(0.0, wait)
+    transaction.on_commit(lambda: dispatch_due_bookings.apply_async(countdown=countdown))
+
+
+# The relay runs this often (``setup_schedules``); a booking starts at most this late.
+DISPATCH_RELAY_SECONDS = 10
+# A booking claimed for dispatch whose workloads are still not started after this long lost its
+# dispatch task (message lost, worker killed before the start): the relay claims it again. Above
+# the task time limit, so a dispatch still in progress is never doubled.
+DISPATCH_STALE_SECONDS = 360
+
+
+def booking_dispatch_claim(*, booking_id: int) -> bool:
+    """Claim a confirmed booking whose start is due (database clock) for dispatch.
+
+    Compare-and-set ``confirmed -> dispatching``: of any number of relays (or beats) racing for
+    it, exactly one gets True and dispatches it; the others leave it alone.
+    """
+    with transaction.atomic():
+        claimed = Booking.objects.filter(
+            pk=booking_id, status=BookingStatus.CONFIRMED, window_start__lte=Now()
+        ).update(
+            status=BookingStatus.DISPATCHING,
+            status_reason="dispatching to the centers",
+            updated_at=Now(),
         )
+        if claimed:
+            booking = Booking.objects.select_related("organization").get(pk=booking_id)
+            _event(booking, EventKind.STATUS, "dispatching to the centers")
+    return bool(claimed)
+
+
+def booking_dispatch_reclaim(*, booking_id: int) -> bool:
+    """Claim again a ``dispatching`` booking whose dispatch task was lost before it started
+    every workload (``DISPATCH_STALE_SECONDS`` after its claim). Compare-and-set on the claim
+    time, so one relay wins; starting again is safe (``StartWorkload`` is idempotent)."""
+    stale = Now() - dt.timedelta(seconds=DISPATCH_STALE_SECONDS)
+    return bool(
+        Booking.objects.filter(
+            pk=booking_id, status=BookingStatus.DISPATCHING, updated_at__lte=stale
+        ).update(updated_at=Now())
+    )
+
+
+def bookings_due_for_dispatch(*, limit: int) -> tuple[list[int], list[int]]:
+    """Ids of confirmed bookings whose start is due, and of claimed bookings whose dispatch
+    went stale (a workload not started ``DISPATCH_STALE_SECONDS`` after the claim)."""
+    due = Booking.objects.filter(status=BookingStatus.CONFIRMED, window_start__lte=Now())
+    stale = Booking.objects.filter(
+        status=BookingStatus.DISPATCHING,
+        updated_at__lte=Now() - dt.timedelta(seconds=DISPATCH_STALE_SECONDS),
+        allocations__workload_id="",
+    ).distinct()
+    return (
+        list(due.order_by("window_start", "pk").values_list("pk", flat=True)[:limit]),
+        list(stale.order_by("pk").values_list("pk", flat=True)[:limit]),
     )
 
 
@@ -821,18 +882,29 @@ def quota_set(
     *,
     organization: Organization,
     actor: User,
+    door: str,
     max_concurrent_accelerators: int | None,
     max_accelerator_hours_per_month: int | None,
 ) -> Quota:
-    """Set an AI firm's quota (platform staff only)."""
+    """Set an AI firm's quota (platform staff only), with a change record (before and after)."""
     if not registry_selectors.is_platform_staff(actor):
         raise PermissionDenied("Only platform staff set quotas.")
-    quota, _ = Quota.objects.update_or_create(
+    existing = Quota.objects.select_for_update().filter(organization=organization).first()
+    before = registry_services.snapshot(existing) if existing else None
+    quota, created = Quota.objects.update_or_create(
         organization=organization,
         defaults={
             "max_concurrent_accelerators": max_concurrent_accelerators,
             "max_accelerator_hours_per_month": max_accelerator_hours_per_month,
         },
+    )
+    registry_services.change_record(
+        obj=quota,
+        action=ChangeAction.CREATE if created else ChangeAction.UPDATE,
+        actor=actor,
+        door=door,
+        before=before,
+        after=registry_services.snapshot(quota),
     )
     return quota
 

@@ -10,9 +10,22 @@ from brokers.models import Booking
 FOLLOW_AGAIN_SECONDS = 2
 
 
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=100, time_limit=120)
+def dispatch_due_bookings() -> int:
+    """The dispatch relay and scheduler (every ``DISPATCH_RELAY_SECONDS``, ``setup_schedules``;
+    also kicked on commit for a booking that starts now): claim each booking whose start is due
+    by compare-and-set and enqueue its dispatch. A lost message only delays a start to the next
+    run; two relays at once never claim one booking twice. No message carries a long ETA."""
+    claimed = dispatch.relay()
+    for booking_id in claimed:
+        booking_dispatch.delay(booking_id)
+    return len(claimed)
+
+
 @shared_task(acks_late=True, ignore_result=True)
 def booking_dispatch(booking_id: int) -> str:
-    """Start a booking's workload at its centers, then follow it (idempotent per booking)."""
+    """Start a booking's workload at its centers, then follow it (idempotent per booking: sent
+    by the relay that claimed it; a redelivery starts nothing twice)."""
     outcome = dispatch.dispatch(booking_id)
     if outcome == dispatch.Outcome.FOLLOW:
         booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)

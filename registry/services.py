@@ -35,6 +35,7 @@ from registry.models import (
     Organization,
     Pool,
     Trait,
+    WebhookSubscription,
 )
 from registry.models.orgs import hash_token_secret
 from registry.netguard import resolve_public
@@ -107,7 +108,7 @@ def _owner_of(obj: models.Model) -> Organization | None:
         return obj.center.operator
     if isinstance(obj, Organization):
         return obj
-    if isinstance(obj, Membership):
+    if isinstance(obj, Membership | WebhookSubscription):
         return obj.organization
     # Apps above the registry (verification, brokers) name the tenant of their own objects.
     owner = getattr(obj, "change_log_owner", None)
@@ -329,10 +330,21 @@ def center_update(
     return center
 
 
+def _require_admin_to_delete(actor: User, operator: Organization) -> None:
+    """Deleting is for the owning organization's admins (or platform staff), at every door."""
+    if not selectors.is_platform_staff(actor) and not (
+        selectors.is_org_admin(actor) and selectors.organization_of(actor) == operator
+    ):
+        raise PermissionDenied("Only an organization admin may delete.")
+
+
 @transaction.atomic
 def center_delete(*, center: Center, actor: User, door: str) -> None:
     """Delete a draft center (with its draft pools). Anything past draft is retired instead."""
-    center = Center.objects.select_for_update().get(pk=center.pk)
+    center = (
+        Center.objects.select_for_update(of=("self",)).select_related("operator").get(pk=center.pk)
+    )
+    _require_admin_to_delete(actor, center.operator)
     if center.status != Status.DRAFT or center.pools.exclude(status=Status.DRAFT).exists():
         raise ValidationError({"status": ["Only draft centers can be deleted; retire it instead."]})
     for pool in list(center.pools.all()):
@@ -482,6 +494,7 @@ def pool_delete(*, pool: Pool, actor: User, door: str) -> None:
         .select_related("center__operator")
         .get(pk=pool.pk)
     )
+    _require_admin_to_delete(actor, pool.center.operator)
     if pool.status != Status.DRAFT:
         raise ValidationError({"status": ["Only draft pools can be deleted; retire it instead."]})
     before, pk = snapshot(pool), pool.pk

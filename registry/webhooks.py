@@ -10,20 +10,25 @@ import hashlib
 import hmac
 import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from interconnect.metrics import WEBHOOK_DELIVERIES
+from registry import selectors
+from registry.choices import ChangeAction
 from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
-from registry.netguard import resolve_public
+from registry.netguard import OutboundRefused, outbound_post, resolve_public
+from registry.services import change_record, snapshot
+
+User = AbstractBaseUser | AnonymousUser
 
 DELIVERY_TIMEOUT_SECONDS = 5
 
@@ -49,10 +54,32 @@ def _check_url(url: str) -> None:
     )
 
 
+def _require_admin_of(actor: User, organization: Organization) -> None:
+    """Webhooks are the organization's settings: its admins (or platform staff) only."""
+    if not selectors.is_platform_staff(actor) and not (
+        selectors.is_org_admin(actor) and selectors.organization_of(actor) == organization
+    ):
+        raise PermissionDenied("Only an organization admin may manage its webhooks.")
+
+
+def _snapshot(sub: WebhookSubscription) -> dict[str, Any]:
+    """The subscription for the change log, without its signing secret."""
+    data = snapshot(sub)
+    data.pop("secret", None)
+    return data
+
+
 @transaction.atomic
 def webhook_subscribe(
-    *, organization: Organization, url: str, events: list[str] | None = None
+    *,
+    organization: Organization,
+    url: str,
+    actor: User,
+    door: str,
+    events: list[str] | None = None,
 ) -> WebhookSubscription:
+    """Subscribe ``organization`` to events at ``url`` (its admins only), with a change record."""
+    _require_admin_of(actor, organization)
     unknown = sorted(set(events or []) - set(WEBHOOK_EVENTS))
     if unknown:
         raise ValidationError({"events": [f"Unknown events: {', '.join(unknown)}."]})
@@ -60,7 +87,38 @@ def webhook_subscribe(
     sub = WebhookSubscription(organization=organization, url=url, events=sorted(set(events or [])))
     sub.full_clean()
     sub.save()
+    change_record(
+        obj=sub,
+        action=ChangeAction.CREATE,
+        actor=actor,
+        door=door,
+        before=None,
+        after=_snapshot(sub),
+    )
     return sub
+
+
+@transaction.atomic
+def webhook_delete(*, subscription: WebhookSubscription, actor: User, door: str) -> None:
+    """Delete a subscription (and its delivery log) of the actor's organization: its admins
+    only, whatever the door; the change log keeps what was deleted (without the secret)."""
+    sub = (
+        WebhookSubscription.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .get(pk=subscription.pk)
+    )
+    _require_admin_of(actor, sub.organization)
+    before, pk = _snapshot(sub), sub.pk
+    sub.delete()
+    change_record(
+        obj=sub,
+        action=ChangeAction.DELETE,
+        actor=actor,
+        door=door,
+        before=before,
+        after=None,
+        object_id=pk,
+    )
 
 
 def webhook_emit(*, organization: Organization | None, event: str, data: dict[str, Any]) -> int:
@@ -115,30 +173,42 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
         return delivery
     body = json.dumps({"id": str(delivery.event_id), **delivery.payload}).encode()
     timestamp = str(int(time.time()))
-    request = urllib.request.Request(
-        delivery.subscription.url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "compute-interconnect-webhooks/1",
-            "X-Interconnect-Event": delivery.event,
-            "X-Interconnect-Delivery": str(delivery.event_id),
-            "X-Interconnect-Timestamp": timestamp,
-            "X-Interconnect-Signature": sign(delivery.subscription.secret, timestamp, body),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "compute-interconnect-webhooks/1",
+        "X-Interconnect-Event": delivery.event,
+        "X-Interconnect-Delivery": str(delivery.event_id),
+        "X-Interconnect-Timestamp": timestamp,
+        "X-Interconnect-Signature": sign(delivery.subscription.secret, timestamp, body),
+    }
     status_code: int | None = None
     error = ""
+    network_error = False
     try:
-        with urllib.request.urlopen(request, timeout=DELIVERY_TIMEOUT_SECONDS) as response:
-            status_code = response.status
-    except urllib.error.HTTPError as exc:
-        status_code, error = exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        error = str(getattr(exc, "reason", exc))[:500]
+        # The outbound guard: resolved and checked now, sent to the checked address, and a
+        # redirect is the answer (never followed to another host).
+        response = outbound_post(
+            delivery.subscription.url,
+            content=body,
+            headers=headers,
+            timeout=DELIVERY_TIMEOUT_SECONDS,
+            allow_private=settings.WEBHOOK_ALLOW_PRIVATE_TARGETS,
+        )
+        status_code = response.status_code
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+            if response.is_redirect:
+                error += " (redirects are not followed)"
+    except OutboundRefused as exc:
+        error = f"refused by the outbound guard: {exc}"[:500]
+        network_error = exc.transient
+    except httpx.HTTPError as exc:
+        error = (str(exc) or type(exc).__name__)[:500]
+        network_error = True
     ok = status_code is not None and 200 <= status_code < 300
-    retryable = not ok and (status_code is None or status_code >= 500 or status_code == 429)
+    retryable = not ok and (
+        network_error or (status_code is not None and (status_code >= 500 or status_code == 429))
+    )
     fields: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
     if ok:
         fields |= {"state": WebhookDelivery.State.DELIVERED, "delivered_at": timezone.now()}

@@ -278,5 +278,7 @@ class QuotaView(APIView):
             return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
         ser = s.QuotaSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        quota = services.quota_set(organization=org, actor=request.user, **ser.validated_data)
+        quota = services.quota_set(
+            organization=org, actor=request.user, door=DOOR, **ser.validated_data
+        )
         return Response(s.QuotaSerializer(quota).data)

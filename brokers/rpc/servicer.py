@@ -133,7 +133,9 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
         self, request: pb.WatchBookingRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchBookingResponse]:
         """Past events, then new ones as they happen, until the booking ends; follows a
-        replacement to the new booking."""
+        replacement to the new booking when the caller may see it too (the host operator of
+        the first booking may not host the new one: its stream ends there)."""
+        user = current_user.get()
         booking = _booking(request.booking_id)
         after = request.after_event_id
         while context.is_active():
@@ -144,8 +146,14 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             booking.refresh_from_db(fields=["status", "replaced_by"])
             if booking.status in FINAL_STATUSES and not events:
                 if booking.status == BookingStatus.REPLACED and booking.replaced_by_id:
-                    booking = Booking.objects.get(pk=booking.replaced_by_id)
-                    after = 0
+                    replacement = (
+                        selectors.bookings_visible_to(user)
+                        .filter(pk=booking.replaced_by_id)
+                        .first()
+                    )
+                    if replacement is None:
+                        return
+                    booking, after = replacement, 0
                     continue
                 return
             # Between polls, give the connection back to its age check (long-lived stream).

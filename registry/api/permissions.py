@@ -21,17 +21,6 @@ class OperatorWritePermission(permissions.BasePermission):
         )
 
 
-class OrgAdminForDestroy(permissions.BasePermission):
-    """Deleting is for the organization's admins."""
-
-    message = "Only an organization admin may delete."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if request.method != "DELETE":
-            return True
-        return selectors.is_org_admin(request.user)
-
-
 class OrgAdminPermission(permissions.BasePermission):
     """Organization settings (webhooks) are for the organization's admins."""
 

@@ -15,11 +15,7 @@ from rest_framework.views import APIView
 
 from registry import selectors, services, webhooks
 from registry.api import serializers as s
-from registry.api.permissions import (
-    OperatorWritePermission,
-    OrgAdminForDestroy,
-    OrgAdminPermission,
-)
+from registry.api.permissions import OperatorWritePermission, OrgAdminPermission
 from registry.choices import Door
 from registry.filtersets import (
     AcceleratorFilterSet,
@@ -94,7 +90,7 @@ class CenterViewSet(viewsets.ModelViewSet):
     """Compute centers. Operators create and change their own; everyone reads listed ones."""
 
     lookup_field = "national_id"
-    permission_classes = [OperatorWritePermission, OrgAdminForDestroy]
+    permission_classes = [OperatorWritePermission]
     filterset_class = CenterFilterSet
     search_fields = ["name", "national_id"]
     ordering_fields = ["national_id", "name", "pue", "green_power_share", "created_at"]
@@ -167,7 +163,7 @@ class PoolViewSet(viewsets.ModelViewSet):
     """Resource pools. Operators declare and change their own; everyone reads listed ones."""
 
     lookup_field = "national_id"
-    permission_classes = [OperatorWritePermission, OrgAdminForDestroy]
+    permission_classes = [OperatorWritePermission]
     filterset_class = PoolFilterSet
     search_fields = ["name", "national_id", "accelerator__model", "center__name"]
     ordering_fields = [
@@ -333,9 +329,16 @@ class WebhookViewSet(
         ser = s.WebhookSubscriptionSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         sub = webhooks.webhook_subscribe(
-            organization=selectors.organization_of(request.user), **ser.validated_data
+            organization=selectors.organization_of(request.user),
+            actor=request.user,
+            door=DOOR,
+            **ser.validated_data,
         )
         return Response(s.WebhookSubscriptionCreatedSerializer(sub).data, status=201)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        webhooks.webhook_delete(subscription=self.get_object(), actor=request.user, door=DOOR)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class WebhookDeliveryViewSet(viewsets.ReadOnlyModelViewSet):

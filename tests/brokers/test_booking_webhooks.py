@@ -13,11 +13,12 @@ from tests.brokers.conftest import spec
 
 @pytest.mark.django_db
 def test_placed_and_cancelled_bookings_are_announced_to_the_firm_only(
-    dave: Any, deepai: Any, acme: Any, active_pool: Any
+    dave: Any, alice: Any, deepai: Any, acme: Any, active_pool: Any
 ) -> None:
     active_pool(acme)
-    mine = webhook_subscribe(organization=deepai, url="http://127.0.0.1:9/hook")
-    theirs = webhook_subscribe(organization=acme, url="http://127.0.0.1:9/hook")
+    hook = "http://127.0.0.1:9/hook"
+    mine = webhook_subscribe(organization=deepai, url=hook, actor=dave, door=Door.API)
+    theirs = webhook_subscribe(organization=acme, url=hook, actor=alice, door=Door.API)
     booking = services.booking_create(
         spec=spec(count=4), idempotency_key="w1", actor=dave, door=Door.API
     )

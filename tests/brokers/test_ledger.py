@@ -162,6 +162,7 @@ def test_quotas_refuse_and_name_the_quota(
     services.quota_set(
         organization=deepai,
         actor=pat,
+        door="api",
         max_concurrent_accelerators=6,
         max_accelerator_hours_per_month=None,
     )
@@ -172,6 +173,7 @@ def test_quotas_refuse_and_name_the_quota(
     services.quota_set(
         organization=deepai,
         actor=pat,
+        door="api",
         max_concurrent_accelerators=None,
         max_accelerator_hours_per_month=5,
     )

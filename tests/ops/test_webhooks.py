@@ -86,7 +86,9 @@ def test_a_verified_pool_sends_a_signed_event_to_its_operator(
 def test_server_errors_are_retried_and_client_errors_are_final(
     alice: Any, acme: Any, make_pool: Any, receiver: Receiver
 ) -> None:
-    sub = webhooks.webhook_subscribe(organization=acme, url=receiver.url)
+    sub = webhooks.webhook_subscribe(
+        organization=acme, url=receiver.url, actor=alice, door=Door.API
+    )
     receiver.codes = [503, 200, 410]
     _verify(make_pool(acme, Status.VERIFYING))
     (delivery,) = WebhookDelivery.objects.filter(subscription=sub)
@@ -102,9 +104,9 @@ def test_server_errors_are_retried_and_client_errors_are_final(
 
 @pytest.mark.django_db
 def test_nothing_is_emitted_when_the_transition_rolls_back(
-    acme: Any, make_pool: Any, receiver: Receiver
+    alice: Any, acme: Any, make_pool: Any, receiver: Receiver
 ) -> None:
-    webhooks.webhook_subscribe(organization=acme, url=receiver.url)
+    webhooks.webhook_subscribe(organization=acme, url=receiver.url, actor=alice, door=Door.API)
     pool = make_pool(acme, Status.VERIFYING)
     with pytest.raises(RuntimeError), transaction.atomic():
         services.lifecycle_transition(
@@ -134,7 +136,9 @@ def test_bad_subscriptions_are_refused(
 def test_only_the_organizations_admins_see_its_webhooks(
     alice: Any, bob: Any, carol: Any, acme: Any, api_as: Any
 ) -> None:
-    sub = webhooks.webhook_subscribe(organization=acme, url="http://127.0.0.1:9/hook")
+    sub = webhooks.webhook_subscribe(
+        organization=acme, url="http://127.0.0.1:9/hook", actor=alice, door=Door.API
+    )
     assert api_as(alice).get(f"/api/v1/webhooks/{sub.pk}/").status_code == 200
     assert api_as(bob).get(f"/api/v1/webhooks/{sub.pk}/").status_code == 403
     assert api_as(carol).get(f"/api/v1/webhooks/{sub.pk}/").status_code == 404

@@ -24,7 +24,9 @@ READ_ACTIVE_OTHER = dict.fromkeys(PERSONAS, 200)
 PATCH_DRAFT_OWN = {"anon": 401, "alice": 200, "bob": 200, "carol": 404, "dave": 403, "pat": 200}
 PATCH_ACTIVE_OTHER = {"anon": 401, "alice": 404, "bob": 404, "carol": 200, "dave": 403, "pat": 200}
 DELETE_DRAFT_OWN = {"anon": 401, "alice": 204, "bob": 403, "carol": 404, "dave": 403, "pat": 204}
-DELETE_ACTIVE_OTHER = {"anon": 401, "alice": 404, "bob": 403, "carol": 400, "dave": 403, "pat": 400}
+# A member is refused by the service (only admins delete) once the object is found; another
+# operator's object is a 404 for them as for their admin.
+DELETE_ACTIVE_OTHER = {"anon": 401, "alice": 404, "bob": 404, "carol": 400, "dave": 403, "pat": 400}
 SUBMIT_DRAFT_OWN = {"anon": 401, "alice": 200, "bob": 200, "carol": 404, "dave": 403, "pat": 200}
 SUBMIT_ACTIVE_OTHER = {"anon": 401, "alice": 404, "bob": 404, "carol": 400, "dave": 403, "pat": 400}
 RETIRE_DRAFT_OWN = SUBMIT_DRAFT_OWN

@@ -11,6 +11,9 @@ SCHEDULES = {
     "verification: re-verification sweep": ("verification.tasks.reverify_sweep", 60),
     # The webhook outbox relay (registry): re-sends deliveries whose task message was lost.
     "registry: webhook relay": ("registry.tasks.webhook_relay_task", 300),
+    # The booking dispatch relay and scheduler (brokers): dispatches bookings whose start is due
+    # (claimed by compare-and-set) and recovers dispatch messages lost at commit.
+    "brokers: dispatch relay": ("brokers.tasks.dispatch_due_bookings", 10),
 }
 
 

@@ -24,6 +24,9 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 
 # How long an answered challenge's products are kept for OpenBenchmark.
 STORE_TTL_SECONDS = 300.0
+# How long OpenBenchmark waits for the chains of its challenge to end (an honest agent's end a
+# moment after their last commitment).
+OPEN_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -137,13 +140,16 @@ class ChallengeStore:
                 entry.done.set()
                 entry.expires = time.monotonic() + self.ttl
 
-    def get(self, challenge_id: str, device: int, step: int) -> tuple[Matrix, str]:
-        """A kept product and its precision; NotFound or FailedPrecondition otherwise."""
+    def get(
+        self, challenge_id: str, device: int, step: int, *, wait: float = OPEN_WAIT_SECONDS
+    ) -> tuple[Matrix, str]:
+        """A kept product and its precision, once every chain of the challenge has ended (waiting
+        up to ``wait`` seconds); NotFound or FailedPrecondition otherwise."""
         with self._lock:
             entry = self._entries.get(challenge_id)
         if entry is None or entry.expires < time.monotonic():
             raise NotFound(f"no answered challenge {challenge_id!r}")
-        if not entry.done.is_set():
+        if not entry.done.wait(wait):
             raise ChallengeRunning(challenge_id)
         product = entry.products.get((device, step))
         if product is None:
@@ -170,6 +176,8 @@ def run_challenge(
     started = time.perf_counter()
     events: queue.Queue[Commitment | DeviceReport | BaseException | None] = queue.Queue()
     products = store.create(challenge)
+    left = [len(challenge.devices)]
+    left_lock = threading.Lock()
 
     def work(device: int, seed: int) -> None:
         sink = StepSink(challenge, device, seed, started, len(challenge.devices), events, products)
@@ -178,6 +186,10 @@ def run_challenge(
         except BaseException as exc:  # reported to the stream, never lost in the thread
             events.put(exc)
         finally:
+            with left_lock:
+                left[0] -= 1
+                if left[0] == 0:  # the last chain ended: the products may be opened
+                    store.finish(challenge.challenge_id)
             events.put(None)
 
     threads = [
@@ -198,5 +210,4 @@ def run_challenge(
             reports.append(event)
         else:
             yield event
-    store.finish(challenge.challenge_id)
     yield from sorted(reports, key=lambda r: r.device)

@@ -271,7 +271,7 @@ VERIFICATION_MATRIX_SIZE = env.int("VERIFICATION_MATRIX_SIZE", default=1024)
 VERIFICATION_MAX_MATRIX_SIZE = env.int("VERIFICATION_MAX_MATRIX_SIZE", default=8192)
 VERIFICATION_TARGET_SECONDS = env.float("VERIFICATION_TARGET_SECONDS", default=4.0)
 VERIFICATION_MIN_STEPS = env.int("VERIFICATION_MIN_STEPS", default=4)
-VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=64)
+VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
 # Steps opened and checked per device; 0 opens every step (false acceptance of a broken link:
 # 2^-k). Fewer steps bound a cheater that breaks a share q of links by (1 - q)^s.
 VERIFICATION_OPEN_STEPS = env.int("VERIFICATION_OPEN_STEPS", default=0)

@@ -257,7 +257,7 @@ def test_a_cheat_one_device_center_takes_turns_on_one_accelerator(
         ),
         seeds={0: 1, 1: 2, 2: 3, 3: 4},
         n=256,  # ~34 ms a step at 1e-6: well above scheduling noise
-        steps=4,
+        steps=8,
         open_all=False,
     )
     honest = challenge(
@@ -270,11 +270,11 @@ def test_a_cheat_one_device_center_takes_turns_on_one_accelerator(
         ),
         seeds={0: 1, 1: 2, 2: 3, 3: 4},
         n=256,  # ~34 ms a step at 1e-6: well above scheduling noise
-        steps=4,
+        steps=8,
         open_all=False,
     )
     # Four devices' steps on one accelerator take about four times as long.
-    assert max(one.arrivals.values()) > 3 * max(honest.arrivals.values())
+    assert max(one.arrivals.values()) > 2.5 * max(honest.arrivals.values())
 
 
 def test_speed_factors_of_the_modes() -> None:

@@ -32,12 +32,13 @@ from verification.models import VerificationRun
 ROOT = Path(__file__).resolve().parents[2]
 
 # The verifier and the simulated agents share one time scale (agent/README.md, "Timing model").
-# At 3e-7 an A100 (312 TFLOPS) is emulated at ~94 MFLOPS per device: a chain of 128 x 128
-# products (4.2 MFLOP each) sized for 0.6 s has 14 steps of ~45 ms, far above numpy's real cost
-# (~0.1 ms a product), so honest agents keep up with all 8 devices of the sampled node at once.
-TIME_SCALE = 3e-7
+# At 1e-7 an A100 (312 TFLOPS) is emulated at ~31 MFLOPS per device: a chain of 128 x 128
+# products (4.2 MFLOP each) sized for 1.5 s has 12 steps of ~135 ms, far above numpy's real
+# cost (~1-3 ms a product on a busy 2-core machine), so honest agents keep up with all 8 devices
+# of the sampled node at once.
+TIME_SCALE = 1e-7
 MATRIX_SIZE = 128
-TARGET_SECONDS = 1.0
+TARGET_SECONDS = 1.5
 A100_TFLOPS = 312.0
 WORKER_SETTINGS = {
     "VERIFICATION_TIME_SCALE": str(TIME_SCALE),

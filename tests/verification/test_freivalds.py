@@ -1,0 +1,110 @@
+"""The Freivalds tolerance per precision: honest products pass with a wide margin, and each
+cheaper arithmetic than the challenge's is refused (verification/freivalds.py derives the bound).
+
+No database: pure numpy on the challenge's own inputs.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from agent.challenge import inputs, multiply, next_input, precision
+from tests.harness.figures import Figure
+from verification.freivalds import freivalds
+
+FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def step_two(name: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X_1, B and the honest C_2 of a chain: inputs as a real challenge produces them."""
+    a, b = inputs(11, n, name)
+    x = next_input(multiply(a, b, name), name)
+    return x, b, multiply(x, b, name)
+
+
+def worst(x: np.ndarray, b: np.ndarray, c: np.ndarray, name: str, seed: int = 0) -> float:
+    checks = freivalds(x, b, c, k=8, rng=np.random.default_rng(seed), name=name)
+    return max(check.worst_ratio for check in checks)
+
+
+def passes(x: np.ndarray, b: np.ndarray, c: np.ndarray, name: str, seed: int = 0) -> bool:
+    checks = freivalds(x, b, c, k=8, rng=np.random.default_rng(seed), name=name)
+    return all(check.passed for check in checks)
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32", "fp64"])
+@pytest.mark.parametrize("n", [256, 1024])
+def test_honest_products_pass_far_below_the_bound(name: str, n: int) -> None:
+    x, b, c = step_two(name, n)
+    ratio = worst(x, b, c, name)
+    Figure("V1.honest_residual", precision=name, n=n, worst_ratio=ratio).emit(passed=ratio < 0.1)
+    assert ratio < 0.1  # 10x margin at least; measured 0.001-0.03
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
+def test_a_product_summed_in_a_different_order_still_passes(name: str) -> None:
+    # Blocked, split-K accumulation (as GPUs do) rounds differently but is honest.
+    x, b, _ = step_two(name, 512)
+    acc = precision(name).accumulator
+    xs, bs = x.astype(acc), b.astype(acc)
+    blocked = sum(
+        (xs[:, i : i + 64] @ bs[i : i + 64] for i in range(0, 512, 64)), start=acc.type(0)
+    )
+    assert passes(x, b, np.asarray(blocked, dtype=acc), name)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_one_entry_off_by_one_is_refused_at_n_1024(seed: int) -> None:
+    # The review's case: n = 1024 in FP32, one entry off by 1.0, 20 seeds.
+    x, b, c = step_two("fp32", 1024)
+    rng = np.random.default_rng(seed)
+    wrong = c.copy()
+    wrong[rng.integers(1024), rng.integers(1024)] += 1.0
+    assert not passes(x, b, wrong, "fp32", seed)
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
+def test_fp8_inputs_are_refused(name: str) -> None:
+    x, b, _ = step_two(name, 512)
+    acc = precision(name).accumulator
+    low = x.astype(FP8).astype(acc) @ b.astype(FP8).astype(acc)
+    assert worst(x, b, low, name) > 10
+
+
+def test_a_product_rounded_to_bf16_before_it_is_returned_is_refused() -> None:
+    x, b, c = step_two("bf16", 512)
+    assert not passes(x, b, c.astype(BF16).astype(np.float32), "bf16")
+
+
+def test_bf16_arithmetic_is_refused_where_fp32_was_asked() -> None:
+    x, b, _ = step_two("fp32", 512)
+    cheaper = x.astype(BF16).astype(np.float32) @ b.astype(BF16).astype(np.float32)
+    assert not passes(x, b, cheaper, "fp32")
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12])
+def test_truncated_mantissas_in_fp32_are_refused(bits: int) -> None:
+    # FP32 with its 23-bit mantissa cut to `bits` bits (inputs and product).
+    x, b, _ = step_two("fp32", 512)
+    mask = np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
+
+    def cut(m: np.ndarray) -> np.ndarray:
+        return (m.astype(np.float32).view(np.uint32) & mask).view(np.float32)
+
+    assert not passes(x, b, cut(cut(x) @ cut(b)), "fp32")
+
+
+def test_non_finite_answers_are_refused() -> None:
+    x, b, c = step_two("fp32", 64)
+    c[0, 0] = np.nan
+    assert not passes(x, b, c, "fp32")
+
+
+def test_an_unrelated_matrix_is_refused_by_every_vector() -> None:
+    x, b, c = step_two("bf16", 256)
+    unrelated = np.random.default_rng(3).standard_normal(c.shape).astype(np.float32) * 16
+    checks = freivalds(x, b, unrelated, k=8, rng=np.random.default_rng(1), name="bf16")
+    assert not any(check.passed for check in checks)

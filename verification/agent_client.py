@@ -81,13 +81,16 @@ def classify(exc: grpc.RpcError, what: str) -> Exception:
 
 
 @contextmanager
-def agent_channel(endpoint: str) -> Iterator[grpc.Channel]:
+def agent_channel(
+    endpoint: str, *, options: list[tuple[str, str]] | None = None
+) -> Iterator[grpc.Channel]:
     """A channel to an agent, closed on exit. Call inside the worker process (after fork)."""
     channel = grpc.insecure_channel(
         endpoint,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *(options or []),
         ],
     )
     try:

@@ -36,7 +36,7 @@ from registry.choices import ChangeAction, Door, Status
 from registry.clock import db_now
 from registry.errors import IllegalTransition
 from registry.models import Center, Pool
-from registry.netguard import resolve_public
+from registry.netguard import OutboundRefused, grpc_authority_options, outbound_target
 from verification import agent_client
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
@@ -338,26 +338,16 @@ def _match_inventory(
 
 
 def _dial_target(endpoint: str) -> str:
-    """The address to dial for ``endpoint``, checked again right before connecting (SSRF guard,
-    registry.netguard): a DNS answer changed since registration must not reach a private host,
-    so outside development the worker dials the address it checked, not the name."""
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit():
-        raise VerificationRefuted(f"agent endpoint {endpoint!r} is not host:port")
-    allow_private = settings.AGENT_ENDPOINT_ALLOW_LOOPBACK
+    """The address to dial for ``endpoint``, checked right before connecting by the one outbound
+    guard (``registry.netguard.outbound_target``, also used by dispatch and webhooks): a DNS
+    answer changed since registration must not reach a private host, so outside development
+    the worker dials the address it checked, not the name."""
     try:
-        addresses = resolve_public(
-            host, int(port), field="agent_endpoint", allow_private=allow_private
-        )
-    except ValidationError as exc:
-        message = "; ".join(exc.messages)
-        if "does not resolve" in message:  # DNS may be down for a moment: retry
-            raise AgentUnavailable(f"agent endpoint: {message}") from exc
-        raise VerificationRefuted(f"agent endpoint refused: {message}") from exc
-    if allow_private:
-        return endpoint
-    address = addresses[0]
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        return outbound_target(endpoint, allow_private=settings.AGENT_ENDPOINT_ALLOW_LOOPBACK)
+    except OutboundRefused as exc:
+        if exc.transient:  # DNS may be down for a moment: retry
+            raise AgentUnavailable(f"agent endpoint: {exc}") from exc
+        raise VerificationRefuted(f"agent endpoint refused: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -500,7 +490,9 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     expected = plan.steps * 2.0 * plan.n**3 / (declared * 1e12 * scale)
     deadline = expected / tolerance * 1.5 + BENCHMARK_DEADLINE_SLACK
     evidence.fields["sample"]["deadline_seconds"] = round(deadline, 3)
-    with agent_client.agent_channel(_dial_target(endpoint)) as channel:
+    address = _dial_target(endpoint)
+    authority = grpc_authority_options(endpoint) if address != endpoint else []
+    with agent_client.agent_channel(address, options=authority) as channel:
         rtt_ms = agent_client.round_trip_ms(channel, timeout=min(timeout, 10.0))
         evidence.set(rtt_ms=round(rtt_ms, 3))
         reported = _check_inventory(channel, pool, evidence, timeout)

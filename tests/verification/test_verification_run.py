@@ -7,6 +7,7 @@ enough here because nothing else reads the rows.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -236,3 +237,36 @@ def test_a_run_whose_message_was_lost_is_sent_again_once(
 
     run.refresh_from_db()
     assert run.enqueued_at == later and len(sent) == 1
+
+
+def test_the_worker_refuses_an_agent_name_whose_answer_turned_private(
+    pool_at: Any, acme: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Registered while public; the DNS answer now points inside the platform's network.
+    settings.AGENT_ENDPOINT_ALLOW_LOOPBACK = False
+    pool = force_status(pool_at(acme, "agent.example.org:50051"), Status.SUBMITTED)
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 50051))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answers)
+    run = queued_run(pool)
+
+    assert services.verification_run(run_id=str(run.run_id)).state == RunState.FAILED
+    run.refresh_from_db()
+    assert run.verdict_reason.startswith("agent endpoint refused"), run.verdict_reason
+
+
+def test_an_agent_name_that_does_not_resolve_is_retried(
+    pool_at: Any, acme: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.AGENT_ENDPOINT_ALLOW_LOOPBACK = False
+    pool = force_status(pool_at(acme, "agent.example.org:50051"), Status.SUBMITTED)
+
+    def no_answer(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_answer)
+    run = queued_run(pool)
+
+    with pytest.raises(AgentUnavailable):
+        services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+    assert run.state == RunState.QUEUED  # released for the retry

@@ -13,6 +13,7 @@ a pool it fronts declares one accelerator per node.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from typing import Any
 
@@ -58,6 +59,9 @@ class TorchBackend:
             except ImportError:
                 pass
         self.device_type = device_type
+        # Test hook of tests/verification/test_gpu.py: compute as a cheater would, to show that
+        # the verifier refuses it. Never set it on a real agent.
+        self.cheat_fp8 = os.environ.get("INTERCONNECT_TORCH_CHEAT_FP8") == "1"
         module = getattr(self.torch, device_type, None)
         count = module.device_count() if module is not None and module.is_available() else 0
         if device_type == "cpu":
@@ -87,6 +91,9 @@ class TorchBackend:
 
     def _matmul(self, x: Any, b: Any, name: str) -> Any:
         torch = self.torch
+        if self.cheat_fp8:  # the GPU test's cheater: FP8 (E4M3) inputs under a BF16 challenge
+            x = x.to(torch.float8_e4m3fn).to(x.dtype)
+            b = b.to(torch.float8_e4m3fn).to(b.dtype)
         if name in ("bf16", "fp16"):
             if self.device_type == "cpu":  # no mm.dtype kernel on the CPU: exact in FP32
                 return torch.mm(x.float(), b.float())

@@ -327,3 +327,89 @@ def flow_arcs(
             {"ring": False, "d": f"M{x1},{y1} Q{cx},{cy} {x2},{y2}", "w": width, "title": title}
         )
     return arcs
+
+
+# Colours of a verification trend's marks: a pass, a pass flagged as drift, a failure.
+TREND_HEX = {"passed": "#0b6bcb", "drift": "#c77700", "failed": "#c62828"}
+
+
+def trend_chart(
+    points: Sequence[dict[str, Any]],
+    *,
+    declared: float | None,
+    width: int = 560,
+    height: int = 200,
+    unit: str = " TFLOPS",
+) -> dict[str, Any]:
+    """Measured throughput run after run, with the declared figure and the drift floor.
+
+    ``points`` are runs oldest first, each ``{"time", "value", "kind", "floor"}``: ``value`` the
+    measured figure (None when the run measured nothing, e.g. a wrong product), ``kind`` one of
+    ``TREND_HEX``, ``floor`` the figure below which that run counted as drift (None before the
+    pool had a record). Runs are evenly spaced (re-verification intervals are jittered, so time
+    would bunch them), the y axis starts at zero so a 15 % fall looks like one, a line joins the
+    passes, failures are crosses (on the axis when they measured nothing) and the floor is a
+    dashed step line: it moves with the record each run was judged against.
+    """
+    if not points:
+        return {"empty": True, "width": width, "height": height}
+    pad_left, pad_right, pad_y = 44, 16, 22
+    values = [p["value"] for p in points if p["value"] is not None]
+    floors = [p["floor"] for p in points if p["floor"] is not None]
+    top = max([*values, *floors, declared or 0.0, 1e-9]) * 1.1
+    base_y = height - pad_y
+    span_x = width - pad_left - pad_right
+    step = span_x / max(len(points) - 1, 1)
+
+    def y_of(value: float) -> float:
+        return round(base_y - (height - 2 * pad_y) * value / top, 1)
+
+    marks = []
+    for i, p in enumerate(points):
+        # A lone run sits in the middle rather than on the axis.
+        x = round(pad_left + (i * step if len(points) > 1 else span_x / 2), 1)
+        measured = p["value"] is not None
+        y = y_of(p["value"]) if measured else base_y
+        figure = f"{p['value']:,.1f}{unit}" if measured else "nothing measured"
+        marks.append(
+            {
+                "x": x,
+                "y": y,
+                "kind": p["kind"],
+                "color": TREND_HEX.get(p["kind"], "#757575"),
+                "measured": measured,
+                "floor_y": None if p["floor"] is None else y_of(p["floor"]),
+                # A failure is a cross centred on its figure.
+                "cross": f"M{x - 4:.1f},{y - 4:.1f} l8,8 m0,-8 l-8,8",
+                "title": f"{p['time']:%Y-%m-%d %H:%M} {p['kind']}: {figure}",
+            }
+        )
+    passes = [m for m in marks if m["kind"] != "failed" and m["measured"]]
+    # The floor as horizontal steps: each run's floor spans half-way to its neighbours.
+    floor_d = []
+    half = step / 2 if len(points) > 1 else span_x / 2
+    for m in marks:
+        if m["floor_y"] is None:
+            continue
+        x0 = round(max(m["x"] - half, pad_left), 1)
+        x1 = round(min(m["x"] + half, width - pad_right), 1)
+        floor_d.append(f"M{x0},{m['floor_y']} H{x1}")
+    return {
+        "empty": False,
+        "width": width,
+        "height": height,
+        "pad_left": pad_left,
+        "right_x": width - pad_right,
+        "top_y": pad_y,
+        "base_y": base_y,
+        "top": top,
+        "unit": unit,
+        "marks": marks,
+        "line": " ".join(f"{m['x']},{m['y']}" for m in passes),
+        "floor_d": " ".join(floor_d),
+        "declared": declared,
+        "declared_y": None if declared is None else y_of(declared),
+        "start": points[0]["time"],
+        "end": points[-1]["time"],
+        "label_y": height - 4,
+    }

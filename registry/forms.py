@@ -10,7 +10,14 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import slug_re
 
-from registry.choices import ALLOWED_TRANSITIONS, OPERATOR_TRANSITIONS, Origin, Role, Status
+from registry.choices import (
+    ALLOWED_TRANSITIONS,
+    OPERATOR_TRANSITIONS,
+    Origin,
+    Precision,
+    Role,
+    Status,
+)
 from registry.models import Accelerator, Center, Cluster, Hub, Pool, Trait
 from registry.services import CENTER_FIELDS, POOL_FIELDS
 
@@ -53,6 +60,10 @@ class CenterForm(forms.ModelForm):
         self.fields["cluster"].label_from_instance = lambda c: f"{c.hub.code} · {c.name}"
 
 
+# DRF's message for a value outside a ChoiceField's choices, with Django's placeholder.
+PRECISION_INVALID = '"%(value)s" is not a valid choice.'
+
+
 class PoolForm(forms.ModelForm):
     """Declare a pool: the fields ``registry.services.pool_create`` accepts, plus traits."""
 
@@ -65,6 +76,31 @@ class PoolForm(forms.ModelForm):
     class Meta:
         model = Pool
         fields = list(POOL_FIELDS)
+        labels = {
+            "declared_tflops_per_accelerator": "Declared TFLOPS per accelerator",
+            "declared_precision": "Precision of the declared TFLOPS",
+        }
+        help_texts = {
+            "declared_tflops_per_accelerator": "Dense throughput of one accelerator in the "
+            "precision below (at most the datasheet figure).",
+            "declared_precision": "The arithmetic your TFLOPS figure is about. Verification "
+            "challenges every accelerator in it, and refuses as impossible a measurement above "
+            "the catalog's peak for it. Most datasheets quote BF16 (tensor cores).",
+        }
+        # The REST API's words for the same mistake (DRF's ChoiceField), so both doors agree.
+        error_messages = {"declared_precision": {"invalid_choice": PRECISION_INVALID}}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["declared_precision"].required = False
+        # The precision reads as part of the figure: put it right after the TFLOPS.
+        names = [n for n in self.fields if n != "declared_precision"]
+        names.insert(names.index("declared_tflops_per_accelerator") + 1, "declared_precision")
+        self.order_fields(names)
+
+    def clean_declared_precision(self) -> str:
+        # Omitted (a script posting the form) means the model's default, as through the API.
+        return self.cleaned_data.get("declared_precision") or Precision.BF16
 
     def clean_traits(self) -> list[str]:
         raw = self.cleaned_data.get("traits") or ""

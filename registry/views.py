@@ -358,6 +358,8 @@ def pool_detail_context(request: HttpRequest, national_id: str) -> dict[str, Any
         "pool": pool,
         "editable": editable,
         "traits": [t.slug for t in pool.traits.all()],
+        # The datasheet figure for the precision the declaration is about (None: not catalogued).
+        "catalog_peak": pool.accelerator.peak_tflops(pool.declared_precision),
         "transition_form": TransitionForm(
             status=pool.status, staff=selectors.is_platform_staff(request.user)
         ),

@@ -10,6 +10,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -26,11 +27,88 @@ from registry import views as registry_views
 from registry.choices import Door
 from registry.forms import apply_service_errors
 from verification import selectors, services
-from verification.choices import Trigger
+from verification.choices import RunState, Trigger
 from verification.forms import DowntimeForm
+from verification.models import VerificationRun
 
 AVAILABILITY_DAYS = 14
 HEARTBEAT_WINDOW = dt.timedelta(hours=2)
+# Verification runs drawn in a pool's throughput trend (at the default daily re-verification: a
+# month).
+TREND_RUNS = 30
+
+
+def _trend_context(pool: Any) -> dict[str, Any]:
+    """The pool's measured throughput per accelerator over its finished runs, for whoever may see
+    the pool (the caller fetched it through ``pools_visible_to``).
+
+    Only the public part of each run is read: when, passed or failed, the figure, the drift
+    ratio. The evidence behind it (seeds, devices, checks) stays the operator's
+    (``selectors.runs_visible_to``). Each run's drift floor repeats the verifier's rule
+    (``services._judge_drift``): (1 - threshold) x the best of the pool's previous
+    ``VERIFICATION_DRIFT_HISTORY`` passed runs, so the chart shows what each run was held to.
+    """
+    threshold = settings.VERIFICATION_DRIFT_THRESHOLD
+    history = settings.VERIFICATION_DRIFT_HISTORY
+    # Older runs than those drawn are read only to know the first drawn run's record.
+    rows = list(
+        VerificationRun.objects.filter(
+            pool=pool, state__in=(RunState.PASSED, RunState.FAILED), finished_at__isnull=False
+        )
+        .order_by("-finished_at", "-id")
+        .only(
+            "run_id", "state", "finished_at", "verdict_reason", "drift",
+            "measured_tflops_per_accelerator", "declared_tflops_per_accelerator",
+        )[: TREND_RUNS + history]
+    )[::-1]  # fmt: skip
+    passes: list[float] = []  # measured figures of passed runs so far, oldest first
+    points: list[dict[str, Any]] = []
+    for run in rows:
+        record = max(passes[-history:]) if passes and history > 0 else None
+        measured = run.measured_tflops_per_accelerator
+        if run.state == RunState.FAILED:
+            kind = "failed"
+        elif run.verdict_reason.startswith(services.DRIFT_REASON):
+            kind = "drift"
+        else:
+            kind = "passed"
+        points.append(
+            {
+                "run": run,
+                "time": run.finished_at,
+                "value": measured,
+                "kind": kind,
+                "floor": None if record is None else record * (1 - threshold),
+                "of_declared": (
+                    measured / run.declared_tflops_per_accelerator
+                    if measured is not None and run.declared_tflops_per_accelerator
+                    else None
+                ),
+            }
+        )
+        if run.state == RunState.PASSED and measured is not None:
+            passes.append(measured)
+    points = points[-TREND_RUNS:]
+    record = max(passes[-history:]) if passes and history > 0 else None
+    declared = pool.declared_tflops_per_accelerator
+    latest = next((p["value"] for p in reversed(points) if p["value"] is not None), None)
+    # What a screen reader announces for the chart; the table below has every figure.
+    title = (
+        f"Measured TFLOPS per accelerator over the last {len(points)} verification runs: "
+        f"latest {'none' if latest is None else f'{latest:,.1f}'}, "
+        f"declared {'none' if declared is None else f'{declared:,.1f}'}"
+    )
+    return {
+        "trend_title": title,
+        "floor_title": f"drift floor: {1 - threshold:.0%} of the best of the previous "
+        f"{history} passed runs",
+        "trend": charts.trend_chart(points, declared=declared),
+        "trend_points": points,
+        "drift_threshold": threshold,
+        "drift_history": history,
+        "drift_record": record,
+        "drift_next_floor": None if record is None else record * (1 - threshold),
+    }
 
 
 def _verification_context(request: HttpRequest, pool: Any) -> dict[str, Any]:
@@ -73,6 +151,7 @@ def pool_detail(request: HttpRequest, national_id: str, **extra: Any) -> HttpRes
     """The pool page, with verification runs, heartbeats, availability and downtime for its
     operator."""
     context = registry_views.pool_detail_context(request, national_id)
+    context.update(_trend_context(context["pool"]))
     if context["editable"]:
         context.update(_verification_context(request, context["pool"]))
         context.setdefault("downtime_form", DowntimeForm())

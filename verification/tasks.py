@@ -15,15 +15,22 @@ from django.conf import settings
 from verification import services
 from verification.errors import AgentUnavailable
 
+# Seconds before the first retry of an unreachable agent; each later retry waits twice as long
+# (up to RETRY_BACKOFF_MAX), with no jitter: 2, 4, 8, 16, 32 s, so the default 5 retries span
+# 62 s, more than an agent takes to start on a busy host (a worker started before its agents
+# waits for them). Full jitter could draw ~0 s for every retry and give up within seconds.
+RETRY_BACKOFF_SECONDS = 2
+RETRY_BACKOFF_MAX = 60
+
 
 @shared_task(
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(AgentUnavailable,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    retry_backoff=RETRY_BACKOFF_SECONDS,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=False,
     max_retries=settings.VERIFICATION_MAX_RETRIES,
     # Below Redis' visibility timeout and RabbitMQ's consumer_timeout (RELIABILITY 2.3).
     time_limit=settings.VERIFICATION_TASK_TIME_LIMIT,

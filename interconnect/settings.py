@@ -319,6 +319,8 @@ BROKER_FAIR_SHARE_CAP = env.float("BROKER_FAIR_SHARE_CAP", default=0.5)
 BROKER_PLACEMENT_WEIGHTS: dict[str, dict[str, float]] = {}
 # A held booking keeps its capacity this long unless confirmed (database time).
 BROKER_HOLD_SECONDS = env.int("BROKER_HOLD_SECONDS", default=300)
+# An earliest start this far in the past is clock skew and means now; further back it is refused.
+BROKER_START_GRACE_SECONDS = env.int("BROKER_START_GRACE_SECONDS", default=120)
 # Dispatch booked workloads to agents on commit (off for benchmarks without agents).
 BROKER_DISPATCH = env.bool("BROKER_DISPATCH", default=True)
 # gRPC server: worker threads per process and the message size limit both ways.

@@ -316,8 +316,32 @@ def test_no_pool_is_verified_without_a_completed_check_when_its_agent_is_lost(
         assert fig["recovery_s"] is not None
 
 
+def test_the_retry_schedule_outlasts_an_agent_start_up() -> None:
+    """The countdowns ``pool_verify`` retries an unreachable agent with, as Celery computes them
+    (``autoretry``): fixed (no full jitter, which may draw 0 s each time) and a minute in all
+    with the default 5 retries."""
+    from celery.utils.time import get_exponential_backoff_interval
+
+    from verification.tasks import pool_verify
+
+    assert pool_verify.retry_jitter is False
+    countdowns = [
+        get_exponential_backoff_interval(
+            factor=int(max(1.0, pool_verify.retry_backoff)),
+            retries=retries,
+            maximum=pool_verify.retry_backoff_max,
+            full_jitter=pool_verify.retry_jitter,
+        )
+        for retries in range(5)  # VERIFICATION_MAX_RETRIES' default
+    ]
+    assert countdowns[0] >= 2, countdowns
+    assert sum(countdowns) >= 60, countdowns
+
+
 def test_a_worker_started_before_its_agent_waits_for_it(
-    make_platform: Callable[..., Platform], make_redis: Callable[..., PrivateRedis]
+    make_platform: Callable[..., Platform],
+    make_redis: Callable[..., PrivateRedis],
+    figure: Callable[..., Figure],
 ) -> None:
     """X9 (start-up order, as in ``make run``): the worker is up and the pool submitted before
     the agent listens. ``pool_verify``'s retries (2, 4, 8, 16, 32 s without jitter, the default
@@ -325,6 +349,7 @@ def test_a_worker_started_before_its_agent_waits_for_it(
     in error; with full jitter the same 5 retries could all be drawn near 0 s."""
     redis = make_redis(appendonly=False)
     platform = make_platform(broker_url=redis.url)
+    fig = figure("X9.late_agent", attempted=1, recovery_s=None)
     env = {k: v for k, v in VERIFY_ENV.items() if k != "VERIFICATION_MAX_RETRIES"}
     platform.start_worker(**env)  # the default VERIFICATION_MAX_RETRIES (5)
     port = free_port()
@@ -341,7 +366,9 @@ def test_a_worker_started_before_its_agent_waits_for_it(
     wait_until(lambda: attempts() >= 2, timeout=60, what="two refused deliveries")
     refused_at = time.monotonic()
     assert _runs(platform).keys() <= {"queued", "running"}, _runs(platform)
+    fig["refused_before_agent"] = attempts()
     _start_agent(platform, port)
+    agent_up_at = time.monotonic()
     wait_until(
         lambda: not ({"queued", "running"} & set(_runs(platform))),
         timeout=90,
@@ -350,6 +377,15 @@ def test_a_worker_started_before_its_agent_waits_for_it(
     state, tries, reason = platform.sql(
         "SELECT state, attempts, verdict_reason FROM verification_verificationrun"
     )[0]
+    fig.update(
+        run_state=state,
+        deliveries=tries,
+        acked=_active(platform),
+        lost=int(state != "passed"),
+        doubled=0 if _active(platform) <= 1 else _active(platform) - 1,
+        oversold=None,  # nothing is booked
+        recovery_s=rounded(time.monotonic() - agent_up_at),  # agent listening -> run finished
+    )
     assert (state, _active(platform)) == ("passed", 1), reason
     assert tries >= 3, tries  # passed on a retry, after the agent came up
     assert _verified_without_check(platform) == 0

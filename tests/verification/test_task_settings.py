@@ -9,7 +9,7 @@ from django_celery_beat.models import PeriodicTask
 
 from interconnect.celery import app
 from verification.errors import AgentUnavailable
-from verification.tasks import heartbeat_sweep, pool_verify, reverify_sweep
+from verification.tasks import RETRY_BACKOFF_SECONDS, heartbeat_sweep, pool_verify, reverify_sweep
 
 # RabbitMQ's consumer_timeout (30 min since 3.8.15 defaults changed) bounds every ack.
 RABBITMQ_CONSUMER_TIMEOUT_S = 1800
@@ -19,7 +19,7 @@ def test_pool_verify_is_acknowledged_late_and_requeued_if_its_worker_dies() -> N
     assert pool_verify.acks_late is True
     assert pool_verify.reject_on_worker_lost is True
     assert pool_verify.autoretry_for == (AgentUnavailable,)
-    assert pool_verify.retry_backoff is True
+    assert pool_verify.retry_backoff == RETRY_BACKOFF_SECONDS and pool_verify.retry_jitter is False
     assert pool_verify.max_retries >= 3  # read from VERIFICATION_MAX_RETRIES at import
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.task_always_eager is False

@@ -57,7 +57,7 @@ from agent.challenge import (  # noqa: E402
     precision,
     row_blocks,
 )
-from verification.freivalds import freivalds  # noqa: E402
+from verification.freivalds import StepChecker  # noqa: E402
 
 TARGET_SHARE = 0.05  # issue 10: the verifier spends at most 5 % of the agent's compute
 # Table 3: an honest A100 (312 TFLOPS BF16) emulated at 312e12 * 3e-9 = 0.94 GFLOPS per device;
@@ -127,9 +127,10 @@ def chain_cost(name: str, n: int, steps: int, k: int, seed: int = 20261130) -> C
     t_hash = time.process_time() - started
 
     started = time.process_time()
+    checker = StepChecker(b, name, k=k, rng=rng)  # as the verifier does: B's side once a device
     for t, c in enumerate(opened, 1):
         x = a if t == 1 else next_input(opened[t - 2], name)
-        if not all(v.passed for v in freivalds(x, b, c, k=k, rng=rng, name=name)):
+        if not all(v.passed for v in checker.check(x, c)):
             raise SystemExit(f"{name} n={n}: an honest step {t} failed Freivalds")
     t_freivalds = time.process_time() - started
     return Cost(name, n, steps, agent_wall, agent_cpu, t_inputs, t_hash, t_freivalds)

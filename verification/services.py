@@ -40,7 +40,7 @@ from registry.netguard import OutboundRefused, grpc_authority_options, outbound_
 from verification import agent_client
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
-from verification.freivalds import freivalds, tflops
+from verification.freivalds import StepChecker, tflops
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 logger = logging.getLogger(__name__)
@@ -386,8 +386,13 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
         and n * 2 <= settings.VERIFICATION_MAX_MATRIX_SIZE
     ):
         n *= 2  # a fast device: larger products, so the chain stays within MAX_STEPS
-    steps = math.ceil(steps_at(n))
-    steps = min(max(steps, settings.VERIFICATION_MIN_STEPS), settings.VERIFICATION_MAX_STEPS)
+
+    def clamp(value: float) -> int:
+        return min(
+            max(math.ceil(value), settings.VERIFICATION_MIN_STEPS), settings.VERIFICATION_MAX_STEPS
+        )
+
+    steps = clamp(steps_at(n))
     sample = settings.VERIFICATION_SAMPLE_NODES
     system = secrets.SystemRandom()
     nodes = sorted(
@@ -395,10 +400,19 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     )
     per = pool.accelerators_per_node
     devices = {node * per + slot: secrets.randbits(64) for node in nodes for slot in range(per)}
-    # The agent keeps every product until it is opened: keep the chain within its memory.
+    # The agent keeps every product until it is opened: keep the chain within its memory, with
+    # smaller products first (the chain then lasts less than the target: a fast device measured
+    # over a shorter time), and fewer steps only as a last resort.
     itemsize = precision_of(pool.declared_precision).accumulator.itemsize
-    fits = settings.VERIFICATION_MAX_CHALLENGE_BYTES // (len(devices) * n * n * itemsize)
-    steps = max(2, min(steps, fits))
+
+    def kept(size: int, length: int) -> int:
+        return len(devices) * length * size * size * itemsize
+
+    cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
+    while kept(n, steps) > cap and n // 2 >= MIN_MATRIX_SIZE:
+        n //= 2
+        steps = clamp(steps_at(n))
+    steps = max(2, min(steps, cap // kept(n, 1)))
     return ChallengePlan(
         n=n,
         steps=steps,
@@ -614,10 +628,11 @@ def _check_chains(
     results = []
     for device, seed in plan.devices.items():
         a, b = inputs(seed, plan.n, plan.precision)
+        checker = StepChecker(b, plan.precision, k=k, rng=rng)
         worst = 0.0
         for step in opened:
             x = a if step == 1 else next_input(products[(device, step - 1)], plan.precision)
-            checks = freivalds(x, b, products[(device, step)], k=k, rng=rng, name=plan.precision)
+            checks = checker.check(x, products[(device, step)])
             worst = max(worst, max(c.worst_ratio for c in checks))
             if device == next(iter(plan.devices)) and step == opened[-1]:
                 results = [c.as_json() for c in checks]

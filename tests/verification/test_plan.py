@@ -1,0 +1,63 @@
+"""How the verifier sizes a challenge (``plan_challenge``): from the declaration, within what
+the agent may keep, on nodes it cannot predict. No database: unsaved model instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from registry.models import Accelerator, Pool
+from verification.services import plan_challenge, sample_bound
+
+
+def pool(declared: float, *, per_node: int = 8, nodes: int = 16, precision: str = "bf16") -> Pool:
+    return Pool(
+        accelerator=Accelerator(slug="x", bf16_dense_tflops=declared),
+        accelerators_per_node=per_node,
+        nodes=nodes,
+        declared_tflops_per_accelerator=declared,
+        declared_precision=precision,
+    )
+
+
+@pytest.mark.parametrize("declared", [0.05, 10.0, 312.0, 989.0])
+def test_a_production_chain_fits_what_the_agent_may_keep(declared: float, settings: Any) -> None:
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    plan = plan_challenge(pool(declared))
+    kept = len(plan.devices) * plan.steps * plan.n**2 * 4
+    assert kept <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
+    assert 2 <= plan.steps <= settings.VERIFICATION_MAX_STEPS
+    assert 64 <= plan.n <= settings.VERIFICATION_MAX_MATRIX_SIZE
+
+
+def test_a_slow_device_gets_smaller_products_not_a_shorter_target(settings: Any) -> None:
+    settings.VERIFICATION_TIME_SCALE = 1e-7
+    plan = plan_challenge(pool(312.0))
+    seconds = plan.steps * 2 * plan.n**3 / (312e12 * 1e-7)
+    assert plan.n <= settings.VERIFICATION_MATRIX_SIZE
+    assert settings.VERIFICATION_MIN_STEPS <= plan.steps <= settings.VERIFICATION_MAX_STEPS
+    assert (
+        0.5 * settings.VERIFICATION_TARGET_SECONDS
+        <= seconds
+        <= 2.5 * (settings.VERIFICATION_TARGET_SECONDS)
+    )
+
+
+def test_nodes_are_sampled_and_every_accelerator_of_them_is_challenged(settings: Any) -> None:
+    settings.VERIFICATION_SAMPLE_NODES = 2
+    seen = set()
+    for _ in range(40):
+        plan = plan_challenge(pool(312.0))
+        assert len(plan.nodes) == 2
+        assert sorted(plan.devices) == [n * 8 + s for n in plan.nodes for s in range(8)]
+        assert len(set(plan.devices.values())) == 16  # a seed of its own per device
+        seen.update(plan.nodes)
+    assert len(seen) > 8  # the agent cannot know which nodes come next
+
+
+def test_the_sample_bound() -> None:
+    assert sample_bound(16, 16, 0.1) == 0.0
+    assert sample_bound(16, 2, 0.0) == 1.0
+    # 2 of 10 bad nodes, 3 sampled: C(8,3)/C(10,3) = 56/120
+    assert sample_bound(10, 3, 0.2) == pytest.approx(56 / 120)

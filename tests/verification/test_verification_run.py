@@ -270,3 +270,22 @@ def test_an_agent_name_that_does_not_resolve_is_retried(
         services.verification_run(run_id=str(run.run_id))
     run.refresh_from_db()
     assert run.state == RunState.QUEUED  # released for the retry
+
+
+def test_a_sample_of_steps_is_opened_when_the_setting_says_so(
+    submitted_pool: Any, settings: Any
+) -> None:
+    settings.VERIFICATION_OPEN_STEPS = 2
+    run = queued_run(submitted_pool)
+
+    assert services.verification_run(run_id=str(run.run_id)).state == RunState.PASSED
+    run.refresh_from_db()
+    assert run.steps > 2
+    assert {d["steps_opened"] for d in run.devices} == {2}
+
+
+def test_the_opened_sample_always_holds_the_last_step(settings: Any) -> None:
+    settings.VERIFICATION_OPEN_STEPS = 3
+    for _ in range(20):
+        chosen = services._choose_steps(10)
+        assert len(chosen) == 3 and chosen[-1] == 10 and len(set(chosen)) == 3

@@ -104,7 +104,7 @@ class SimulatedBackend:
                 self._wait_until(due)
             sink.commit(step, product)
             x = next_input(product, name)
-        return DeviceReport(sink.device, description)
+        return _report(sink, description)
 
     def _product(self, x: Matrix, b: Matrix, step: int, sink: StepSink) -> Matrix:
         """The step's product as the mode computes it."""
@@ -131,7 +131,7 @@ class SimulatedBackend:
             product = multiply(x, b, name)
             sink.keep(step, product)
             x = next_input(product, name)
-        return DeviceReport(sink.device, description)
+        return _report(sink, description)
 
     def _replayed(self, sink: StepSink, per_step: float, description: str) -> DeviceReport:
         """cheat-replay: the first chain this agent ever computed, for every later answer."""
@@ -151,7 +151,26 @@ class SimulatedBackend:
             due += per_step
             self._wait_until(due)
             sink.commit(step, chain[step - 1].copy())
-        return DeviceReport(sink.device, description)
+        return _report(sink, description)
+
+
+# Format of the attestation a simulated device attaches: the request's nonce, device and
+# challenge id, so the verifier can show where a report is bound to its challenge. Real
+# hardware attaches its vendor's report instead (e.g. NVIDIA confidential computing).
+SIMULATED_ATTESTATION = "simulated-nonce-echo"
+
+
+def _report(sink: StepSink, description: str) -> DeviceReport:
+    """The device report of a simulated accelerator, with its nonce-bound attestation."""
+    body = b"|".join(
+        [
+            b"simulated",
+            sink.challenge.challenge_id.encode(),
+            str(sink.device).encode(),
+            sink.challenge.nonce,
+        ]
+    )
+    return DeviceReport(sink.device, description, body, SIMULATED_ATTESTATION)
 
 
 def _unrelated_matrix(seed: int, step: int, n: int, name: str) -> Matrix:

@@ -8,6 +8,7 @@ never at import time, because Celery forks its pool after importing tasks.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ DTYPE_VALUES = {
 # Chunks are under 1 MiB by contract; 4 MiB matches the agent's explicit limit.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PINGS = 3
+# Attestation reports larger than this are stored by hash only.
+MAX_ATTESTATION_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,13 @@ def run_benchmark(
                     if r.attestation
                     else "",
                     "attestation_bytes": len(r.attestation),
+                    # The report itself, kept with the run (bounded); its vendor signature is
+                    # not checked here (docs/verification.md, "Attestation").
+                    "attestation_b64": base64.b64encode(r.attestation).decode()
+                    if 0 < len(r.attestation) <= MAX_ATTESTATION_BYTES
+                    else "",
+                    # Bound to this challenge: the report contains the verifier's fresh nonce.
+                    "attestation_has_nonce": bool(nonce) and nonce in r.attestation,
                 }
     except grpc.RpcError as exc:
         # Past the deadline with commitments in hand: a slow answer, judged on what came.

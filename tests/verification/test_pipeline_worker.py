@@ -59,6 +59,9 @@ def test_an_honest_center_becomes_active_with_its_evidence(
     assert all(entry["passed"] for entry in run.freivalds)
     assert len(run.devices) == 8 and {d["node"] for d in run.devices} == set(run.sample["nodes"])
     assert all(d["steps_opened"] == run.steps and d["worst_ratio"] < 1 for d in run.devices)
+    # Each device's attestation is stored with the run and bound to this run's nonce.
+    assert all(d["attestation_format"] == "simulated-nonce-echo" for d in run.devices)
+    assert all(d["attestation_has_nonce"] and d["attestation_b64"] for d in run.devices)
     assert min(d["tflops"] for d in run.devices) == run.measured_tflops_per_accelerator
     assert run.inventory_match["mismatches"] == []
     assert run.rtt_ms is not None and run.wall_seconds > 0

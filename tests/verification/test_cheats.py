@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -300,3 +301,48 @@ def test_a_pool_measuring_clearly_below_its_record_is_degraded_for_drift(
     pool.refresh_from_db()
     assert third.state == RunState.PASSED and not third.verdict_reason.startswith("drift")
     assert pool.status == Status.ACTIVE
+
+
+PRODUCTION_CASES = [
+    (SimulationMode.HONEST, "verified"),
+    (SimulationMode.CHEAT_TIMING, "opening"),
+    (SimulationMode.CHEAT_RTT, "throughput"),
+    (SimulationMode.CHEAT_SKIP, "arithmetic"),
+    (SimulationMode.CHEAT_FAST, "impossible"),
+    (SimulationMode.CHEAT_PRECISION, "arithmetic"),
+    (SimulationMode.CHEAT_ONE_DEVICE, "throughput"),
+    (SimulationMode.CHEAT_REPLAY, "arithmetic"),
+    (SimulationMode.CHEAT_ONE_ENTRY, "arithmetic"),
+    (SimulationMode.CHEAT_WRONG, "arithmetic"),
+    (SimulationMode.CHEAT_PARTIAL, "arithmetic"),
+    (SimulationMode.SLOW, "throughput"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("mode", "reason"), PRODUCTION_CASES)
+def test_every_cheat_fails_at_production_time_scale(
+    mode: SimulationMode, reason: str, start_agent: Any, pool_at: Any, acme: Any, settings: Any
+) -> None:
+    """VERIFICATION_TIME_SCALE=1.0 and simulated devices at 1.0: a small accelerator (4 GFLOPS
+    per device, its catalog peak) that this CPU can emulate for real, two per node."""
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    settings.VERIFICATION_TARGET_SECONDS = 1.0
+    tiny = Accelerator.objects.create(
+        slug="test-tiny", vendor="Test", model="tiny", origin="imported", bf16_dense_tflops=0.004
+    )
+    config = agent_config(mode, model="test-tiny", declared_tflops=0.004, accelerators_per_node=2)
+    production = replace(config, simulation=replace(config.simulation, time_scale=1.0))
+    pool = pool_at(
+        acme,
+        start_agent(production),
+        accelerator=tiny,
+        accelerators_per_node=2,
+        declared_tflops_per_accelerator=0.004,
+    )
+
+    run = run_directly(force_status(pool, Status.SUBMITTED))
+
+    assert run.time_scale == 1.0
+    assert run.verdict_reason.startswith(reason), run.verdict_reason
+    assert run.state == (RunState.PASSED if mode is SimulationMode.HONEST else RunState.FAILED)

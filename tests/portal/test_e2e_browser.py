@@ -22,6 +22,7 @@ from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import Error as PlaywrightError
 
+from tests.portal.conftest import E2E_WORKER_SETTINGS
 from verification.services import PoolBeat, heartbeat_record
 
 CHROMIUM = "/usr/bin/chromium"
@@ -174,7 +175,10 @@ def test_register_verify_find_book_watch_cancel_and_see_it_on_the_dashboard(
     shot(page, "07-pool-active-verified")
     run.locator("a").click()
     assert page.inner_text("#run-state") == "Passed"
-    assert page.locator("#freivalds .badge.green").count() == 16
+    rounds = int(E2E_WORKER_SETTINGS["VERIFICATION_FREIVALDS_ROUNDS"])
+    assert page.locator("#freivalds .badge.green").count() == rounds
+    # One row per accelerator of the sampled node: 8 per node.
+    assert page.locator("#devices tr").count() == 1 + 8
     shot(page, "08-verification-run")
 
     page.click("text=My pools")

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import flops, inputs, multiply, next_input
+from agent.challenge import flops, inputs, next_input
+from agent.challenge import step as step_product
 from agent.config import PoolConfig
 from agent.errors import FailedPrecondition, InvalidArgument
 from agent.inventory import cpu_description
@@ -35,7 +36,7 @@ class NumpyBackend:
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
         for step in range(1, sink.challenge.steps + 1):
-            product = multiply(x, b, name)
+            product = step_product(x, b, name, sink.challenge.inner)
             sink.commit(step, product)
             x = next_input(product, name)
         return DeviceReport(sink.device, f"numpy on {cpu_description()}")
@@ -116,6 +117,8 @@ class TorchBackend:
             scale = 1.0 / float(np.sqrt(sink.challenge.n))
         hashing: list[threading.Thread] = []
         for step in range(1, sink.challenge.steps + 1):
+            for _ in range(sink.challenge.inner - 1):  # unsent products, rounded as between steps
+                x = (self._matmul(x, bt, name) * scale).t().contiguous().to(self._dtypes[name])
             product = self._matmul(x, bt, name)
             host = product.to("cpu", non_blocking=False).numpy()
             # Hash on the host while the device computes the next step.

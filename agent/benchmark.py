@@ -26,7 +26,7 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 STORE_TTL_SECONDS = 300.0
 # How long OpenBenchmark waits for the chains of its challenge to end (an honest agent's end a
 # moment after their last commitment).
-OPEN_WAIT_SECONDS = 10.0
+OPEN_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Challenge:
     steps: int
     devices: tuple[tuple[int, int], ...]  # (device index, seed)
     nonce: bytes = b""
+    inner: int = 1  # chained products behind each commitment
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ class Precision:
     accumulator: np.dtype[np.generic]
 
     @property
+    def input_roundoff(self) -> float:
+        """u of the input type: 2^-8 for BF16, 2^-11 for FP16, 2^-24 for FP32, 2^-53 for FP64."""
+        return float(ml_dtypes.finfo(self.input).eps) / 2.0
+
+    @property
     def unit_roundoff(self) -> float:
         """u of the accumulator: half its machine epsilon (2^-24 for FP32, 2^-53 for FP64)."""
         return float(np.finfo(self.accumulator).eps) / 2.0
@@ -110,11 +115,24 @@ def multiply(x: Matrix, b: Matrix, name: str) -> Matrix:
     return result
 
 
-def chain(seed: int, n: int, name: str, steps: int) -> Iterator[Matrix]:
+def step(x: Matrix, b: Matrix, name: str, inner: int = 1) -> Matrix:
+    """One committed step: ``inner`` chained products, the last one returned unrounded.
+
+    ``inner`` > 1 puts more arithmetic behind each commitment (a fast accelerator would
+    otherwise spend more time hashing products than computing them): the intermediate products
+    are rounded to the next input exactly as between steps, and never sent.
+    """
+    y = x
+    for _ in range(inner - 1):
+        y = next_input(multiply(y, b, name), name)
+    return multiply(y, b, name)
+
+
+def chain(seed: int, n: int, name: str, steps: int, inner: int = 1) -> Iterator[Matrix]:
     """The products C_1 .. C_steps of the challenge for ``seed``, computed on the host."""
     x, b = inputs(seed, n, name)
     for _ in range(steps):
-        product = multiply(x, b, name)
+        product = step(x, b, name, inner)
         yield product
         x = next_input(product, name)
 
@@ -138,9 +156,9 @@ def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: 
     return h.digest()
 
 
-def flops(n: int, steps: int = 1) -> float:
-    """Floating-point operations of a chain: 2 n^3 per step."""
-    return 2.0 * n**3 * steps
+def flops(n: int, steps: int = 1, inner: int = 1) -> float:
+    """Floating-point operations of a chain: 2 n^3 per product, ``inner`` products a step."""
+    return 2.0 * n**3 * steps * inner
 
 
 def rows_per_chunk(n: int, itemsize: int, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> int:

@@ -249,6 +249,7 @@ class AgentConfig:
     max_workers: int = 32
     max_matrix_size: int = 8192
     max_steps: int = 1000
+    max_inner: int = 4096
     max_challenge_bytes: int = 4 * 1024 * MIB
     backend: str = "numpy"
     grace_seconds: float = 5.0

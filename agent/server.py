@@ -144,6 +144,9 @@ def challenge_from_pb(
         raise InvalidArgument("n", f"must be between 1 and {config.max_matrix_size}")
     if not 1 <= request.steps <= config.max_steps:
         raise InvalidArgument("steps", f"must be between 1 and {config.max_steps}")
+    inner = request.inner or 1
+    if inner > config.max_inner:
+        raise InvalidArgument("inner", f"must be between 1 and {config.max_inner}")
     if not request.challenge_id or len(request.challenge_id) > 100:
         raise InvalidArgument("challenge_id", "must be 1 to 100 characters")
     if not request.devices:
@@ -167,6 +170,7 @@ def challenge_from_pb(
         steps=request.steps,
         devices=tuple(devices),
         nonce=request.nonce,
+        inner=inner,
     )
 
 

@@ -22,7 +22,8 @@ import ml_dtypes
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import Matrix, flops, inputs, multiply, next_input, precision
+from agent.challenge import Matrix, flops, inputs, next_input, precision
+from agent.challenge import step as chain_step
 from agent.config import PoolConfig, SimulationConfig, SimulationMode
 from agent.errors import InvalidArgument, Unavailable
 
@@ -69,7 +70,7 @@ class SimulatedBackend:
         speed = self.simulation.effective_speed_factor
         if mode is SimulationMode.CHEAT_RTT:
             speed *= CHEAT_RTT_SPEED
-        per_step = step_seconds(
+        per_step = challenge.inner * step_seconds(
             n, pool.declared_tflops_per_accelerator, self.simulation.time_scale, speed
         )
         description = f"simulated {pool.accelerator_model} #{sink.device}"
@@ -113,7 +114,7 @@ class SimulatedBackend:
         n = sink.challenge.n
         if mode is SimulationMode.CHEAT_WRONG:
             return _unrelated_matrix(sink.seed, step, n, name)
-        product = multiply(x, b, name)
+        product = chain_step(x, b, name, sink.challenge.inner)
         if mode is SimulationMode.CHEAT_PARTIAL:
             _perturb_rows(product, sink.seed + step)
         elif mode is SimulationMode.CHEAT_ONE_ENTRY and step == sink.challenge.steps:
@@ -128,7 +129,7 @@ class SimulatedBackend:
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
         for step in range(1, sink.challenge.steps + 1):
-            product = multiply(x, b, name)
+            product = chain_step(x, b, name, sink.challenge.inner)
             sink.keep(step, product)
             x = next_input(product, name)
         return _report(sink, description)
@@ -141,7 +142,7 @@ class SimulatedBackend:
                 x, b = inputs(sink.seed, n, name)
                 chain = []
                 for _ in range(steps):
-                    product = multiply(x, b, name)
+                    product = chain_step(x, b, name, sink.challenge.inner)
                     chain.append(product)
                     x = next_input(product, name)
                 self._replay = chain

@@ -272,6 +272,10 @@ VERIFICATION_MAX_MATRIX_SIZE = env.int("VERIFICATION_MAX_MATRIX_SIZE", default=8
 VERIFICATION_TARGET_SECONDS = env.float("VERIFICATION_TARGET_SECONDS", default=4.0)
 VERIFICATION_MIN_STEPS = env.int("VERIFICATION_MIN_STEPS", default=4)
 VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
+# Chained products behind each commitment, so a step lasts at least MIN_STEP_SECONDS at the
+# declared speed (a fast accelerator would otherwise spend its time hashing, not computing).
+VERIFICATION_MIN_STEP_SECONDS = env.float("VERIFICATION_MIN_STEP_SECONDS", default=0.05)
+VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=1024)
 # Steps opened and checked per device; 0 opens every step (false acceptance of a broken link:
 # 2^-k). Fewer steps bound a cheater that breaks a share q of links by (1 - q)^s.
 VERIFICATION_OPEN_STEPS = env.int("VERIFICATION_OPEN_STEPS", default=0)

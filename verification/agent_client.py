@@ -159,6 +159,7 @@ def run_benchmark(
     challenge_id: str,
     nonce: bytes,
     timeout: float,
+    inner: int = 1,
 ) -> BenchmarkAnswer:
     """Send a challenge and collect the commitments with their arrival times on our clock.
 
@@ -174,6 +175,7 @@ def run_benchmark(
         pool_key=pool_key,
         challenge_id=challenge_id,
         nonce=nonce,
+        inner=inner,
     )
     answer = BenchmarkAnswer()
     expected = dict.fromkeys(devices, 1)
@@ -244,7 +246,14 @@ def open_benchmark(
                 raise VerificationRefuted(f"bad data: device {m.device} step {m.step} not asked")
             blocks[key].append((m.row_offset, m.rows, m.data))
     except grpc.RpcError as exc:
-        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):  # type: ignore[attr-defined]
+        # An agent that cannot (or will not, in time) reveal what it committed fails the opening:
+        # an honest one ends its chains a moment after its last commitment.
+        refused = (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        if exc.code() in refused:  # type: ignore[attr-defined]
             raise VerificationRefuted(
                 f"opening: the agent cannot reveal the products it committed ({exc.details()})"  # type: ignore[attr-defined]
             ) from exc

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +76,7 @@ class StepChecker:
             raise ValueError("B must be n x n")
         self.n, self.name, self.k = n, name, k
         b64 = np.asarray(b, dtype=np.float64)
+        self._b64 = b64
         self.r = rng.choice(np.array([-1.0, 1.0]), size=(n, k))
         self.br = b64 @ self.r
         # mean_j(B_kj^2): rho_i^2 = sum_k X_ik^2 mean_j(B_kj^2) (module docstring).
@@ -88,8 +90,9 @@ class StepChecker:
         bound: npt.NDArray[np.float64] = self.scale * rho + np.finfo(np.float64).tiny
         return bound
 
-    def check(self, x: Matrix, c: Matrix) -> list[VectorCheck]:
-        """Check C = X @ B; one VectorCheck per vector."""
+    def check(self, x: Matrix, c: Matrix, inner: int = 1) -> list[VectorCheck]:
+        """Check C = X @ B (``inner`` = 1), or the composite step of ``inner`` chained products
+        (``agent.challenge.step``); one VectorCheck per vector."""
         n = self.n
         if x.shape != (n, n) or c.shape != (n, n):
             raise ValueError("X and C must be n x n")
@@ -97,10 +100,44 @@ class StepChecker:
         if not np.isfinite(c64).all():
             return [VectorCheck(passed=False, worst_ratio=math.inf) for _ in range(self.k)]
         x64 = np.asarray(x, dtype=np.float64)
-        residual = np.abs(c64 @ self.r - x64 @ self.br)
-        ratio = residual / self.bound(x64)[:, None]
+        if inner == 1:
+            expected = x64 @ self.br
+            bound = self.bound(x64)[:, None]
+        else:
+            expected = self._composite(x64, inner)
+            bound = self.composite_bound(x64, inner)
+        ratio = np.abs(c64 @ self.r - expected) / bound
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
+
+    def _composite(self, x64: npt.NDArray[np.float64], inner: int) -> npt.NDArray[np.float64]:
+        """(Y_{inner-1} B) r without the intermediate roundings, where Y_0 = X and
+        Y_j = (s Y_{j-1} B)^T: one n x n by n x k product per link, O(inner k n^2)."""
+        b64 = self._b64
+        s = 1.0 / math.sqrt(self.n)
+
+        def apply(j: int, v: npt.NDArray[np.float64], transposed: bool) -> Any:
+            # Y_j v, or Y_j^T v when transposed.
+            if j == 0:
+                return x64.T @ v if transposed else x64 @ v
+            if transposed:  # Y_j^T v = s Y_{j-1} (B v)
+                return s * apply(j - 1, b64 @ v, False)
+            return s * (b64.T @ apply(j - 1, v, True))  # Y_j v = s B^T (Y_{j-1}^T v)
+
+        result: npt.NDArray[np.float64] = apply(inner - 1, self.br, False)
+        return result
+
+    def composite_bound(self, x64: npt.NDArray[np.float64], inner: int) -> Any:
+        """The bound of a composite step: the accumulation term with the output rows' size taken
+        as their mean (rho = sqrt(n mean(B^2)) rms(X): every link keeps the size, s = 1/sqrt(n)),
+        plus the intermediate roundings: each of the inner - 1 roundings to the input type moves
+        an entry by at most u_in of its size, in random directions, and the links carry that to
+        the output at the output's size, so R_i gains sqrt(inner - 1) u_in rho per sqrt(n)
+        random signs (LAMBDA standard deviations of margin, as above)."""
+        rho = math.sqrt(self.n * float(self.b2.mean())) * math.sqrt(float((x64 * x64).mean()))
+        u_in = precision(self.name).input_roundoff
+        rounding = LAMBDA * math.sqrt(self.n) * math.sqrt(inner - 1) * u_in * rho
+        return self.scale * rho + rounding + np.finfo(np.float64).tiny
 
 
 def row_scale(x: Matrix, b: Matrix) -> npt.NDArray[np.float64]:

@@ -356,6 +356,7 @@ class ChallengePlan:
 
     n: int
     steps: int
+    inner: int  # chained products behind each commitment
     precision: str
     devices: dict[int, int]  # device index -> seed
     nodes: list[int]
@@ -392,7 +393,15 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
             max(math.ceil(value), settings.VERIFICATION_MIN_STEPS), settings.VERIFICATION_MAX_STEPS
         )
 
-    steps = clamp(steps_at(n))
+    def inner_at(size: int) -> int:
+        # Products behind each commitment, so that a step lasts VERIFICATION_MIN_STEP_SECONDS
+        # at the declared speed: hashing and copying a product must stay small next to it.
+        one = 2.0 * size**3 / max(flops_per_second, 1e-30)
+        wanted = math.ceil(settings.VERIFICATION_MIN_STEP_SECONDS / one)
+        return min(max(wanted, 1), settings.VERIFICATION_MAX_INNER)
+
+    inner = inner_at(n)
+    steps = clamp(steps_at(n) / inner)
     sample = settings.VERIFICATION_SAMPLE_NODES
     system = secrets.SystemRandom()
     nodes = sorted(
@@ -411,11 +420,13 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
     while kept(n, steps) > cap and n // 2 >= MIN_MATRIX_SIZE:
         n //= 2
-        steps = clamp(steps_at(n))
+        inner = inner_at(n)
+        steps = clamp(steps_at(n) / inner)
     steps = max(2, min(steps, cap // kept(n, 1)))
     return ChallengePlan(
         n=n,
         steps=steps,
+        inner=inner,
         precision=pool.declared_precision,
         devices=devices,
         nodes=nodes,
@@ -488,6 +499,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
         steps=plan.steps,
         seed=str(next(iter(plan.devices.values()))),
         sample={
+            "inner": plan.inner,
             "nodes": plan.nodes,
             "of_nodes": plan.node_count,
             "devices": len(plan.devices),
@@ -501,7 +513,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     challenge_id = f"{run.run_id}.{run.attempts}.{secrets.token_hex(4)}"
     # At the declared speed the chain takes `expected` seconds; a device below the tolerance
     # fails anyway, so the verifier stops waiting at 1.5x what the tolerance allows.
-    expected = plan.steps * 2.0 * plan.n**3 / (declared * 1e12 * scale)
+    expected = plan.steps * plan.inner * 2.0 * plan.n**3 / (declared * 1e12 * scale)
     deadline = expected / tolerance * 1.5 + BENCHMARK_DEADLINE_SLACK
     evidence.fields["sample"]["deadline_seconds"] = round(deadline, 3)
     address = _dial_target(endpoint)
@@ -519,6 +531,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             pool_key=reported.pool_key,
             challenge_id=challenge_id,
             nonce=secrets.token_bytes(32),
+            inner=plan.inner,
             timeout=deadline,
         )
         # The clock has stopped: every time below was read when its commitment arrived.
@@ -559,7 +572,9 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
 
     # Throughput of each device on the verifier's clock (network time left in: conservative).
     for entry in device_evidence.values():
-        entry["tflops"] = round(tflops(plan.n, plan.steps, entry["seconds"]) / scale, 3)
+        entry["tflops"] = round(
+            tflops(plan.n, plan.steps * plan.inner, entry["seconds"]) / scale, 3
+        )
     slowest = min(device_evidence.values(), key=lambda e: e["tflops"])
     fastest = max(device_evidence.values(), key=lambda e: e["tflops"])
     measured = float(slowest["tflops"])
@@ -632,7 +647,7 @@ def _check_chains(
         worst = 0.0
         for step in opened:
             x = a if step == 1 else next_input(products[(device, step - 1)], plan.precision)
-            checks = checker.check(x, products[(device, step)])
+            checks = checker.check(x, products[(device, step)], plan.inner)
             worst = max(worst, max(c.worst_ratio for c in checks))
             if device == next(iter(plan.devices)) and step == opened[-1]:
                 results = [c.as_json() for c in checks]

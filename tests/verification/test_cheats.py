@@ -119,7 +119,11 @@ def agent_process() -> Iterator[Any]:
     yield start
     for process in processes:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a cheater still computing what it committed to
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.django_db

@@ -10,9 +10,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from agent.challenge import inputs, multiply, next_input, precision
+from agent.challenge import inputs, multiply, next_input, precision, step
 from tests.harness.figures import Figure
-from verification.freivalds import freivalds
+from verification.freivalds import StepChecker, freivalds
 
 FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -108,3 +108,42 @@ def test_an_unrelated_matrix_is_refused_by_every_vector() -> None:
     unrelated = np.random.default_rng(3).standard_normal(c.shape).astype(np.float32) * 16
     checks = freivalds(x, b, unrelated, k=8, rng=np.random.default_rng(1), name="bf16")
     assert not any(check.passed for check in checks)
+
+
+# --- composite steps: several chained products behind one commitment -------------------------
+
+
+def composite(name: str, n: int, inner: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b = inputs(5, n, name)
+    return a, b, step(a, b, name, inner)
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("inner", [2, 8])
+def test_an_honest_composite_step_passes(name: str, inner: int) -> None:
+    a, b, c = composite(name, 256, inner)
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(1))
+    assert max(v.worst_ratio for v in checker.check(a, c, inner)) < 0.5
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_fp8_inside_a_composite_step_is_refused(name: str) -> None:
+    a, b, _ = composite(name, 256, 8)
+    acc, low = precision(name).accumulator, precision(name).input
+
+    def fp8(m: np.ndarray) -> np.ndarray:
+        return m.astype(FP8).astype(low).astype(acc)
+
+    y = a
+    for _ in range(7):
+        y = next_input(fp8(y) @ fp8(b), name)
+    cheap = fp8(y) @ fp8(b)
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(2))
+    assert not any(v.passed for v in checker.check(a, cheap, 8))
+
+
+def test_a_composite_step_with_a_product_skipped_is_refused() -> None:
+    a, b, _ = composite("bf16", 256, 8)
+    short = step(a, b, "bf16", 7)
+    checker = StepChecker(b, "bf16", k=8, rng=np.random.default_rng(3))
+    assert not any(v.passed for v in checker.check(a, short, 8))

@@ -52,9 +52,11 @@ def production(settings: Any) -> Any:
     settings.VERIFICATION_TIME_SCALE = 1.0
     settings.VERIFICATION_ACCEPT_SIMULATED = False
     settings.VERIFICATION_MATRIX_SIZE = settings.VERIFICATION_MAX_MATRIX_SIZE = 8192
-    settings.VERIFICATION_MAX_STEPS = 64
-    settings.VERIFICATION_TARGET_SECONDS = 2.0
-    settings.VERIFICATION_OPEN_STEPS = 3
+    settings.VERIFICATION_MAX_STEPS = 8
+    settings.VERIFICATION_TARGET_SECONDS = 4.0
+    # ~0.3 s of products behind each commitment: copying and hashing 256 MiB stay small next to it.
+    settings.VERIFICATION_MIN_STEP_SECONDS = 0.3
+    settings.VERIFICATION_OPEN_STEPS = 2
     settings.VERIFICATION_FREIVALDS_ROUNDS = 4
     settings.VERIFICATION_SAMPLE_NODES = 1
     settings.VERIFICATION_MAX_CHALLENGE_BYTES = 64 * 2**30
@@ -100,7 +102,11 @@ def torch_agent() -> Iterator[Any]:
     yield start
     for process in processes:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def judge(endpoint: str, per_node: int) -> services.Evidence:
@@ -122,8 +128,11 @@ def judge(endpoint: str, per_node: int) -> services.Evidence:
 
 
 def test_an_h200_passes_its_own_bf16_declaration(production: Any, torch_agent: Any) -> None:
+    """Declared at the datasheet's dense BF16 peak (989): the tolerance (80 %) asks for 791
+    TFLOPS measured on the verifier's clock, commitments and copies included."""
     evidence = judge(torch_agent(DEVICES), DEVICES)
-    print("GPU", {k: evidence.fields.get(k) for k in ("n", "steps", "wall_seconds", "devices")})
+    fields = ("n", "steps", "sample", "wall_seconds", "measured_tflops_per_accelerator", "devices")
+    print("GPU", {k: evidence.fields.get(k) for k in fields})
     assert evidence.measured_tflops is not None
     assert evidence.measured_tflops >= 0.8 * H200.bf16
 

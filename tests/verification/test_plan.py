@@ -61,3 +61,18 @@ def test_the_sample_bound() -> None:
     assert sample_bound(16, 2, 0.0) == 1.0
     # 2 of 10 bad nodes, 3 sampled: C(8,3)/C(10,3) = 56/120
     assert sample_bound(10, 3, 0.2) == pytest.approx(56 / 120)
+
+
+def test_a_fast_device_gets_several_products_behind_each_commitment(settings: Any) -> None:
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    settings.VERIFICATION_MATRIX_SIZE = 1024
+    settings.VERIFICATION_MAX_CHALLENGE_BYTES = 64 * 2**30
+    plan = plan_challenge(pool(989.0, nodes=1))
+    per_commitment = plan.inner * 2 * plan.n**3 / 989e12
+    assert plan.inner > 1
+    assert per_commitment >= settings.VERIFICATION_MIN_STEP_SECONDS or (
+        plan.inner == settings.VERIFICATION_MAX_INNER
+    )
+    # A CPU-sized device keeps one product per commitment.
+    settings.VERIFICATION_TIME_SCALE = 1e-7
+    assert plan_challenge(pool(312.0)).inner == 1

@@ -202,7 +202,8 @@ def plan_table(costs: list[Cost]) -> None:
         "each catalog model declared at its BF16 (else FP16) peak"
     )
     print(
-        f"{'model':<24} {'prec':>4} {'TFLOPS':>7} {'n':>5} {'steps':>5} {'devices':>7} "
+        f"{'model':<24} {'prec':>4} {'TFLOPS':>7} {'n':>5} {'steps':>5} {'inner':>5} "
+        f"{'devices':>7} "
         f"{'agent s':>9} {'opened GB':>10} {'verifier s*':>11} {'share':>9}"
     )
     fields = {f.name for f in Accelerator._meta.fields}
@@ -220,17 +221,20 @@ def plan_table(costs: list[Cost]) -> None:
             declared_precision=declared,
         )
         plan = plan_challenge(pool)
-        agent = flops(plan.n, plan.steps) / (peak * 1e12)
+        agent = flops(plan.n, plan.steps, plan.inner) / (peak * 1e12)
         opened = len(plan.devices) * plan.steps * plan.n**2 * 4
-        verifier = len(plan.devices) * plan.steps * per_step * (plan.n / ref.n) ** 2
+        # A composite step costs the verifier one n x n by n x k product per chained product.
+        verifier = len(plan.devices) * plan.steps * per_step * (plan.n / ref.n) ** 2 * plan.inner
         print(
             f"{entry['slug']:<24} {declared:>4} {peak:>7.1f} {plan.n:>5} {plan.steps:>5} "
+            f"{plan.inner:>5} "
             f"{len(plan.devices):>7} {agent:>9.4f} {opened / 1e9:>10.1f} {verifier:>11.1f} "
             f"{_share(verifier / agent):>9}"
         )
     print(
         f"(* extrapolated: {per_step:.4f} s per {ref.name} step at n = {ref.n} (table 1) x "
-        "(n / that n)^2 x devices x steps; share = verifier / agent compute, all devices run "
+        "(n / that n)^2 x devices x steps x inner (an upper bound: the chained products add only "
+        "n x k work each); share = verifier / agent compute, all devices run "
         "at once, so the agent's wall time is one device's)"
     )
 

@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Avg, Count, Q, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -14,6 +15,7 @@ from django.utils import timezone
 from registry import selectors as registry_selectors
 from registry.choices import Status
 from registry.models import LifecycleTransition, Pool
+from verification.choices import RunState
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 User = Any
@@ -28,6 +30,55 @@ def runs_visible_to(user: User) -> QuerySet[VerificationRun]:
     """Runs of the pools the user operates (platform staff: all). Evidence is the operator's."""
     pools = registry_selectors.pools_editable_by(user).values("pk")
     return VerificationRun.objects.select_related("pool").filter(pool__in=pools)
+
+
+def drift_record(measurements: list[float]) -> float | None:
+    """The record a new measurement is held to: the best of the last
+    ``VERIFICATION_DRIFT_HISTORY`` passed measurements (newest last), None without any."""
+    history = settings.VERIFICATION_DRIFT_HISTORY
+    recent = measurements[-history:] if history > 0 else []
+    return max(recent) if recent else None
+
+
+def drift_floor(record: float) -> float:
+    """Below this a pass is drift: (1 - ``VERIFICATION_DRIFT_THRESHOLD``) x the record."""
+    return record * (1.0 - settings.VERIFICATION_DRIFT_THRESHOLD)
+
+
+def passed_measurements(pool: Pool, *, exclude_run: int | None = None) -> list[float]:
+    """The pool's measured figures of its last passed runs, oldest first (as many as the drift
+    rule reads)."""
+    runs = VerificationRun.objects.filter(
+        pool=pool, state=RunState.PASSED, measured_tflops_per_accelerator__isnull=False
+    )
+    if exclude_run is not None:
+        runs = runs.exclude(pk=exclude_run)
+    newest_first = runs.order_by("-finished_at").values_list(
+        "measured_tflops_per_accelerator", flat=True
+    )[: settings.VERIFICATION_DRIFT_HISTORY]
+    return list(newest_first)[::-1]
+
+
+def run_trend_of(pool: Pool, *, runs: int) -> list[VerificationRun]:
+    """The pool's last ``runs`` finished (passed or failed) runs, oldest first, plus the
+    ``VERIFICATION_DRIFT_HISTORY`` before them (so the first drawn run's record is known); only
+    the public part of each run is loaded (when, verdict, figures), not its evidence."""
+    rows = (
+        VerificationRun.objects.filter(
+            pool=pool, state__in=(RunState.PASSED, RunState.FAILED), finished_at__isnull=False
+        )
+        .order_by("-finished_at", "-id")
+        .only(
+            "run_id",
+            "state",
+            "finished_at",
+            "verdict_reason",
+            "drift",
+            "measured_tflops_per_accelerator",
+            "declared_tflops_per_accelerator",
+        )[: runs + settings.VERIFICATION_DRIFT_HISTORY]
+    )
+    return list(rows)[::-1]
 
 
 def heartbeats_visible_to(user: User) -> QuerySet[Heartbeat]:

@@ -37,7 +37,7 @@ from registry.clock import db_now
 from registry.errors import IllegalTransition
 from registry.models import Center, Pool
 from registry.netguard import OutboundRefused, grpc_authority_options, outbound_target
-from verification import agent_client
+from verification import agent_client, selectors
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
 from verification.freivalds import StepChecker, tflops
@@ -275,22 +275,13 @@ def _judge_drift(pool: Pool, run: VerificationRun, evidence: Evidence) -> str:
     """Compare the measurement with the pool's best of its last passed runs; the reason when it
     fell more than ``VERIFICATION_DRIFT_THRESHOLD`` below, else ""."""
     assert evidence.measured_tflops is not None
-    history = list(
-        VerificationRun.objects.filter(
-            pool=pool, state=RunState.PASSED, measured_tflops_per_accelerator__isnull=False
-        )
-        .exclude(pk=run.pk)
-        .order_by("-finished_at")
-        .values_list("measured_tflops_per_accelerator", flat=True)[
-            : settings.VERIFICATION_DRIFT_HISTORY
-        ]
-    )
-    if not history:
+    history = selectors.passed_measurements(pool, exclude_run=run.pk)
+    record = selectors.drift_record(history)
+    if record is None:
         return ""
-    record = max(history)
     ratio = evidence.measured_tflops / record
     evidence.set(drift=round(ratio, 4))
-    if ratio >= 1.0 - settings.VERIFICATION_DRIFT_THRESHOLD:
+    if evidence.measured_tflops >= selectors.drift_floor(record):
         return ""
     return (
         f"{DRIFT_REASON}: measured {evidence.measured_tflops:.1f} TFLOPS per accelerator, "

@@ -29,7 +29,6 @@ from registry.forms import apply_service_errors
 from verification import selectors, services
 from verification.choices import RunState, Trigger
 from verification.forms import DowntimeForm
-from verification.models import VerificationRun
 
 AVAILABILITY_DAYS = 14
 HEARTBEAT_WINDOW = dt.timedelta(hours=2)
@@ -44,27 +43,17 @@ def _trend_context(pool: Any) -> dict[str, Any]:
 
     Only the public part of each run is read: when, passed or failed, the figure, the drift
     ratio. The evidence behind it (seeds, devices, checks) stays the operator's
-    (``selectors.runs_visible_to``). Each run's drift floor repeats the verifier's rule
-    (``services._judge_drift``): (1 - threshold) x the best of the pool's previous
-    ``VERIFICATION_DRIFT_HISTORY`` passed runs, so the chart shows what each run was held to.
+    (``selectors.runs_visible_to``). Each run's drift floor is the verifier's rule: (1 -
+    threshold) x the best of the pool's previous
+    ``VERIFICATION_DRIFT_HISTORY`` passed runs (``selectors.drift_record``/``drift_floor``, the
+    rule the verifier applies), so the chart shows what each run was held to.
     """
     threshold = settings.VERIFICATION_DRIFT_THRESHOLD
     history = settings.VERIFICATION_DRIFT_HISTORY
-    # Older runs than those drawn are read only to know the first drawn run's record.
-    rows = list(
-        VerificationRun.objects.filter(
-            pool=pool, state__in=(RunState.PASSED, RunState.FAILED), finished_at__isnull=False
-        )
-        .order_by("-finished_at", "-id")
-        .only(
-            "run_id", "state", "finished_at", "verdict_reason", "drift",
-            "measured_tflops_per_accelerator", "declared_tflops_per_accelerator",
-        )[: TREND_RUNS + history]
-    )[::-1]  # fmt: skip
     passes: list[float] = []  # measured figures of passed runs so far, oldest first
     points: list[dict[str, Any]] = []
-    for run in rows:
-        record = max(passes[-history:]) if passes and history > 0 else None
+    for run in selectors.run_trend_of(pool, runs=TREND_RUNS):
+        record = selectors.drift_record(passes)
         measured = run.measured_tflops_per_accelerator
         if run.state == RunState.FAILED:
             kind = "failed"
@@ -78,7 +67,7 @@ def _trend_context(pool: Any) -> dict[str, Any]:
                 "time": run.finished_at,
                 "value": measured,
                 "kind": kind,
-                "floor": None if record is None else record * (1 - threshold),
+                "floor": None if record is None else selectors.drift_floor(record),
                 "of_declared": (
                     measured / run.declared_tflops_per_accelerator
                     if measured is not None and run.declared_tflops_per_accelerator
@@ -89,7 +78,7 @@ def _trend_context(pool: Any) -> dict[str, Any]:
         if run.state == RunState.PASSED and measured is not None:
             passes.append(measured)
     points = points[-TREND_RUNS:]
-    record = max(passes[-history:]) if passes and history > 0 else None
+    record = selectors.drift_record(passes)
     declared = pool.declared_tflops_per_accelerator
     latest = next((p["value"] for p in reversed(points) if p["value"] is not None), None)
     # What a screen reader announces for the chart; the table below has every figure.
@@ -107,7 +96,7 @@ def _trend_context(pool: Any) -> dict[str, Any]:
         "drift_threshold": threshold,
         "drift_history": history,
         "drift_record": record,
-        "drift_next_floor": None if record is None else record * (1 - threshold),
+        "drift_next_floor": None if record is None else selectors.drift_floor(record),
     }
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The same Django set-up as the cost bench: SQLite in a temporary folder, or DATABASE_URL's.
+from bench.verification_cost import setup_django  # noqa: E402
+
 ABOVE_DATASHEET = "above-datasheet"
 # The review's cheat recorded 4,295 TFLOPS for an H800; declared here for an H100 SXM, whose
 # catalog BF16 peak is 989.4 (the test of the same name does the same).
@@ -42,37 +43,6 @@ ABOVE_DATASHEET_TFLOPS = 4295.0
 # "flaky" is an honest agent with transient errors: retries are the task's business, not a
 # verdict, so it is left out.
 SKIPPED_MODES = ("flaky",)
-
-
-def setup_django(tmp: Path) -> None:
-    """Django on SQLite in ``tmp`` (or DATABASE_URL's database), migrated and seeded."""
-    env = os.environ
-    if "DATABASE_URL" not in env:
-        env["INTERCONNECT_VAR_DIR"] = str(tmp)  # SQLite and the file-system queue live here
-    elif env["DATABASE_URL"].startswith("postgres"):
-        _ensure_database(env["DATABASE_URL"])
-    env.setdefault("DJANGO_SETTINGS_MODULE", "interconnect.settings")
-    env.setdefault("LOG_LEVEL", "WARNING")
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], check=True, cwd=ROOT)
-    subprocess.run([*manage, "seed_national_topology", "-v0"], check=True, cwd=ROOT)
-    import django
-
-    django.setup()
-    import logging
-
-    logging.disable(logging.WARNING)  # verdicts are counted here, not logged
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def apply_test_settings() -> dict[str, str]:

@@ -355,9 +355,14 @@ class _PaddedHealth(health.HealthServicer):
 
 
 def build_server(
-    address: str, *, agent_config: AgentConfig, workloads: WorkloadRunner | None = None
+    address: str,
+    *,
+    agent_config: AgentConfig,
+    workloads: WorkloadRunner | None = None,
+    backend: Backend | None = None,
 ) -> AgentRuntime:
-    """Build and start the agent's server on ``address`` (port 0 picks a free port)."""
+    """Build and start the agent's server on ``address`` (port 0 picks a free port); ``backend``
+    replaces the one the configuration selects (tests play provers the modes do not cover)."""
     workloads = workloads or WorkloadRunner(
         agent_config.pools,
         time_scale=agent_config.time_scale,
@@ -374,7 +379,7 @@ def build_server(
         ],
     )
     agent_pb2_grpc.add_AgentServicer_to_server(
-        AgentServicer(agent_config, workloads=workloads), server
+        AgentServicer(agent_config, workloads=workloads, backend=backend), server
     )
 
     delay = health_delay(agent_config.simulation)

@@ -350,3 +350,49 @@ def test_every_cheat_fails_at_production_time_scale(
     assert run.time_scale == 1.0
     assert run.verdict_reason.startswith(reason), run.verdict_reason
     assert run.state == (RunState.PASSED if mode is SimulationMode.HONEST else RunState.FAILED)
+
+
+# --- provers that break the stream's rules ----------------------------------------------------
+
+
+class _StreamCheat:
+    """An honest chain whose commitments are sent in a way the protocol forbids."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def run_chain(self, sink: Any, pool: Any) -> Any:
+        from agent.benchmark import DeviceReport
+        from agent.challenge import chain
+
+        products = list(
+            chain(sink.seed, sink.challenge.n, sink.challenge.precision, sink.challenge.steps)
+        )
+        order = list(range(1, len(products) + 1))
+        if self.how == "reordered":  # the second step's commitment before the first
+            order[0], order[1] = order[1], order[0]
+        elif self.how == "truncated":  # the last step never committed
+            order = order[:-1]
+        for step in order:
+            sink.commit(step, products[step - 1])
+        if self.how == "foreign-device":  # a commitment for a device nobody challenged
+            sink.commit_digest(9999, b"\0" * 32)
+        return DeviceReport(sink.device, "stream cheat")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("how", ["reordered", "truncated", "foreign-device"])
+def test_a_stream_that_breaks_the_order_of_commitments_fails(
+    how: str, pool_at: Any, acme: Any
+) -> None:
+    from agent.server import build_server
+
+    runtime = build_server("127.0.0.1:0", agent_config=agent_config(), backend=_StreamCheat(how))
+    try:
+        pool = pool_at(acme, f"127.0.0.1:{runtime.port}")
+        run = run_directly(force_status(pool, Status.SUBMITTED))
+    finally:
+        runtime.stop(grace=0).wait()
+
+    assert run.state == RunState.FAILED
+    assert run.verdict_reason.startswith("commitments"), run.verdict_reason

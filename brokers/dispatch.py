@@ -182,7 +182,12 @@ def dispatch(booking_id: int) -> Outcome:
         if not allocation.workload_id:
             Allocation.objects.filter(pk=allocation.pk).update(workload_id=workload_id(allocation))
             allocation.workload_id = workload_id(allocation)
-        if response.created:
+        # Recorded once per workload, whoever started it: a dispatch killed after StartWorkload
+        # but before this line is redelivered, finds the workload there (created is False) and
+        # records the start it never recorded.
+        if response.created or not services.booking_dispatched(
+            booking=booking, workload_id=allocation.workload_id
+        ):
             services.booking_record(
                 booking=booking,
                 kind=EventKind.DISPATCHED,

@@ -825,6 +825,13 @@ def booking_record(
     return moved
 
 
+def booking_dispatched(*, booking: Booking, workload_id: str) -> bool:
+    """Whether the start of ``workload_id`` is already on the booking's record."""
+    return BookingEvent.objects.filter(
+        booking=booking, kind=EventKind.DISPATCHED, data__workload_id=workload_id
+    ).exists()
+
+
 def booking_flag_pool(*, pool_id: int, to_status: str, reason: str) -> list[Booking]:
     """A pool went degraded/offline: flag its bookings that have not ended, with an event.
 

@@ -139,13 +139,18 @@ def _code(exc: grpc.RpcError) -> str:
     return code.name if code is not None else str(exc)
 
 
-def relay(*, limit: int = RELAY_BATCH) -> list[int]:
+def relay(*, limit: int = RELAY_BATCH, token: str = "") -> list[int]:
     """The dispatch relay and scheduler (the periodic ``dispatch_due_bookings``): claim every
     confirmed booking whose start is due, and every claimed one whose dispatch went stale, each
     by compare-and-set; returns the ids this call claimed (and must dispatch). Two relays at
-    once split the bookings between them: none is claimed twice."""
+    once split the bookings between them: none is claimed twice.
+
+    ``token`` is the relay task's id. Claims are committed before their messages are sent, so a
+    worker killed in between leaves claimed bookings without a message; the relay task itself
+    is then redelivered under the same id and returns those again (its own unstarted claims)."""
+    claimed = services.bookings_claimed_by(relay=token, limit=limit) if token else []
     due, stale = services.bookings_due_for_dispatch(limit=limit)
-    claimed = [pk for pk in due if services.booking_dispatch_claim(booking_id=pk)]
+    claimed += [pk for pk in due if services.booking_dispatch_claim(booking_id=pk, relay=token)]
     claimed += [pk for pk in stale if services.booking_dispatch_reclaim(booking_id=pk)]
     return claimed
 

@@ -325,11 +325,14 @@ DISPATCH_RELAY_SECONDS = 10
 DISPATCH_STALE_SECONDS = 360
 
 
-def booking_dispatch_claim(*, booking_id: int) -> bool:
+def booking_dispatch_claim(*, booking_id: int, relay: str = "") -> bool:
     """Claim a confirmed booking whose start is due (database clock) for dispatch.
 
     Compare-and-set ``confirmed -> dispatching``: of any number of relays (or beats) racing for
-    it, exactly one gets True and dispatches it; the others leave it alone.
+    it, exactly one gets True and dispatches it; the others leave it alone. ``relay`` (the relay
+    task's id) is written on the claim's event, so that the same relay, redelivered after its
+    worker died between the claim and the send, finds what it claimed
+    (:func:`bookings_claimed_by`).
     """
     with transaction.atomic():
         claimed = Booking.objects.filter(
@@ -341,8 +344,36 @@ def booking_dispatch_claim(*, booking_id: int) -> bool:
         )
         if claimed:
             booking = Booking.objects.select_related("organization").get(pk=booking_id)
-            _event(booking, EventKind.STATUS, "dispatching to the centers")
+            _event(
+                booking,
+                EventKind.STATUS,
+                "dispatching to the centers",
+                data={"relay": relay} if relay else None,
+            )
     return bool(claimed)
+
+
+def bookings_claimed_by(*, relay: str, limit: int) -> list[int]:
+    """Ids of the bookings relay ``relay`` claimed whose workloads are not all started yet.
+
+    A relay task runs again under the same id only when its worker died before acknowledging
+    it, possibly between claiming bookings and sending their dispatch messages: those claims
+    would wait ``DISPATCH_STALE_SECONDS`` for the stale sweep. The redelivered relay sends them
+    again at once; a second dispatch message is harmless (``StartWorkload`` is idempotent per
+    workload, and the start is recorded once).
+    """
+    return list(
+        Booking.objects.filter(
+            status=BookingStatus.DISPATCHING,
+            allocations__workload_id="",
+            events__kind=EventKind.STATUS,
+            events__status=BookingStatus.DISPATCHING,
+            events__data__relay=relay,
+        )
+        .distinct()
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def booking_dispatch_reclaim(*, booking_id: int) -> bool:

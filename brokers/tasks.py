@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from brokers import dispatch, services
 from brokers.models import Booking
 
 FOLLOW_AGAIN_SECONDS = 2
+# What a dispatch or follow step cut by its soft time limit returns: a new message continues.
+HANDED_OVER = "handed over"
 
 
-@shared_task(acks_late=True, ignore_result=True, soft_time_limit=100, time_limit=120)
-def dispatch_due_bookings() -> int:
+@shared_task(bind=True, acks_late=True, ignore_result=True, soft_time_limit=100, time_limit=120)
+def dispatch_due_bookings(self: Task) -> int:
     """The dispatch relay and scheduler (every ``DISPATCH_RELAY_SECONDS``, ``setup_schedules``;
     also kicked on commit for a booking that starts now): claim each booking whose start is due
     by compare-and-set and enqueue its dispatch. A lost message only delays a start to the next
-    run; two relays at once never claim one booking twice. No message carries a long ETA."""
-    claimed = dispatch.relay()
+    run; two relays at once never claim one booking twice. No message carries a long ETA.
+    Redelivered after its worker died between claiming and sending, it sends its claims again
+    (the claims carry this task's id)."""
+    claimed = dispatch.relay(token=self.request.id or "")
     for booking_id in claimed:
         booking_dispatch.delay(booking_id)
     return len(claimed)
@@ -25,8 +30,13 @@ def dispatch_due_bookings() -> int:
 @shared_task(acks_late=True, ignore_result=True)
 def booking_dispatch(booking_id: int) -> str:
     """Start a booking's workload at its centers, then follow it (idempotent per booking: sent
-    by the relay that claimed it; a redelivery starts nothing twice)."""
-    outcome = dispatch.dispatch(booking_id)
+    by the relay that claimed it; a redelivery starts nothing twice). Cut by its soft time limit
+    (a slow agent), it hands over to a new message instead of ending the booking's follow-up."""
+    try:
+        outcome = dispatch.dispatch(booking_id)
+    except SoftTimeLimitExceeded:
+        booking_dispatch.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
+        return HANDED_OVER
     if outcome == dispatch.Outcome.FOLLOW:
         booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
     return outcome.value
@@ -34,8 +44,13 @@ def booking_dispatch(booking_id: int) -> str:
 
 @shared_task(acks_late=True, ignore_result=True)
 def booking_follow(booking_id: int) -> str:
-    """Follow a dispatched booking for a while; hand over to a new task if it still runs."""
-    outcome = dispatch.follow(booking_id)
+    """Follow a dispatched booking for a while; hand over to a new task if it still runs (or if
+    the step is cut by its soft time limit)."""
+    try:
+        outcome = dispatch.follow(booking_id)
+    except SoftTimeLimitExceeded:
+        booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
+        return HANDED_OVER
     if outcome == dispatch.Outcome.FOLLOW:
         booking_follow.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
     return outcome.value

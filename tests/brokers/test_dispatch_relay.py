@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from celery.app.task import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -196,6 +197,59 @@ def test_a_duplicate_dispatch_message_starts_nothing_twice(
     assert len(fake_agent.started) == 1
     assert _dispatching_events(booking) == 1
     assert booking.events.filter(kind=EventKind.DISPATCHED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_relay_redelivered_after_dying_between_claim_and_send_sends_its_claims_again(
+    dave: Any, acme: Any, active_pool: Any, published: list[tuple[str, dict[str, Any]]]
+) -> None:
+    active_pool(acme, size=16)
+    booked = sorted(_book_now(dave, f"relay-{i}", count=2).pk for i in range(3))
+
+    def dispatches() -> list[int]:
+        sent = sorted(o["args"][0] for name, o in published if name.endswith("booking_dispatch"))
+        published.clear()
+        return sent
+
+    # The relay task claims the three (committed), then its worker is SIGKILLed before the
+    # messages leave: here they are recorded and dropped, as the dead worker's would be.
+    tasks.dispatch_due_bookings.apply(task_id="relay-1")
+    assert dispatches() == booked
+    # The next beat's relay leaves fresh claims alone (before the fix: for 360 s)...
+    tasks.dispatch_due_bookings.apply(task_id="relay-2")
+    assert dispatches() == []
+    # ...but the dead relay's own message comes back (acks_late) under its id and sends again.
+    tasks.dispatch_due_bookings.apply(task_id="relay-1")
+    assert dispatches() == booked
+    # A booking whose workload started is not sent again.
+    Booking.objects.get(pk=booked[0]).allocations.update(workload_id="started")
+    tasks.dispatch_due_bookings.apply(task_id="relay-1")
+    assert dispatches() == booked[1:]
+    for booking in Booking.objects.filter(pk__in=booked):
+        assert _dispatching_events(booking) == 1  # claimed once, whatever was sent
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["booking_dispatch", "booking_follow"])
+def test_a_step_cut_by_its_soft_time_limit_hands_over_to_a_new_message(
+    name: str,
+    dave: Any,
+    acme: Any,
+    active_pool: Any,
+    published: list[tuple[str, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    active_pool(acme, size=8)
+    booking = _book_now(dave, f"cut-{name}")
+    published.clear()
+
+    def cut(booking_id: int) -> dispatch.Outcome:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(dispatch, name.removeprefix("booking_"), cut)
+    result = getattr(tasks, name).apply(args=(booking.pk,))
+    assert result.get() == tasks.HANDED_OVER
+    assert [(n, o["args"]) for n, o in published] == [(f"brokers.tasks.{name}", (booking.pk,))]
 
 
 @pytest.mark.django_db

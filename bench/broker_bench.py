@@ -1,20 +1,28 @@
 """How fast the broker places and books, measured against yardsticks taken in the same run.
 
-Prints five tables:
+Prints six tables:
 
-1. placement latency p50/p99 (``brokers.placement.place``, in process, real PostgreSQL) with
-   1,000, 10,000 and 100,000 active pools, brief (no counting of prefiltered pools) and
-   explained, plus where the time goes at 100,000 pools (SQL vs Python, cProfile top entries);
-2. booking throughput with 16 concurrent client processes calling ``booking_create`` (the
-   function every door calls): spread over 10,000 pools, contended on 32 pools, and the
-   query-then-book flow (placement + booking from a specification) at 10,000 pools; each run ends
-   with the oversell sweep (must be 0);
+1. placement latency p50/p99 (``brokers.placement.place``, in process, real PostgreSQL) at each
+   scale (1,000, 10,000 and 100,000 active pools; ``--scales`` picks), brief and explained,
+   plus where the time goes (SQL vs Python, cProfile top entries);
+2. booking throughput in process: 16 client processes calling ``booking_create`` (the function
+   every door calls): spread over 10,000 pools, contended on 32 pools, and query-then-book;
+   one client alone under cProfile, with the database round trips per booking;
 3. ``pgbench -M prepared`` (TPC-B-like, 16 clients) on the same PostgreSQL in the same run;
-4. gRPC ``QueryCapacity`` calls/s through ``run_broker --processes 2`` against a bare gRPC echo
-   server with the same processes and threads, same client load;
-5. the issue's targets, met or missed, and by how much.
+4. through gRPC end to end: ``run_broker --processes 2`` and 2 client processes x 4 threads
+   (one channel each) booking one accelerator of a random pool (spread over 14 days), then on
+   32 pools in one hour where every refusal cancels one of the client's bookings: bookings/s,
+   latency p50/p99, refusals, errors by code; ``QueryCapacity`` calls/s against a bare gRPC
+   echo server with the same processes and threads; how long a pool inserted (and then
+   repriced) by raw SQL takes to show in ``QueryCapacity``; with ``--profile DIR``, one more
+   spread run under py-spy (flame graph and summary written to DIR, e.g. ``bench/profiles``);
+5. ``WatchBooking``: ``--streams`` (1,000) streams on ONE broker process, one event recorded
+   per booking, each in its own transaction: streams open, delay from commit to arrival;
+6. the targets of issue 14, met or missed.
 
-    .venv/bin/python bench/broker_bench.py                       # about 5-8 minutes on 2 cores
+Every booking run ends with the oversell sweep (``ledger.oversold_pools``), printed: it must be 0.
+
+    .venv/bin/python bench/broker_bench.py --scales 1000,10000 --profile bench/profiles
     .venv/bin/python bench/broker_bench.py --quick               # smaller, for a smoke run
     BROKER_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ci_bench (default)
 
@@ -128,10 +136,11 @@ def grow_pools(target: int, window_start: dt.datetime) -> None:
             "INSERT INTO registry_pool (status, status_reason, version, created_at, updated_at, "
             "national_id, name, accelerators_per_node, nodes, intra_node_interconnect, "
             "inter_node_interconnect, price_per_accelerator_hour, currency, "
-            "declared_tflops_per_accelerator, verified_at, accelerator_id, center_id) "
+            "declared_tflops_per_accelerator, declared_precision, verified_at, accelerator_id, "
+            "center_id) "
             "SELECT 'active', '', 1, now(), now(), c.national_id || '-P0' || k, 'pool ' || k, 8, "
             "1 + (c.id + k) %% 8, 'nvlink', 'infiniband', "
-            "5 + ((c.id * 7 + k * 13) %% 2500) / 100.0, 'CNY', 300, now(), "
+            "5 + ((c.id * 7 + k * 13) %% 2500) / 100.0, 'CNY', 300, 'bf16', now(), "
             "(%s::bigint[])[1 + (c.id * 3 + k) %% array_length(%s::bigint[], 1)], c.id "
             "FROM registry_center c CROSS JOIN generate_series(1, 4) k WHERE c.id > %s",
             [models, models, last_center],
@@ -345,35 +354,49 @@ def booking_throughput(
 
 
 def booking_profile(user_id: int, pools: list[str], start: dt.datetime) -> str:
-    """One client, sequential: what a booking costs in this process (cProfile top)."""
+    """One client, sequential: what a booking costs in this process (cProfile top) and how
+    many statements it sends."""
     from django.contrib.auth import get_user_model
+    from django.db import connection
 
     from brokers import services
     from brokers.placement import WorkloadSpec
 
     user = get_user_model().objects.get(pk=user_id)
     rng = random.Random(5)
+    statements = [0]
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements[0] += 1
+        return execute(sql, params, many, context)
+
     profiler = cProfile.Profile()
     n, t0 = 0, time.perf_counter()
-    profiler.enable()
-    while time.perf_counter() - t0 < 3:
-        n += 1
-        services.booking_create(
-            spec=WorkloadSpec(
-                a100_equivalents=1.0,
-                earliest_start=start + dt.timedelta(hours=rng.randrange(24 * 20, 24 * 30)),
-            ),
-            idempotency_key=f"profile-{n}",
-            actor=user,
-            door="api",
-            option=[(rng.choice(pools), 1)],
-        )
-    profiler.disable()
+    with connection.execute_wrapper(count):
+        profiler.enable()
+        while time.perf_counter() - t0 < 3:
+            n += 1
+            services.booking_create(
+                spec=WorkloadSpec(
+                    a100_equivalents=1.0,
+                    earliest_start=start + dt.timedelta(hours=rng.randrange(24 * 20, 24 * 30)),
+                ),
+                idempotency_key=f"profile-{n}",
+                actor=user,
+                door="api",
+                option=[(rng.choice(pools), 1)],
+            )
+        profiler.disable()
     ms = (time.perf_counter() - t0) * 1000 / n
     buf = io.StringIO()
-    pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(6)
-    top = [line for line in buf.getvalue().splitlines() if re.match(r"\s+\d", line)][:6]
-    return f"  one client alone: {ms:.2f} ms per booking (profiled)\n    " + "\n    ".join(top)
+    pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(8)
+    top = [line for line in buf.getvalue().splitlines() if re.match(r"\s+\d", line)][:8]
+    # What Django sent, plus the BEGIN and COMMIT the driver sends: round trips per booking.
+    trips = statements[0] / n + 2
+    return (
+        f"  one client alone: {ms:.2f} ms per booking (profiled), {trips:.1f} database round "
+        "trips per booking (statements + BEGIN + COMMIT)\n    " + "\n    ".join(top)
+    )
 
 
 # --- 3. pgbench --------------------------------------------------------------------------------
@@ -549,12 +572,447 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def grpc_rates(token: str, seconds: float) -> tuple[float, float]:
+# --- 5. bookings, watches and pool changes through gRPC, end to end ---------------------------
+
+
+BOOK_PROCESSES, BOOK_THREADS = 2, 4  # 8 client threads in 2 processes of their own
+
+
+def _book_client(
+    target: str,
+    kind: str,
+    tokens: list[str],
+    pools: list[str],
+    start_ts: float,
+    seconds: float,
+    seed: int,
+    go: Any,
+    results: Any,
+) -> None:
+    """``BOOK_THREADS`` threads, each on its own channel (the kernel spreads the connections
+    over the broker's processes), booking one accelerator of a random pool until time is up.
+    ``contended``: every booking in the same hour, and a refusal cancels the thread's oldest
+    booking (capacity keeps changing hands)."""
+    from collections import Counter
+
+    import grpc
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from protos import broker_pb2 as pb
+    from protos import broker_pb2_grpc
+
+    out: list[tuple[int, int, int, Counter[str], list[float]]] = []
+    lock = threading.Lock()
+
+    def loop(i: int) -> None:
+        rng = random.Random(seed * 100 + i)
+        channel = grpc.insecure_channel(target)
+        stub = broker_pb2_grpc.BrokerStub(channel)
+        meta = (("authorization", f"Bearer {tokens[(seed * BOOK_THREADS + i) % len(tokens)]}"),)
+        mine: list[str] = []
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        ok = refused = cancels = 0
+        # One untimed call first, so the connection exists before the clock starts.
+        stub.QueryCapacity(pb.QueryCapacityRequest(page_size=1), metadata=meta, timeout=30)
+        go.wait()
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            hour = rng.randrange(0, 24 * 14) if kind == "spread" else 0
+            stamp = Timestamp()
+            stamp.FromSeconds(int(start_ts) + hour * 3600)
+            request = pb.BookRequest(
+                spec=pb.WorkloadSpec(
+                    a100_equivalents=1.0, earliest_start=stamp, duration_seconds=3600
+                ),
+                idempotency_key=f"g{kind}-{os.getpid()}-{i}-{n}",
+                option=[pb.OptionChoice(pool=rng.choice(pools), accelerators=1)],
+            )
+            t0 = time.perf_counter()
+            try:
+                reply = stub.Book(request, metadata=meta, timeout=10)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                ok += 1
+                mine.append(reply.booking.booking_id)
+            except grpc.RpcError as exc:
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    errors[exc.code().name] += 1
+                    continue
+                refused += 1
+                if kind == "contended" and mine:
+                    try:
+                        stub.CancelBooking(
+                            pb.CancelBookingRequest(booking_id=mine.pop(0), reason="bench"),
+                            metadata=meta,
+                            timeout=10,
+                        )
+                        cancels += 1
+                    except grpc.RpcError as cancel_exc:
+                        errors["cancel " + cancel_exc.code().name] += 1
+        channel.close()
+        with lock:
+            out.append((ok, refused, cancels, errors, latencies))
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(BOOK_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put(out)
+
+
+def grpc_booking(
+    target: str, kind: str, tokens: list[str], pools: list[str], start: dt.datetime, seconds: float
+) -> dict[str, Any]:
+    """Bookings/s, latency and errors of ``BOOK_PROCESSES`` x ``BOOK_THREADS`` gRPC clients;
+    the oversell sweep after the run."""
+    from collections import Counter
+
+    from brokers import ledger
+
+    ctx = mp.get_context("spawn")  # clients hold gRPC objects: never fork them
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_book_client,
+            args=(target, kind, tokens, pools, start.timestamp(), seconds, s, go, results),
+        )
+        for s in range(BOOK_PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(4.0)  # interpreters up, channels connected
+    go.set()
+    rows = [r for _ in procs for r in results.get(timeout=seconds + 120)]
+    for p in procs:
+        p.join()
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    for row in rows:
+        errors.update(row[3])
+        latencies += row[4]
+    return {
+        "ok": sum(r[0] for r in rows) / seconds,
+        "answered": len(latencies) / seconds,
+        "refused": sum(r[1] for r in rows),
+        "cancels": sum(r[2] for r in rows),
+        "errors": dict(errors),
+        "p50": pct(latencies, 0.5) if latencies else float("nan"),
+        "p99": pct(latencies, 0.99) if latencies else float("nan"),
+        "oversold": len(ledger.oversold_pools()),
+    }
+
+
+def _watch_client(
+    target: str, token: str, ids: list[str], ready: Any, done: Any, results: Any
+) -> None:
+    """One WatchBooking stream per booking (grpc.aio, 8 channels); reports how many streams
+    delivered their booking's past event, then the arrival time of the next event on each."""
+    import asyncio
+    from collections import Counter
+
+    import grpc
+
+    from protos import broker_pb2 as pb
+    from protos import broker_pb2_grpc
+
+    async def run() -> None:
+        channels = [grpc.aio.insecure_channel(target) for _ in range(8)]
+        stubs = [broker_pb2_grpc.BrokerStub(c) for c in channels]
+        meta = (("authorization", f"Bearer {token}"),)
+        opened: set[str] = set()
+        arrived: dict[str, float] = {}
+        errors: Counter[str] = Counter()
+
+        async def watch(k: int, booking_id: str) -> None:
+            call = stubs[k % len(stubs)].WatchBooking(
+                pb.WatchBookingRequest(booking_id=booking_id), metadata=meta, timeout=300
+            )
+            try:
+                async for reply in call:
+                    if reply.event.message.startswith("bench "):
+                        arrived[booking_id] = time.time()
+                        return
+                    opened.add(booking_id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    errors[exc.code().name] += 1
+            finally:
+                call.cancel()
+
+        tasks = [asyncio.create_task(watch(k, b)) for k, b in enumerate(ids)]
+        # Every stream open, or no new one for 5 s (a server that cannot hold them all).
+        last, since = -1, time.monotonic()
+        while len(opened) < len(ids) and time.monotonic() - since < 5:
+            await asyncio.sleep(0.1)
+            if len(opened) != last:
+                last, since = len(opened), time.monotonic()
+        ready.put((len(opened), dict(errors)))
+        while not done.is_set():
+            await asyncio.sleep(0.05)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in channels:
+            await c.close()
+        results.put((arrived, dict(errors)))
+
+    asyncio.run(run())
+
+
+def watch_latency(org_id: int, user_id: int, token: str, n: int) -> dict[str, Any]:
+    """``n`` WatchBooking streams on ONE broker process; one event recorded per booking (each
+    in its own transaction, one after the other); delay from each commit to its arrival."""
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+    from django.utils import timezone
+
+    from brokers import ledger, services
+    from brokers.choices import EventKind
+    from brokers.models import Booking, BookingEvent
+
+    now = timezone.now()
+    made = Booking.objects.bulk_create(
+        [
+            Booking(
+                national_id=f"BK-WATCH-{i:06d}",
+                organization_id=org_id,
+                created_by_id=user_id,
+                door="api",
+                idempotency_key=f"watch-{i}",
+                spec={},
+                window_start=now + dt.timedelta(days=40),
+                window_end=now + dt.timedelta(days=40, hours=1),
+                accelerators=1,
+            )
+            for i in range(n)
+        ]
+    )
+    BookingEvent.objects.bulk_create(
+        [BookingEvent(booking=b, kind=EventKind.CREATED, status=b.status) for b in made]
+    )
+    connections.close_all()
+    port = _free_port()
+    broker = _start(
+        [sys.executable, "manage.py", "run_broker", "--port", str(port), "--processes", "1"],
+        "broker listening",
+        1,
+    )
+    ctx = mp.get_context("spawn")
+    ready, done, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+    ids = [b.national_id for b in made]
+    client = ctx.Process(
+        target=_watch_client, args=(f"127.0.0.1:{port}", token, ids, ready, done, results)
+    )
+    client.start()
+    try:
+        opened, open_errors = ready.get(timeout=180)
+        user = get_user_model().objects.get(pk=user_id)
+        committed: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for i, booking in enumerate(made):
+            services.booking_record(booking=booking, kind=EventKind.WORKLOAD, message=f"bench {i}")
+            committed[booking.national_id] = time.time()
+        write_s = time.perf_counter() - t0
+        time.sleep(3.0)
+        done.set()
+        arrived, errors = results.get(timeout=120)
+        client.join(30)
+    finally:
+        _stop(broker)
+    del user
+    delays = [(arrived[b] - committed[b]) * 1000 for b in arrived]
+    return {
+        "streams": n,
+        "opened": opened,
+        "open_errors": open_errors,
+        "delivered": len(delays),
+        "within_100ms": sum(d <= 100 for d in delays),
+        "p50": pct(delays, 0.5) if delays else float("nan"),
+        "p99": pct(delays, 0.99) if delays else float("nan"),
+        "max": max(delays) if delays else float("nan"),
+        "events_per_s": n / write_s,
+        "errors": errors,
+        "oversold": len(ledger.oversold_pools()),
+    }
+
+
+def _visibility_client(target: str, token: str, commands: Any, answers: Any) -> None:
+    """Polls QueryCapacity for the pool under a price cap no other pool meets, on 4 channels
+    (spread over the broker's processes), until each has seen the expected price."""
+    from decimal import Decimal
+
+    import grpc
+
+    from protos import broker_pb2 as pb
+    from protos import broker_pb2_grpc
+
+    channels = [grpc.insecure_channel(target) for _ in range(4)]
+    stubs = [broker_pb2_grpc.BrokerStub(c) for c in channels]
+    meta = (("authorization", f"Bearer {token}"),)
+    while True:
+        command = commands.get()
+        if command is None:
+            break
+        pool, price, limit = command
+        seen: dict[int, float] = {}
+        end = time.monotonic() + limit
+        while len(seen) < len(stubs) and time.monotonic() < end:
+            for k, stub in enumerate(stubs):
+                if k in seen:
+                    continue
+                reply = stub.QueryCapacity(
+                    pb.QueryCapacityRequest(max_price="0.05", page_size=10),
+                    metadata=meta,
+                    timeout=10,
+                )
+                if any(
+                    e.pool == pool and Decimal(e.price_per_accelerator_hour or "-1") == price
+                    for e in reply.entries
+                ):
+                    seen[k] = time.time()
+            time.sleep(0.01)
+        answers.put(max(seen.values()) if len(seen) == len(stubs) else None)
+    for c in channels:
+        c.close()
+
+
+def pool_visibility(target: str, token: str, limit: float) -> tuple[float | None, float | None]:
+    """Seconds from the commit of a new pool (raw SQL, as any writer might) to its appearance in
+    QueryCapacity on every channel, then from the commit of a price change to the new price."""
+    from decimal import Decimal
+
+    from django.db import connection
+
+    ctx = mp.get_context("spawn")
+    commands, answers = ctx.Queue(), ctx.Queue()
+    client = ctx.Process(target=_visibility_client, args=(target, token, commands, answers))
+    client.start()
+    nid = f"CN-VISIBLE-{os.getpid()}"
+    out: list[float | None] = []
+    try:
+        time.sleep(3.0)
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO registry_pool (status, status_reason, version, created_at, "
+                "updated_at, national_id, name, accelerators_per_node, nodes, "
+                "intra_node_interconnect, inter_node_interconnect, price_per_accelerator_hour, "
+                "currency, declared_tflops_per_accelerator, declared_precision, verified_at, "
+                "accelerator_id, center_id) SELECT 'active', '', 1, now(), now(), %s, 'visible', "
+                "8, 1, 'nvlink', 'infiniband', 0.01, 'CNY', 300, 'bf16', now(), accelerator_id, "
+                "center_id "
+                "FROM registry_pool ORDER BY id LIMIT 1",
+                [nid],
+            )
+        t0 = time.time()
+        commands.put((nid, Decimal("0.01"), limit))
+        seen = answers.get(timeout=limit + 60)
+        out.append(None if seen is None else seen - t0)
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE registry_pool SET price_per_accelerator_hour = 0.02 WHERE national_id = %s",
+                [nid],
+            )
+        t0 = time.time()
+        commands.put((nid, Decimal("0.02"), limit))
+        seen = answers.get(timeout=limit + 60)
+        out.append(None if seen is None else seen - t0)
+    finally:
+        commands.put(None)
+        client.join(30)
+    return out[0], out[1]
+
+
+def _spy_summary(raw: Path, top: int = 14) -> str:
+    """Where the broker's CPU went, from py-spy's collapsed stacks: each line is
+    ``frame;frame;... samples``, a frame ``function (file:line)``."""
+    from collections import Counter
+
+    total = 0
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            if "/site-packages/" not in frame and "/lib/python" not in frame:
+                inclusive[frame] += n  # our own code, including what it calls
+    if not total:
+        return "  (no samples)"
+    lines = [f"  {total} samples (CPU, every thread of both broker processes)"]
+    lines.append("  own time, top functions:")
+    lines += [f"    {n / total:6.1%}  {frame}" for frame, n in own.most_common(top)]
+    lines.append("  inclusive time, the project's functions:")
+    lines += [f"    {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def profile_grpc_booking(
+    target: str,
+    broker_pid: int,
+    tokens: list[str],
+    pools: list[str],
+    start: dt.datetime,
+    seconds: float,
+    out_dir: Path,
+    label: str,
+) -> str:
+    """The spread run once more, with py-spy sampling both broker processes (not timed): a
+    flame graph (SVG) and collapsed stacks in ``out_dir``, and their summary."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "  py-spy not installed (pip install -e '.[dev]'): no profile"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    svg, raw = out_dir / f"{label}.svg", out_dir / f"{label}.collapsed.txt"
+    common = ["record", "--pid", str(broker_pid), "--subprocesses", "--nonblocking", "-r", "200"]
+    recorders = [
+        subprocess.Popen(
+            [spy, *common, "-d", str(int(seconds + 6)), "--format", fmt, "-o", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for fmt, path in (("flamegraph", svg), ("raw", raw))
+    ]
+    time.sleep(1.0)
+    result = grpc_booking(target, "spread", tokens, pools, start, seconds)
+    for r in recorders:
+        r.wait(60)
+    summary = _spy_summary(raw) if raw.exists() else "  (py-spy wrote nothing)"
+    text = (
+        f"profiled spread run ({result['ok']:.0f} bookings/s under py-spy); flame graph "
+        f"{svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg}\n{summary}"
+    )
+    (out_dir / f"{label}.summary.txt").write_text(text + "\n")
+    return text
+
+
+def grpc_phases(
+    firms: list[tuple[int, int, str]],
+    pools: list[str],
+    start: dt.datetime,
+    seconds: float,
+    profile_dir: Path | None,
+    label: str,
+) -> dict[str, Any]:
+    """Everything through ``run_broker --processes 2``, then the bare echo server's rate."""
     from django.db import connections
 
     connections.close_all()
     workers = 16
+    tokens = [f[2] for f in firms]
+    out: dict[str, Any] = {}
     port = _free_port()
+    target = f"127.0.0.1:{port}"
     broker = _start(
         [
             sys.executable,
@@ -571,7 +1029,19 @@ def grpc_rates(token: str, seconds: float) -> tuple[float, float]:
         2,
     )
     try:
-        broker_rate = rpc_rate(f"127.0.0.1:{port}", "broker", token, seconds)
+        out["spread"] = grpc_booking(target, "spread", tokens, pools, start, seconds)
+        print("  gRPC spread measured", flush=True)
+        # 32 pools of their own sizes (8-64 accelerators): they fill up, then every refusal
+        # cancels a booking and the freed capacity is fought over.
+        out["contended"] = grpc_booking(target, "contended", tokens, pools[32:64], start, seconds)
+        print("  gRPC contended measured", flush=True)
+        out["query"] = rpc_rate(target, "broker", tokens[0], seconds)
+        out["visibility"] = pool_visibility(target, tokens[0], 10.0 if seconds < 10 else 30.0)
+        print("  gRPC capacity queries and pool visibility measured", flush=True)
+        if profile_dir is not None:
+            out["profile"] = profile_grpc_booking(
+                target, broker.pid, tokens, pools, start, seconds, profile_dir, label
+            )
     finally:
         _stop(broker)
     port = _free_port()
@@ -581,10 +1051,10 @@ def grpc_rates(token: str, seconds: float) -> tuple[float, float]:
         2,
     )
     try:
-        echo_rate = rpc_rate(f"127.0.0.1:{port}", "echo", token, seconds)
+        out["echo"] = rpc_rate(f"127.0.0.1:{port}", "echo", tokens[0], seconds)
     finally:
         _stop(echo)
-    return broker_rate, echo_rate
+    return out
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -598,9 +1068,21 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return f"MISSED ({ratio:.0%} of target)"
 
 
+def _ms(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0f}"  # NaN: nothing measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller scales, shorter runs")
+    parser.add_argument(
+        "--scales", default="", help="pool counts for placement, e.g. 1000,10000 (10000 needed)"
+    )
+    parser.add_argument("--streams", type=int, default=1000, help="WatchBooking streams")
+    parser.add_argument(
+        "--profile", default="", help="py-spy the broker in an extra run; files in this folder"
+    )
+    parser.add_argument("--label", default="run", help="name of the profile files")
     parser.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--echo-workers", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -608,8 +1090,13 @@ def main() -> None:
         echo_server(args.echo_server, 2, args.echo_workers)
         return
     scales = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    if args.scales:
+        scales = sorted(int(x) for x in args.scales.split(","))
+    if 10_000 not in scales:
+        parser.error("--scales must include 10000 (the booking runs use it)")
     seconds = 4.0 if args.quick else 10.0
     n_place = 100 if args.quick else 300
+    profile_dir = Path(args.profile).resolve() if args.profile else None
 
     name = urlparse(DB_URL).path.lstrip("/")
     print(
@@ -644,8 +1131,12 @@ def main() -> None:
         placement[scale] = brief + explained + sql_only
         print(f"  {scale:>7} pools ready ({built:.0f} s); placement measured", flush=True)
         if scale == 10_000:
-            pools = list(Pool.objects.values_list("national_id", flat=True))
+            pools = list(Pool.objects.values_list("national_id", flat=True).order_by("id"))
             users = [f[1] for f in firms]
+            # Through gRPC first, on pools nobody booked yet.
+            results["grpc"] = grpc_phases(firms, pools, start, seconds, profile_dir, args.label)
+            results["watch"] = watch_latency(org_id, firms[0][1], firms[0][2], args.streams)
+            print("  WatchBooking streams measured", flush=True)
             results["spread"] = booking_throughput("spread", users, pools, start, seconds)
             # 32 hot pools, large enough that they are still accepting at the end of the run.
             hot = pools[:32]
@@ -662,7 +1153,7 @@ def main() -> None:
             results["flow"] = booking_throughput("flow", users, pools, start, seconds)
             results["booking_profile"] = booking_profile(users[0], pools, start)
             results["pgbench"] = pgbench(int(seconds))
-            results["grpc"] = grpc_rates(firms[0][2], seconds)
+            print("  in-process bookings and pgbench measured", flush=True)
     profile = placement_profile(start, org_id)
 
     print("\n1. placement latency (ms), in process")
@@ -682,7 +1173,8 @@ def main() -> None:
     print(f"where the time goes at {scales[-1]} pools:\n{profile}")
 
     print(
-        f"\n2. booking throughput, {CLIENTS} client processes, {seconds:.0f} s each, 10,000 pools"
+        f"\n2. booking throughput in process, {CLIENTS} client processes, {seconds:.0f} s each, "
+        "10,000 pools"
     )
     print(f"{'run':<34} {'accepted/s':>10} {'answered/s':>10} {'aborted':>8} {'oversold':>9}")
     labels = {
@@ -698,43 +1190,111 @@ def main() -> None:
     print("\n3. yardstick: pgbench -M prepared, TPC-B-like, 16 clients, same PostgreSQL")
     print(f"  {results['pgbench']:.0f} transactions/s")
 
-    broker_rate, echo_rate = results["grpc"]
-    print("\n4. gRPC calls/s, 2 server processes x 16 threads, 4 client processes x 4 channels")
-    print(f"  broker QueryCapacity (10,000 pools, model+hub, 20 per page): {broker_rate:.0f}/s")
-    print(f"  bare echo server: {echo_rate:.0f}/s  -> ratio {broker_rate / echo_rate:.2f}")
+    g = results["grpc"]
+    print(
+        f"\n4. through gRPC: run_broker --processes 2 (16 threads each); {BOOK_PROCESSES} client "
+        f"processes x {BOOK_THREADS} threads, one channel each, {seconds:.0f} s per run"
+    )
+    print(
+        f"{'run':<34} {'booked/s':>9} {'answered/s':>10} {'refused':>8} {'cancels':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'oversold':>9}  errors"
+    )
+    grpc_labels = {
+        "spread": "spread (1 acc., random pool, 14 d)",
+        "contended": "32 pools, same hour, cancel on refusal",
+    }
+    for key, label in grpc_labels.items():
+        r = g[key]
+        print(
+            f"{label:<34} {r['ok']:>9.0f} {r['answered']:>10.0f} {r['refused']:>8} "
+            f"{r['cancels']:>8} {r['p50']:>7.1f} {r['p99']:>7.1f} {r['oversold']:>9}  "
+            f"{r['errors'] or 'none'}"
+        )
+    print(
+        f"  QueryCapacity (10,000 pools, model+hub, 20 per page), 4 client processes x 4 "
+        f"channels: {g['query']:.0f}/s; bare echo server (2 processes x 16 threads): "
+        f"{g['echo']:.0f}/s -> ratio {g['query'] / g['echo']:.2f}"
+    )
+    new_pool, changed_pool = g["visibility"]
+    limit = 10 if seconds < 10 else 30
 
-    print(f"\n5. issue 4 targets (load average {os.getloadavg()[0]:.1f} at the end)")
-    p99 = placement[scales[-1]][1]
+    def seen(v: float | None) -> str:
+        return f"> {limit} s (not seen)" if v is None else f"{v:.2f} s"
+
+    print(
+        f"  a pool inserted (raw SQL) seen by QueryCapacity on 4 channels after {seen(new_pool)};"
+        f" its price changed, seen after {seen(changed_pool)}"
+    )
+    if "profile" in g:
+        print("  " + g["profile"].replace("\n", "\n  "))
+
+    w = results["watch"]
+    print(
+        f"\n5. WatchBooking: {w['streams']} streams on one broker process (run_broker "
+        f"--processes 1), one event per booking committed one after the other "
+        f"({w['events_per_s']:.0f} events/s)"
+    )
+    print(
+        f"  streams open {w['opened']} of {w['streams']} ({w['open_errors'] or 'no errors'}); "
+        f"events delivered {w['delivered']}, within 100 ms of commit {w['within_100ms']}; "
+        f"delay p50 {_ms(w['p50'])} ms, p99 {_ms(w['p99'])} ms, max {_ms(w['max'])} ms; "
+        f"oversold {w['oversold']}"
+    )
+
+    sp, co = g["spread"], g["contended"]
+    ratio = results["spread"][0] / results["pgbench"]
+    oversold = sum(results[k][3] for k in labels) + sp["oversold"] + co["oversold"]
+    deadlock_errors = sum(
+        n for r in (sp, co) for code, n in r["errors"].items() if code.endswith("ABORTED")
+    )
+    all_delivered = w["within_100ms"] == w["streams"]
+    print(f"\n6. issue 14 targets (load average {os.getloadavg()[0]:.1f} at the end)")
     rows = [
-        (f"placement p99 at {scales[-1]} pools <= 20 ms", f"{p99:.1f} ms", verdict(p99, 20, False)),
         (
-            "bookings/s spread >= 1500",
-            f"{results['spread'][0]:.0f}",
-            verdict(results["spread"][0], 1500),
+            "in process, spread >= 0.3 x pgbench",
+            f"{results['spread'][0]:.0f} ({ratio:.2f}x)",
+            verdict(ratio, 0.3),
+        ),
+        ("gRPC bookings/s spread >= 500", f"{sp['ok']:.0f}", verdict(sp["ok"], 500)),
+        ("gRPC bookings/s contended >= 250", f"{co['ok']:.0f}", verdict(co["ok"], 250)),
+        (
+            "  ... 0 oversold, 0 ABORTED",
+            f"{oversold}, {deadlock_errors}",
+            "met" if oversold == 0 and deadlock_errors == 0 else "MISSED",
         ),
         (
-            "bookings/s on 32 contended pools >= 500",
-            f"{results['contended'][0]:.0f}",
-            verdict(results["contended"][0], 500),
+            "gRPC booking p50 <= 15 ms (spread)",
+            f"{sp['p50']:.1f} ms",
+            verdict(sp["p50"], 15, False),
         ),
         (
-            "query-then-book/s at 10,000 pools >= 300",
-            f"{results['flow'][1]:.0f}",
-            verdict(results["flow"][1], 300),
+            "gRPC booking p99 <= 50 ms (spread)",
+            f"{sp['p99']:.1f} ms",
+            verdict(sp["p99"], 50, False),
         ),
         (
-            "gRPC capacity query >= 0.5 x echo",
-            f"{broker_rate / echo_rate:.2f}",
-            verdict(broker_rate / echo_rate, 0.5),
+            "QueryCapacity >= 0.5 x echo",
+            f"{g['query'] / g['echo']:.2f}",
+            verdict(g["query"] / g["echo"], 0.5),
         ),
         (
-            "nothing oversold",
-            str(sum(results[k][3] for k in labels)),
-            "met" if sum(results[k][3] for k in labels) == 0 else "MISSED",
+            f"{w['streams']} streams, each event <= 100 ms",
+            f"{w['within_100ms']} of {w['streams']}",
+            "met" if all_delivered else f"MISSED ({w['within_100ms'] / w['streams']:.0%})",
+        ),
+        (
+            "new pool visible <= 1 s",
+            seen(new_pool),
+            "met" if new_pool is not None and new_pool <= 1 else "MISSED",
+        ),
+        (
+            "changed pool visible <= 1 s",
+            seen(changed_pool),
+            "met" if changed_pool is not None and changed_pool <= 1 else "MISSED",
         ),
     ]
     for target, value, status in rows:
-        print(f"  {target:<44} {value:>10}  {status}")
+        print(f"  {target:<40} {value:>18}  {status}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,27 @@ if ! command -v faketime >/dev/null; then
   echo "installing faketime"; apt_install faketime || echo "faketime not installable" >&2
 fi
 
+# Slurm (Debian's 22.05) and munge for tests/slurm: the tests start their own cluster in a
+# temporary directory; here only the packages, with a policy-rc.d so that nothing starts.
+# MariaDB's server backs the test cluster's slurmdbd (sacct).
+if ! command -v slurmctld >/dev/null && ! [ -x /usr/sbin/slurmctld ] \
+   || ! [ -x /usr/sbin/slurmdbd ] || ! [ -x /usr/sbin/munged ] || ! command -v sbatch >/dev/null \
+   || ! [ -x /usr/sbin/mariadbd ]; then
+  echo "installing Slurm and munge"
+  policy_made=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d; policy_made=1
+  fi
+  if command -v apt-get >/dev/null; then
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      munge slurmctld slurmd slurm-client slurmdbd mariadb-server >/dev/null \
+      || echo "Slurm not installable; tests/slurm will skip" >&2
+  fi
+  [ -n "$policy_made" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
 # docker-compose (Debian's v1) validates docker-compose.yml without an engine.
 if ! command -v docker-compose >/dev/null; then
   echo "installing docker-compose"; apt_install docker-compose || echo "docker-compose not installable" >&2

@@ -26,6 +26,7 @@ from agent import __version__
 from agent.backends import BACKENDS, backend_for, measure
 from agent.challenge import PRECISIONS
 from agent.config import (
+    SCHEDULERS,
     AgentConfig,
     CenterConfig,
     ConfigError,
@@ -46,6 +47,9 @@ from agent.register import (
     with_commercial_terms,
 )
 from agent.server import AgentRuntime, build_server
+from agent.slurm.cli import SlurmError
+from agent.slurm.config import SlurmConfig, SlurmConfigError
+from agent.workloads import WorkloadRunner
 
 logger = logging.getLogger("agent")
 
@@ -206,6 +210,35 @@ def serve_parser() -> argparse.ArgumentParser:
         help="calls of GetInventory and RunBenchmark that fail in flaky mode (default 2)",
     )
 
+    sched = parser.add_argument_group("scheduler (docs/slurm.md)")
+    sched.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="run workloads in-process (inprocess, the default: demos and tests) or through "
+        "the center's Slurm (slurm: pools, reservations, jobs and usage from Slurm)",
+    )
+    sched.add_argument("--slurm-user", help="the service account (default: the current user)")
+    sched.add_argument("--slurm-conf", help="slurm.conf to use (default: Slurm's own lookup)")
+    sched.add_argument("--slurm-bin-dir", help="where sinfo, scontrol... live (default: PATH)")
+    sched.add_argument(
+        "--slurm-partition", action="append", default=[], help="partition to front (repeatable)"
+    )
+    sched.add_argument(
+        "--slurm-model",
+        metavar="GRES_TYPE=SLUG",
+        action="append",
+        default=[],
+        help="catalog slug of a GRES type, e.g. a100=nvidia-a100-80g (repeatable)",
+    )
+    sched.add_argument("--slurm-workdir", help="jobs' working directory and output (/tmp)")
+    sched.add_argument(
+        "--slurm-container", help="wraps commands, e.g. 'apptainer exec docker://{image}'"
+    )
+    sched.add_argument("--slurm-prefix", help="name prefix of its reservations and jobs (ic-)")
+    sched.add_argument(
+        "--slurm-no-accounting", action="store_true", help="no slurmdbd: usage from squeue times"
+    )
+
     beat = parser.add_argument_group("heartbeats (sent when --platform and --token are given)")
     beat.add_argument("--platform", metavar="HOST:PORT", help="the platform's Telemetry service")
     beat.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
@@ -321,6 +354,10 @@ def serve_configs(args: argparse.Namespace) -> list[AgentConfig]:
         backend=args.backend or base.backend,
     )
     specs: list[SimulationSpec] = args.simulate
+    if (args.scheduler or base.scheduler) == "slurm":
+        if specs or base.simulation is not None:
+            raise ConfigError("a simulated center has no Slurm: drop --simulate or --scheduler")
+        return [replace(base, scheduler="slurm", slurm=_slurm_config(base.slurm, args))]
     if not specs:
         if base.simulation is not None:  # simulated through the config file only
             specs = [SimulationSpec(base.simulation.mode, None, {})]
@@ -354,6 +391,42 @@ def serve_configs(args: argparse.Namespace) -> list[AgentConfig]:
         )
         configs.append(_with_pool_ids(_with_flag_pool(config, args, spec.overrides), args))
     return configs
+
+
+def _slurm_config(base: SlurmConfig | None, args: argparse.Namespace) -> SlurmConfig:
+    """The ``[slurm]`` table overridden by the ``--slurm-*`` flags."""
+    base = base or SlurmConfig()
+    try:
+        return replace(
+            base,
+            user=args.slurm_user or base.user,
+            conf=args.slurm_conf or base.conf,
+            bin_dir=args.slurm_bin_dir or base.bin_dir,
+            partitions=tuple(args.slurm_partition) or base.partitions,
+            models=tuple(args.slurm_model) or base.models,
+            workdir=args.slurm_workdir or base.workdir,
+            container=base.container if args.slurm_container is None else args.slurm_container,
+            prefix=args.slurm_prefix or base.prefix,
+            accounting=base.accounting and not args.slurm_no_accounting,
+        )
+    except SlurmConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def slurm_runtime(
+    config: AgentConfig, args: argparse.Namespace | None = None
+) -> tuple[AgentConfig, WorkloadRunner]:
+    """The Slurm backend for ``config`` and the config with Slurm's pools (flag pool and
+    configured pools lend their prices, names, interconnects and national ids)."""
+    from agent.slurm.scheduler import SlurmScheduler
+
+    assert config.slurm is not None
+    template = pool_from_flags(args, {}, simulated=False) if args and args.model else None
+    scheduler = SlurmScheduler(config.slurm, pool_template=template, configured=config.pools)
+    config = scheduler.agent_config(config)
+    if args is not None:
+        config = _with_pool_ids(config, args)
+    return config, scheduler
 
 
 def _with_flag_pool(
@@ -414,9 +487,16 @@ def serve(argv: Sequence[str]) -> int:
     senders: list[HeartbeatSender] = []
     try:
         for config in configs:
-            runtime = build_server(config.address, agent_config=config)
+            workloads = None
+            if config.scheduler == "slurm":
+                config, workloads = slurm_runtime(config, args)
+            runtime = build_server(config.address, agent_config=config, workloads=workloads)
             runtimes.append(runtime)
-            mode = config.simulation.mode if config.simulation else "real"
+            mode = (
+                config.simulation.mode
+                if config.simulation
+                else ("slurm" if config.scheduler == "slurm" else "real")
+            )
             # One parseable line per server: scripts and tests read the bound port from it.
             print(
                 f"agent {config.agent_id} ({mode}) listening on {config.host}:{runtime.port}",
@@ -426,7 +506,7 @@ def serve(argv: Sequence[str]) -> int:
                 sender = HeartbeatSender(config, runtime.workloads)
                 sender.start()
                 senders.append(sender)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SlurmError) as exc:
         print(f"error: cannot start the agent: {exc}", file=sys.stderr)
         stopping.set()
         status = 1

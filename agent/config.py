@@ -54,6 +54,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from agent.slurm.config import SlurmConfig, SlurmConfigError
+
 MIB = 1024 * 1024
 _T = typing.TypeVar("_T")
 
@@ -229,6 +231,9 @@ class HeartbeatConfig:
         return bool(self.platform and self.token)
 
 
+SCHEDULERS = ("inprocess", "slurm")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent (one gRPC server) needs.
@@ -254,8 +259,15 @@ class AgentConfig:
     backend: str = "numpy"
     grace_seconds: float = 5.0
     workload_startup_seconds: float = 1.0
+    # "inprocess" (threads, for demos and tests) or "slurm" (the center's Slurm; docs/slurm.md).
+    scheduler: str = "inprocess"
+    slurm: SlurmConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}")
+        if self.scheduler == "slurm" and self.simulation is not None:
+            raise ConfigError("a simulated center has no Slurm: drop --simulate or --scheduler")
         if not self.agent_id:
             raise ConfigError("agent_id must not be empty")
         if not 0 <= self.port <= 65535:
@@ -329,9 +341,13 @@ def agent_config_from_mapping(data: Mapping[str, Any]) -> AgentConfig:
         ("simulation", SimulationConfig),
         ("center", CenterConfig),
         ("heartbeat", HeartbeatConfig),
+        ("slurm", SlurmConfig),
     ):
         if name in values:
-            nested[name] = _from_mapping(cls, values.pop(name), name)
+            try:
+                nested[name] = _from_mapping(cls, values.pop(name), name)
+            except SlurmConfigError as exc:
+                raise ConfigError(str(exc)) from exc
     return _from_mapping(AgentConfig, values, "config", extra=nested)
 
 

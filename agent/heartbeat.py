@@ -31,14 +31,15 @@ def build_heartbeat(
     sent_at.FromDatetime(now or datetime.now(UTC))
     pools = []
     for pool in config.pools:
-        busy = workloads.busy(pool.key)
+        # The runner says what is healthy: all of it in-process, the usable nodes' GPUs in Slurm.
+        healthy = workloads.healthy(pool.key)
+        busy = min(workloads.busy(pool.key), healthy)
         pools.append(
             agent_pb2.PoolHeartbeat(
                 pool_national_id=pool.national_id,
                 pool_key=pool.key,
                 utilization=busy / pool.accelerators,
-                # The simulation has no failing hardware; a real agent would ask the driver.
-                accelerators_healthy=pool.accelerators,
+                accelerators_healthy=healthy,
                 accelerators_busy=busy,
             )
         )

@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent import __version__
@@ -112,12 +113,18 @@ def simulated_device(pool: PoolConfig, config: AgentConfig) -> str:
     )
 
 
-def build_inventory(config: AgentConfig) -> Inventory:
-    """The agent's inventory: configured pools, with detected (or simulated) device lines."""
+def build_inventory(
+    config: AgentConfig, *, details: Callable[[str], tuple[str, ...]] | None = None
+) -> Inventory:
+    """The agent's inventory: configured pools, with detected (or simulated) device lines;
+    ``details`` (the runner's, per pool key) replaces detection when it has something to say
+    (a Slurm agent describes the cluster's nodes, not the host it runs on)."""
     pools = []
     for pool in config.pools:
-        details = (simulated_device(pool, config),) if config.simulated else detect_devices()
-        pools.append(InventoryPool(pool=pool, device_details=details))
+        found = details(pool.key) if details is not None else ()
+        if not found:
+            found = (simulated_device(pool, config),) if config.simulated else detect_devices()
+        pools.append(InventoryPool(pool=pool, device_details=found))
     return Inventory(
         agent_id=config.agent_id,
         agent_version=__version__,

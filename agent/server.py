@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -37,7 +37,7 @@ from agent.config import AgentConfig, PoolConfig
 from agent.errors import AgentError, InvalidArgument, ResourceExhausted
 from agent.inventory import Inventory, build_inventory
 from agent.simulation import backend_for_simulation, faults_for, health_delay
-from agent.workloads import Workload, WorkloadRunner, WorkloadSpec, WorkloadState
+from agent.workloads import CapacityHold, Workload, WorkloadRunner, WorkloadSpec, WorkloadState
 from protos import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,35 @@ def workload_to_pb(workload: Workload) -> agent_pb2.Workload:
         started_at=timestamp_pb(workload.started_at),
         finished_at=timestamp_pb(workload.finished_at),
         message=workload.message,
+        accelerator_hours=workload.accelerator_hours,
+        scheduler_state=workload.scheduler_state,
+    )
+
+
+def hold_from_pb(request: agent_pb2.HoldCapacityRequest) -> CapacityHold:
+    """CapacityHold from a HoldCapacityRequest (both times required)."""
+    for name in ("start_time", "end_time"):
+        if not request.HasField(name):
+            raise InvalidArgument(name, "is required")
+    return CapacityHold(
+        hold_id=request.hold_id,
+        pool_key=request.pool_key,
+        accelerators=request.accelerators,
+        start=request.start_time.ToDatetime(tzinfo=UTC),
+        end=request.end_time.ToDatetime(tzinfo=UTC),
+    )
+
+
+def hold_to_pb(hold: CapacityHold) -> agent_pb2.CapacityHold:
+    """The proto CapacityHold."""
+    return agent_pb2.CapacityHold(
+        hold_id=hold.hold_id,
+        pool_key=hold.pool_key,
+        accelerators=hold.accelerators,
+        nodes=hold.nodes,
+        start_time=timestamp_pb(hold.start),
+        end_time=timestamp_pb(hold.end),
+        reference=hold.reference,
     )
 
 
@@ -252,7 +281,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     ) -> agent_pb2.GetInventoryResponse:
         """Describe the agent and the resource pools it fronts."""
         self.faults.check("GetInventory")
-        return inventory_to_pb(build_inventory(self.config))
+        return inventory_to_pb(build_inventory(self.config, details=self.workloads.device_details))
 
     @rpc_errors
     def RunBenchmark(
@@ -316,6 +345,22 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """Stream the workload's state until it ends."""
         for workload in self.workloads.watch(request.workload_id, context.is_active):
             yield agent_pb2.WatchWorkloadResponse(workload=workload_to_pb(workload))
+
+    @rpc_errors
+    def HoldCapacity(
+        self, request: agent_pb2.HoldCapacityRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.HoldCapacityResponse:
+        """Hold capacity for a booked window (a Slurm reservation under --scheduler slurm)."""
+        hold, created = self.workloads.hold(hold_from_pb(request))
+        return agent_pb2.HoldCapacityResponse(hold=hold_to_pb(hold), created=created)
+
+    @rpc_errors
+    def ReleaseCapacity(
+        self, request: agent_pb2.ReleaseCapacityRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReleaseCapacityResponse:
+        """Give a hold back; ``released`` is False for an unknown one."""
+        released = self.workloads.release(request.hold_id, request.reason)
+        return agent_pb2.ReleaseCapacityResponse(released=released)
 
 
 # --- the server ------------------------------------------------------------------------------

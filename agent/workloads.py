@@ -10,6 +10,7 @@ when StopWorkload is called first.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +61,38 @@ class Workload:
     finished_at: datetime | None = None
     message: str = ""
     version: int = 0
+    # Measured by the scheduler's accounting (Slurm's sacct); 0 when there is none.
+    accelerator_hours: float = 0.0
+    scheduler_state: str = ""
+
+
+@dataclass(frozen=True)
+class CapacityHold:
+    """Capacity held for a booked window (see ``HoldCapacityRequest``): in-process, a record;
+    in Slurm, an advance reservation of ``nodes`` whole nodes named ``reference``."""
+
+    hold_id: str
+    pool_key: str
+    accelerators: int
+    start: datetime
+    end: datetime
+    nodes: int = 0
+    reference: str = ""
+
+
+HOLD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def check_hold(hold: CapacityHold, pool: PoolConfig, now: datetime) -> None:
+    """Validate a hold request against its pool (InvalidArgument naming the field)."""
+    if not HOLD_ID_RE.match(hold.hold_id):
+        raise InvalidArgument("hold_id", "1 to 100 letters, digits, '-', '_' or '.'")
+    if not 1 <= hold.accelerators <= pool.accelerators:
+        raise InvalidArgument("accelerators", f"must be between 1 and {pool.accelerators}")
+    if hold.end <= hold.start:
+        raise InvalidArgument("end_time", "must be after start_time")
+    if hold.end <= now:
+        raise InvalidArgument("end_time", "must be in the future")
 
 
 class WorkloadRunner:
@@ -86,6 +119,7 @@ class WorkloadRunner:
         self._workloads: dict[str, Workload] = {}
         self._busy = dict.fromkeys(self._pools, 0)
         self._closed = False
+        self._holds: dict[str, CapacityHold] = {}
 
     def resolve_pool(self, pool_key: str) -> PoolConfig:
         """The pool named ``pool_key``; an empty key means the only pool, if there is one."""
@@ -158,6 +192,35 @@ class WorkloadRunner:
             yield workload  # outside the lock: the consumer may be slow
             if workload.state in TERMINAL_STATES:
                 return
+
+    def hold(self, hold: CapacityHold) -> tuple[CapacityHold, bool]:
+        """Record a hold (in-process the broker's ledger is the only capacity check);
+        idempotent per id."""
+        pool = self.resolve_pool(hold.pool_key)
+        hold = replace(hold, pool_key=pool.key, start=max(hold.start, self._clock()))
+        check_hold(hold, pool, self._clock())
+        with self._cond:
+            existing = self._holds.get(hold.hold_id)
+            if existing is not None:
+                return existing, False
+            nodes = -(-hold.accelerators // pool.accelerators_per_node)
+            hold = replace(hold, nodes=nodes)
+            self._holds[hold.hold_id] = hold
+            return hold, True
+
+    def release(self, hold_id: str, reason: str = "") -> bool:
+        """Forget a hold; False if there was none."""
+        with self._cond:
+            return self._holds.pop(hold_id, None) is not None
+
+    def device_details(self, pool_key: str) -> tuple[str, ...]:
+        """What the runner knows of the pool's devices (nothing in-process: the host is
+        detected instead)."""
+        return ()
+
+    def healthy(self, pool_key: str) -> int:
+        """Accelerators of the pool that can run work (a simulation has no failing hardware)."""
+        return self._pools[pool_key].accelerators
 
     def busy(self, pool_key: str) -> int:
         """Accelerators of the pool held by RUNNING workloads."""

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 import grpc
 from django.conf import settings
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from brokers import services
 from brokers.choices import FINAL_STATUSES, BookingStatus, EventKind
@@ -251,9 +252,11 @@ def follow(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) -> Outcome
                         allocation=allocation,
                         started_at=workload.started_at.ToDatetime(tzinfo=UTC),
                         finished_at=workload.finished_at.ToDatetime(tzinfo=UTC),
+                        accelerator_hours=workload.accelerator_hours or None,
                     )
         outcome = _advance(booking, states)
         if outcome is not None:
+            _release_holds(allocations, "the booking ended")
             return outcome
         if time.monotonic() >= deadline:
             return Outcome.FOLLOW
@@ -311,6 +314,92 @@ def _stop_all(allocations: list[Allocation], reason: str) -> None:
             )
         except grpc.RpcError:
             pass  # never started there, or the agent is gone: nothing to stop
+
+
+# A center refusing to hold a window (its nodes taken locally) or holding a conflicting one.
+HOLD_REFUSED = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION})
+HOLDING_STATUSES = frozenset({BookingStatus.CONFIRMED, BookingStatus.DISPATCHING})
+
+
+def _hold(allocation: Allocation, booking: Booking) -> agent_pb2.HoldCapacityResponse:
+    endpoint = allocation.pool.center.agent_endpoint
+    if not endpoint:
+        raise grpc.RpcError("the center has no agent endpoint")
+    stub = agent_stub(endpoint)
+    start, end = Timestamp(), Timestamp()
+    start.FromDatetime(booking.window_start)
+    end.FromDatetime(booking.window_end)
+    return stub.HoldCapacity(
+        agent_pb2.HoldCapacityRequest(
+            hold_id=workload_id(allocation),
+            pool_key=_pool_key(stub, endpoint, allocation.pool.accelerator.slug),
+            accelerators=allocation.accelerators,
+            start_time=start,
+            end_time=end,
+        ),
+        timeout=CALL_TIMEOUT * 4,  # a Slurm agent runs scontrol (slow while the ctld is busy)
+    )
+
+
+def sync_holds(booking_id: int) -> Outcome:
+    """Hold a confirmed booking's window at each of its centers; release a final one's.
+
+    A center that refuses (``RESOURCE_EXHAUSTED``/``FAILED_PRECONDITION``: its nodes are taken
+    locally) makes the booking re-placed elsewhere, like a refused dispatch. A center that does
+    not answer, or an agent without holds (``UNIMPLEMENTED``), leaves the ledger's hold alone:
+    the dispatch finds out at the start.
+    """
+    booking = Booking.objects.filter(pk=booking_id).first()
+    if booking is None:
+        return Outcome.GONE
+    allocations = list(
+        booking.allocations.select_related("booking", "pool__center", "pool__accelerator")
+    )
+    if booking.status in FINAL_STATUSES:
+        _release_holds(allocations, f"the booking is {booking.status}")
+        return Outcome.DONE
+    if booking.status not in HOLDING_STATUSES:
+        return Outcome.GONE
+    for allocation in allocations:
+        center = allocation.pool.center.national_id
+        try:
+            reply = _hold(allocation, booking)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in HOLD_REFUSED:
+                logger.info("booking %s: no hold at %s (%s)", booking_id, center, _code(exc))
+                continue
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            reason = f"{center} could not hold the window ({details})"
+            logger.warning("booking %s: %s", booking.national_id, reason)
+            _release_holds(allocations, reason)
+            services.booking_replace(booking=booking, exclude_center=center, reason=reason)
+            return Outcome.REPLACED
+        if reply.created and reply.hold.reference:  # a scheduler's hold (e.g. a reservation)
+            services.booking_record(
+                booking=booking,
+                kind=EventKind.DISPATCHED,
+                message=f"{center} holds the window "
+                f"({reply.hold.reference}, {reply.hold.nodes} whole nodes)",
+                data={"pool": allocation.pool.national_id, "hold": reply.hold.reference},
+            )
+    return Outcome.DONE
+
+
+def _release_holds(allocations: list[Allocation], reason: str) -> None:
+    for allocation in allocations:
+        endpoint = allocation.pool.center.agent_endpoint
+        if not endpoint:
+            continue
+        try:
+            agent_stub(endpoint).ReleaseCapacity(
+                agent_pb2.ReleaseCapacityRequest(
+                    hold_id=f"{allocation.booking.national_id}-{allocation.pk}", reason=reason
+                ),
+                timeout=CALL_TIMEOUT * 4,
+            )
+        except grpc.RpcError:
+            pass  # never held there, or the agent is gone: Slurm drops it at its end
 
 
 def stop(booking_id: int) -> None:

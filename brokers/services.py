@@ -310,11 +310,25 @@ def _dispatch_on_commit(booking: Booking) -> None:
         return
     from brokers.tasks import dispatch_due_bookings
 
+    _holds_on_commit(booking)
+
     wait = (booking.window_start - _now()).total_seconds()
     if wait > DISPATCH_RELAY_SECONDS:
         return
     countdown = max(0.0, wait)
     transaction.on_commit(lambda: dispatch_due_bookings.apply_async(countdown=countdown))
+
+
+def _holds_on_commit(booking: Booking) -> None:
+    """After commit, bring the centers' holds in line with the booking's status: a confirmed
+    booking is held at its centers (a Slurm center makes an advance reservation; one that
+    cannot makes the booking re-placed), a cancelled or re-placed one is released there."""
+    if not getattr(settings, "BROKER_DISPATCH", True):
+        return
+    from brokers.tasks import booking_holds
+
+    pk = booking.pk
+    transaction.on_commit(lambda: booking_holds.delay(pk))
 
 
 # The relay runs this often (``setup_schedules``); a booking starts at most this late.
@@ -690,6 +704,7 @@ def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = ""
             raise ValidationError({"status": [f"A {booking.status} booking cannot be cancelled."]})
         _release(booking)
         _event(booking, EventKind.STATUS, booking.status_reason, {"door": door})
+        _holds_on_commit(booking)
         if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING) and getattr(
             settings, "BROKER_DISPATCH", True
         ):
@@ -792,6 +807,7 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
         )
         _set_status(old, allowed_from=RESERVING_STATUSES, to=BookingStatus.REPLACED, reason=reason)
         Booking.objects.filter(pk=old.pk).update(replaced_by=new)
+        _holds_on_commit(old)
         _event(
             old,
             EventKind.REPLACED,
@@ -895,11 +911,20 @@ def booking_flag_pool(*, pool_id: int, to_status: str, reason: str) -> list[Book
 
 
 def usage_record(
-    *, allocation: Allocation, started_at: dt.datetime, finished_at: dt.datetime
+    *,
+    allocation: Allocation,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    accelerator_hours: float | None = None,
 ) -> UsageRecord:
-    """Record what an allocation really used (idempotent: once per allocation)."""
-    hours = Decimal(max(0.0, (finished_at - started_at).total_seconds()) / 3600)
-    accel_hours = (hours * allocation.accelerators).quantize(Decimal("0.0001"))
+    """Record what an allocation really used (idempotent: once per allocation):
+    ``accelerator_hours`` as the center's accounting measured them (Slurm's sacct) when the
+    agent reports them, else the run's length times the allocation's accelerators."""
+    if accelerator_hours is not None and accelerator_hours > 0:
+        accel_hours = Decimal(str(accelerator_hours)).quantize(Decimal("0.0001"))
+    else:
+        hours = Decimal(max(0.0, (finished_at - started_at).total_seconds()) / 3600)
+        accel_hours = (hours * allocation.accelerators).quantize(Decimal("0.0001"))
     price = allocation.price_per_accelerator_hour or Decimal(0)
     record, _ = UsageRecord.objects.get_or_create(
         allocation=allocation,

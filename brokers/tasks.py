@@ -63,6 +63,13 @@ def booking_stop(booking_id: int) -> None:
 
 
 @shared_task(acks_late=True, ignore_result=True)
+def booking_holds(booking_id: int) -> str:
+    """Hold a confirmed booking's window at its centers, or release a cancelled or re-placed
+    one's (idempotent: holds are per allocation id on the agents)."""
+    return dispatch.sync_holds(booking_id).value
+
+
+@shared_task(acks_late=True, ignore_result=True)
 def booking_replace(booking_id: int, center_national_id: str) -> None:
     """Re-place a booking whose center went offline before it started."""
     booking = Booking.objects.filter(pk=booking_id).first()

@@ -422,6 +422,14 @@ class SlurmScheduler(WorkloadRunner):
                 raise NotFound(f"no workload {workload_id!r} on this agent")
             return tracked.workload
 
+    def get_job_id(self, workload_id: str) -> str:
+        """The Slurm job id of a workload of this agent."""
+        with self._cond:
+            tracked = self._tracked.get(workload_id)
+            if tracked is None:
+                raise NotFound(f"no workload {workload_id!r} on this agent")
+            return tracked.job_id
+
     def stop(self, workload_id: str, reason: str = "") -> Workload:
         with self._cond:
             tracked = self._tracked.get(workload_id)

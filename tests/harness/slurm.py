@@ -327,18 +327,15 @@ StorageLoc=slurm_acct
         with contextlib.suppress(Exception):
             if "slurmctld" in self._procs:
                 self.run("scancel", "--full", "--quiet", "-u", "root", check=False, timeout=15)
-        order = ["slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"]
-        for prefix in order:
-            for key in [k for k in self._procs if k.startswith(prefix)]:
-                proc = self._procs.pop(key)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+        # All at once (nothing here needs a clean shutdown: the directory goes next).
+        procs = list(self._procs.values())
+        self._procs.clear()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
         self._kill_steps()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -46,6 +46,7 @@ from agent.errors import (
 from agent.slurm.cli import JobInfo, NodeInfo, SlurmCLI, SlurmError, SlurmUnreachable
 from agent.slurm.config import SlurmConfig
 from agent.workloads import (
+    HOLD_ID_RE,
     TERMINAL_STATES,
     WATCH_POLL_SECONDS,
     CapacityHold,
@@ -341,20 +342,37 @@ class SlurmScheduler(WorkloadRunner):
             return self._submit(spec, pool), True
 
     def _adopt(self, spec: WorkloadSpec) -> Workload | None:
-        """A job of this id submitted before (e.g. by an agent that restarted): follow it."""
+        """A job of this id that the agent submitted before (an agent that restarted lost its
+        memory, Slurm did not): follow it instead of submitting a second one. Only a job with
+        the agent's name *and* user is adopted."""
         name = self.reservation_name(spec.workload_id)
         try:
             jobs = [j for j in self.cli.queue(user=self.slurm.user) if j.name == name]
+            if not jobs and self.slurm.accounting:
+                since = self._clock() - timedelta(days=7)
+                jobs = [
+                    j
+                    for j in self.cli.accounting(user=self.slurm.user, since=since)
+                    if j.name == name
+                ]
         except SlurmUnreachable as exc:
             raise Unavailable(f"Slurm is not answering: {exc.stderr}") from exc
+        jobs = [j for j in jobs if j.user == self.slurm.user]
         if not jobs:
             return None
         job = jobs[-1]
-        workload = Workload(spec=spec, state=WorkloadState.PENDING, created_at=self._clock())
+        if not spec.accelerators:
+            spec = replace(spec, accelerators=job.gpus)
+        workload = Workload(
+            spec=spec,
+            state=WorkloadState.PENDING,
+            created_at=self._clock(),
+            message=f"Slurm job {job.job_id} found again",
+        )
         with self._cond:
             self._tracked[spec.workload_id] = _Tracked(workload, job.job_id, time.monotonic())
         self._refresh_jobs()
-        return self.get(spec.workload_id)
+        return self._snapshot(spec.workload_id)
 
     def _submit(self, spec: WorkloadSpec, pool: PoolConfig) -> Workload:
         name = self.reservation_name(spec.workload_id)
@@ -415,12 +433,34 @@ class SlurmScheduler(WorkloadRunner):
             f"{command}\n"
         )
 
-    def get(self, workload_id: str) -> Workload:
+    def _snapshot(self, workload_id: str) -> Workload:
         with self._cond:
             tracked = self._tracked.get(workload_id)
             if tracked is None:
                 raise NotFound(f"no workload {workload_id!r} on this agent")
             return tracked.workload
+
+    def get(self, workload_id: str) -> Workload:
+        """The workload's last known state; one this agent started before a restart is found
+        again in Slurm (by its name and the service account)."""
+        with self._cond:
+            tracked = self._tracked.get(workload_id)
+            if tracked is not None:
+                return tracked.workload
+        if not HOLD_ID_RE.match(workload_id):
+            raise NotFound(f"no workload {workload_id!r} on this agent")
+        with self._lock_for(workload_id):
+            with self._cond:
+                tracked = self._tracked.get(workload_id)
+                if tracked is not None:
+                    return tracked.workload
+            pool = next(iter(self.pools_by_key))
+            adopted = self._adopt(
+                WorkloadSpec(workload_id=workload_id, pool_key=pool, accelerators=0)
+            )
+        if adopted is None:
+            raise NotFound(f"no workload {workload_id!r} on this agent")
+        return adopted
 
     def get_job_id(self, workload_id: str) -> str:
         """The Slurm job id of a workload of this agent."""
@@ -459,13 +499,15 @@ class SlurmScheduler(WorkloadRunner):
     def watch(self, workload_id: str, is_active: Callable[[], bool]) -> Iterator[Workload]:
         seen = -1
         while True:
+            if seen == -1:
+                self.get(workload_id)  # NotFound, or found again in Slurm
             with self._cond:
-                workload = self.get(workload_id)
+                workload = self._snapshot(workload_id)
                 while workload.version == seen:
                     self._cond.wait(WATCH_POLL_SECONDS)
                     if not is_active() or self._closed:
                         return
-                    workload = self.get(workload_id)
+                    workload = self._snapshot(workload_id)
             seen = workload.version
             yield workload
             if workload.state in TERMINAL_STATES:

@@ -5,6 +5,7 @@ a controller killed mid-run, and what the agent must never touch."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.heartbeat import build_heartbeat
 from protos import agent_pb2, agent_pb2_grpc
-from tests.harness.procs import wait_until
+from tests.harness.procs import PYTHON, ROOT, wait_until
 from tests.harness.slurm import SlurmCluster
 from tests.slurm.conftest import A100, StartSlurmAgent, work_file
 
@@ -83,9 +84,9 @@ def _start(
     )
 
 
-def test_pools_come_from_slurm_and_a_drained_node_leaves_the_next_heartbeat(
-    slurm_cluster: SlurmCluster, slurm_agent: StartSlurmAgent
-) -> None:
+def test_pools_come_from_slurm(slurm_agent: StartSlurmAgent) -> None:
+    """Partitions' nodes with GPU GRES are the pools; heartbeats carry their live state (the
+    drained node as the platform sees it: test_slurm_broker.py)."""
     runtime, scheduler, channel = slurm_agent()
     inventory = agent_pb2_grpc.AgentStub(channel).GetInventory(
         agent_pb2.GetInventoryRequest(), timeout=10
@@ -95,24 +96,65 @@ def test_pools_come_from_slurm_and_a_drained_node_leaves_the_next_heartbeat(
     assert (pool.accelerators_per_node, pool.nodes) == (8, 2)
     assert len(pool.device_details) == 2 and "gpu:a100:8" in pool.device_details[0]
     assert not inventory.simulated
+    beat = build_heartbeat(runtime.config, scheduler).pools[0]
+    assert (beat.pool_key, beat.accelerators_healthy) == ("gpu", 16)
+    assert beat.accelerators_busy <= beat.accelerators_healthy
 
-    def healthy() -> int:
-        return build_heartbeat(runtime.config, scheduler).pools[0].accelerators_healthy
 
-    assert healthy() == 16
-    slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=DRAIN", "Reason=ci-test")
-    drained_at = time.monotonic()
+def test_the_agent_process_fronts_slurm_and_refuses_slurm_with_simulation(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    """``python -m agent --scheduler slurm`` as a center runs it; bad combinations exit 2."""
+    refused = subprocess.run(
+        [PYTHON, "-m", "agent", "--scheduler", "slurm", "--simulate", "honest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2 and "a simulated center has no Slurm" in refused.stderr
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "agent",
+            "--scheduler",
+            "slurm",
+            "--port",
+            "0",
+            "--slurm-conf",
+            str(slurm_cluster.conf),
+            "--slurm-user",
+            "root",
+            "--slurm-model",
+            f"a100={A100}",
+            "--agent-id",
+            "zjk-slurm",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
-        # Within one heartbeat (5 s by default): the poller reads sinfo every poll_seconds.
-        wait_until(lambda: healthy() == 8, timeout=5, what="the drained node out of the pool")
-        assert time.monotonic() - drained_at < runtime.config.heartbeat.interval_seconds
-        beat = build_heartbeat(runtime.config, scheduler).pools[0]
-        assert beat.accelerators_busy <= beat.accelerators_healthy
-        assert "drain" in " ".join(scheduler.device_details("gpu"))
+        assert proc.stdout is not None
+        seen = []
+        while not any("(slurm) listening" in line for line in seen) and len(seen) < 50:
+            seen.append(proc.stdout.readline())
+        line = seen[-1]
+        assert "agent zjk-slurm (slurm) listening on 127.0.0.1:" in line, "".join(seen)
+        port = int(line.rsplit(":", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            inventory = agent_pb2_grpc.AgentStub(channel).GetInventory(
+                agent_pb2.GetInventoryRequest(), timeout=10
+            )
+        assert [(p.pool_key, p.accelerator_model, p.nodes) for p in inventory.pools] == [
+            ("gpu", A100, 2)
+        ]
     finally:
-        slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=RESUME")
-    wait_until(lambda: healthy() == 16, timeout=20, what="the node back in the pool")
-    wait_until(lambda: slurm_cluster.node_state("node2") == "idle", timeout=20, what="node2 idle")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_a_hold_is_a_reservation_of_whole_nodes_for_the_service_account(
@@ -280,3 +322,24 @@ def test_the_agent_follows_its_job_through_a_controller_crash(
     assert done.started_at == running.started_at
     assert done.accelerator_hours > 0
     stub.ReleaseCapacity(agent_pb2.ReleaseCapacityRequest(hold_id="BK-CRASH-1"), timeout=30)
+
+
+def test_a_restarted_agent_finds_its_job_again_and_never_submits_it_twice(
+    slurm_cluster: SlurmCluster, slurm_agent: StartSlurmAgent
+) -> None:
+    first, _, channel = slurm_agent()
+    stub = agent_pb2_grpc.AgentStub(channel)
+    _start(stub, "BK-AGAIN-1", "sleep 4")
+    _wait_state(stub, "BK-AGAIN-1", agent_pb2.WORKLOAD_STATE_RUNNING)
+    first.stop(grace=0).wait()  # the agent goes away; Slurm keeps the job
+    _, _, channel = slurm_agent()
+    again = agent_pb2_grpc.AgentStub(channel)
+    assert _state(again, "BK-AGAIN-1").state == agent_pb2.WORKLOAD_STATE_RUNNING
+    assert not _start(again, "BK-AGAIN-1", "sleep 4").created  # the dispatch retried
+    assert len(slurm_cluster.run("squeue", "-h", "-n", "ic-BK-AGAIN-1").stdout.splitlines()) == 1
+    done = _wait_state(again, "BK-AGAIN-1", agent_pb2.WORKLOAD_STATE_SUCCEEDED)
+    assert done.accelerator_hours > 0
+    with pytest.raises(grpc.RpcError) as caught:
+        _state(again, "BK-NEVER-1")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    again.ReleaseCapacity(agent_pb2.ReleaseCapacityRequest(hold_id="BK-AGAIN-1"), timeout=30)

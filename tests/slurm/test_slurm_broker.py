@@ -6,7 +6,9 @@ neither; a center whose nodes are taken locally makes the booking re-placed else
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -239,3 +241,49 @@ def test_a_center_whose_nodes_are_taken_locally_makes_the_booking_move(
         assert "ic-" not in _reservations(slurm_cluster)  # nothing half-made left behind
     finally:
         slurm_cluster.run("scontrol", "delete", "ReservationName=local-maintenance", check=False)
+
+
+def test_a_drained_node_shows_in_the_platform_within_a_heartbeat(
+    slurm_agent: StartSlurmAgent, slurm_cluster: SlurmCluster, acme: Any, alice: Any
+) -> None:
+    """The agent's heartbeats reach the platform's Telemetry service: a node drained in Slurm
+    leaves the pool's healthy accelerators there within one heartbeat interval."""
+    from agent.config import HeartbeatConfig
+    from agent.heartbeat import HeartbeatSender
+    from verification.models import Heartbeat
+    from verification.rpc.telemetry import create_telemetry_server, stop_telemetry_server
+
+    pool = _pool(acme, "", "10.00")
+    server, port = create_telemetry_server("127.0.0.1:0")
+    runtime, scheduler, _ = slurm_agent()
+    interval = 1.0
+    config = replace(
+        runtime.config,
+        pools=(replace(runtime.config.pools[0], national_id=pool.national_id),),
+        heartbeat=HeartbeatConfig(
+            platform=f"127.0.0.1:{port}",
+            token=registry_services.token_create(user=alice, name="agent")[1],
+            interval_seconds=interval,
+        ),
+    )
+    sender = HeartbeatSender(config, scheduler)
+    sender.start()
+
+    def healthy() -> int | None:
+        latest = Heartbeat.objects.filter(pool=pool).order_by("-time").first()
+        return latest.accelerators_healthy if latest else None
+
+    try:
+        wait_until(lambda: healthy() == 16, timeout=20, what="a heartbeat with 16 healthy")
+        slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=DRAIN", "Reason=ci")
+        drained = time.monotonic()
+        wait_until(lambda: healthy() == 8, timeout=10, what="the drained node in the platform")
+        # One poll (0.5 s) and one heartbeat interval, with room for a loaded machine.
+        assert time.monotonic() - drained < interval + 0.5 + 3.0
+    finally:
+        slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+        try:
+            wait_until(lambda: healthy() == 16, timeout=20, what="the node back")
+        finally:
+            sender.stop()
+            stop_telemetry_server(server, grace=0)

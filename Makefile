@@ -44,9 +44,10 @@ run: seed ## Set up and run the whole platform on embedded defaults (no server n
 	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT)
 	PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) $(VENV)/bin/honcho -f Procfile.dev start
 
-lint: $(VENV)/.installed ## ruff lint and format check
+lint: protos ## ruff lint and format check, mypy (config in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.installed ## ruff format and autofix
 	$(VENV)/bin/ruff format .

@@ -41,7 +41,7 @@ class Precision:
 
     name: str
     input: np.dtype[np.generic]
-    accumulator: np.dtype[np.generic]
+    accumulator: np.dtype[np.floating]
 
     @property
     def input_roundoff(self) -> float:

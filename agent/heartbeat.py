@@ -105,8 +105,8 @@ class HeartbeatSender:
                     logger.warning(
                         "heartbeat to %s failed: %s %s",
                         heartbeat.platform,
-                        exc.code(),  # type: ignore[attr-defined]
-                        exc.details(),  # type: ignore[attr-defined]
+                        exc.code(),
+                        exc.details(),
                     )
                 else:
                     self.sent += 1

@@ -183,11 +183,11 @@ def pools_from_agent(
                 inventory = stub.GetInventory(agent_pb2.GetInventoryRequest(), timeout=timeout)
                 break
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
+                code = exc.code()
                 if code is not grpc.StatusCode.UNAVAILABLE or attempt == attempts:
                     raise ApiUnreachable(
                         f"agent at {endpoint} did not answer GetInventory: {code.name} "
-                        f"{exc.details()}"  # type: ignore[attr-defined]
+                        f"{exc.details()}"
                     ) from None
                 time.sleep(0.2 * attempt)  # a flaky agent recovers after a few calls
     return tuple(

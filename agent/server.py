@@ -387,7 +387,7 @@ class AgentRuntime:
         return self.server.stop(self.config.grace_seconds if grace is None else grace)
 
 
-class _PaddedHealth(health.HealthServicer):
+class _PaddedHealth(health.HealthServicer):  # type: ignore[misc]  # grpc_health: no stubs
     """Health checks answered late on purpose (the cheat-rtt simulation)."""
 
     def __init__(self, delay: float) -> None:

@@ -39,7 +39,7 @@ POLL_SECONDS = 0.2
 RELAY_BATCH = 500
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
-_channels: dict[tuple[int, str], grpc.Channel] = {}
+_channels: dict[tuple[int, str, str], grpc.Channel] = {}
 _pool_keys: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 

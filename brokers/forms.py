@@ -11,6 +11,7 @@ from django.utils import timezone
 from brokers.choices import LatencyClass
 from brokers.placement import WorkloadSpec
 from brokers.placement.spec import past_start_error
+from registry.forms import choice_field
 from registry.models import Accelerator, Hub
 
 DATETIME_LOCAL = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -51,12 +52,12 @@ class WorkloadForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["accelerator_model"].choices = [("", "any (use A100-equivalents)")] + [
+        choice_field(self, "accelerator_model").choices = [("", "any (use A100-equivalents)")] + [
             (a.slug, str(a)) for a in Accelerator.objects.all()
         ]
         hubs = [(h.code, h.name) for h in Hub.objects.all()]
-        self.fields["hubs_allowed"].choices = hubs
-        self.fields["data_hub"].choices = [("", "unspecified"), *hubs]
+        choice_field(self, "hubs_allowed").choices = hubs
+        choice_field(self, "data_hub").choices = [("", "unspecified"), *hubs]
 
     def clean_earliest_start(self) -> dt.datetime | None:
         value = self.cleaned_data.get("earliest_start")

@@ -100,7 +100,7 @@ def slot_starts(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     return out
 
 
-def _db_time(value: dt.datetime) -> object:
+def _db_time(value: dt.datetime) -> str | None:
     # Raw SQL bypasses field conversion; SQLite stores naive UTC text, PostgreSQL timestamptz.
     return connection.ops.adapt_datetimefield_value(value)
 
@@ -185,7 +185,7 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
             # against the pool's size now (locked above), not the row's own ``capacity``, which
             # may date from when the pool was larger (a past slot); the row takes the new size.
             values = ",".join(["(%s, %s, %s, %s)"] * len(slots))
-            params: list[object] = []
+            params: list[int | str | None] = []
             for slot in slots:
                 params += [pool_id, slot, capacity, n]
             cur.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,7 @@ from brokers.placement.candidates import TFLOPS_SQL, USED_SQL
 from brokers.placement.engine import explain_counts
 from brokers.placement.spec import Candidate
 from interconnect.metrics import BOOKINGS, refusals_counted
+from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, OrgKind, Status
@@ -42,6 +44,11 @@ from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
 
 User = Any
+# Sent by name (interconnect.tasking): services never import task modules.
+DISPATCH_DUE_BOOKINGS_TASK = "brokers.tasks.dispatch_due_bookings"
+BOOKING_STOP_TASK = "brokers.tasks.booking_stop"
+BOOKING_REPLACE_TASK = "brokers.tasks.booking_replace"
+BOOKING_HOLDS_TASK = "brokers.tasks.booking_holds"
 # How many times a booking from a specification is re-placed when its first choice was taken
 # meanwhile (each attempt in a new transaction, on fresh free-capacity figures).
 REPLACE_ATTEMPTS = 3
@@ -218,7 +225,7 @@ def _new_booking_id() -> str:
 
 
 # Booking status (or event kind) -> the webhook event the firm's subscribers receive.
-WEBHOOK_FOR_STATUS = {
+WEBHOOK_FOR_STATUS: dict[str, str] = {
     BookingStatus.RUNNING: "booking.started",
     BookingStatus.FINISHED: "booking.finished",
     BookingStatus.REPLACED: "booking.replaced",
@@ -308,15 +315,13 @@ def _dispatch_on_commit(booking: Booking) -> None:
     """
     if not getattr(settings, "BROKER_DISPATCH", True):
         return
-    from brokers.tasks import dispatch_due_bookings
-
     _holds_on_commit(booking)
 
     wait = (booking.window_start - _now()).total_seconds()
     if wait > DISPATCH_RELAY_SECONDS:
         return
     countdown = max(0.0, wait)
-    transaction.on_commit(lambda: dispatch_due_bookings.apply_async(countdown=countdown))
+    enqueue_on_commit(DISPATCH_DUE_BOOKINGS_TASK, countdown=countdown)
 
 
 def _holds_on_commit(booking: Booking) -> None:
@@ -325,10 +330,7 @@ def _holds_on_commit(booking: Booking) -> None:
     cannot makes the booking re-placed), a cancelled or re-placed one is released there."""
     if not getattr(settings, "BROKER_DISPATCH", True):
         return
-    from brokers.tasks import booking_holds
-
-    pk = booking.pk
-    transaction.on_commit(lambda: booking_holds.delay(pk))
+    enqueue_on_commit(BOOKING_HOLDS_TASK, booking.pk)
 
 
 # The relay runs this often (``setup_schedules``); a booking starts at most this late.
@@ -661,7 +663,7 @@ def _no_placement_detail(result: PlacementResult) -> str:
 
 
 def _set_status(
-    booking: Booking, *, allowed_from: frozenset[str] | set[str], to: str, reason: str = ""
+    booking: Booking, *, allowed_from: AbstractSet[str], to: str, reason: str = ""
 ) -> bool:
     """Compare-and-set of a booking's status; False if another writer moved it first."""
     updated = Booking.objects.filter(pk=booking.pk, status__in=allowed_from).update(
@@ -708,10 +710,7 @@ def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = ""
         if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING) and getattr(
             settings, "BROKER_DISPATCH", True
         ):
-            from brokers.tasks import booking_stop as booking_stop_task
-
-            pk = booking.pk
-            transaction.on_commit(lambda: booking_stop_task.delay(pk))
+            enqueue_on_commit(BOOKING_STOP_TASK, booking.pk)
     return booking
 
 
@@ -839,7 +838,7 @@ def booking_record(
     kind: str,
     message: str,
     to: str | None = None,
-    allowed_from: frozenset[str] | set[str] | None = None,
+    allowed_from: AbstractSet[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> bool:
     """Record what dispatch learnt: an event, and a status move if ``to`` is given (compare-and-
@@ -901,12 +900,7 @@ def booking_flag_pool(*, pool_id: int, to_status: str, reason: str) -> list[Book
                 and booking.status in (BookingStatus.CONFIRMED, BookingStatus.HELD)
                 and getattr(settings, "BROKER_DISPATCH", True)
             ):
-                from brokers.tasks import booking_replace as booking_replace_task
-
-                pk, center = booking.pk, pool.center.national_id
-                transaction.on_commit(
-                    lambda pk=pk, center=center: booking_replace_task.delay(pk, center)
-                )
+                enqueue_on_commit(BOOKING_REPLACE_TASK, booking.pk, pool.center.national_id)
     return flagged
 
 

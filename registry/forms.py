@@ -37,6 +37,13 @@ def apply_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
             form.add_error(None, [f"{label}{m}" for m in messages])
 
 
+def choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
+    """The form's field ``name``, a choice field whose choices are filled at run time."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    return field
+
+
 class CenterForm(forms.ModelForm):
     """Register a center: the fields ``registry.services.center_register`` accepts."""
 
@@ -57,7 +64,9 @@ class CenterForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["cluster"].label_from_instance = lambda c: f"{c.hub.code} · {c.name}"
+        cluster = self.fields["cluster"]
+        assert isinstance(cluster, forms.ModelChoiceField)
+        cluster.label_from_instance = lambda obj: f"{obj.hub.code} · {obj.name}"  # type: ignore[method-assign]
 
 
 # DRF's message for a value outside a ChoiceField's choices, with Django's placeholder.
@@ -141,7 +150,7 @@ class TransitionForm(forms.Form):
         super().__init__(*args, **kw)
         if status is not None:
             allowed = ALLOWED_TRANSITIONS[status]
-            self.fields["to"].choices = [
+            choice_field(self, "to").choices = [
                 (to, label)
                 for to, label in REQUEST_LABELS.items()
                 if to in allowed and (staff or (status, to) in OPERATOR_TRANSITIONS)
@@ -173,9 +182,13 @@ class CapacitySearchForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["accelerator"].choices = _choices(
+        choice_field(self, "accelerator").choices = _choices(
             [(a.slug, str(a)) for a in Accelerator.objects.all()]
         )
-        self.fields["hub"].choices = _choices([(h.code, h.name) for h in Hub.objects.all()])
-        self.fields["cluster"].choices = _choices([(c.code, c.name) for c in Cluster.objects.all()])
-        self.fields["trait"].choices = _choices([(t.slug, t.slug) for t in Trait.objects.all()])
+        choice_field(self, "hub").choices = _choices([(h.code, h.name) for h in Hub.objects.all()])
+        choice_field(self, "cluster").choices = _choices(
+            [(c.code, c.name) for c in Cluster.objects.all()]
+        )
+        choice_field(self, "trait").choices = _choices(
+            [(t.slug, t.slug) for t in Trait.objects.all()]
+        )

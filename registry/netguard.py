@@ -64,7 +64,7 @@ def checked_addresses(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         raise TargetUnresolved(f"the host {host!r} does not resolve") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise TargetUnresolved(f"the host {host!r} does not resolve")
     for text in addresses:

@@ -33,15 +33,17 @@ def organization_of(user: User) -> Organization | None:
     if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated:
         return None
     try:
-        return user.membership.organization
+        organization: Organization = user.membership.organization
     except Membership.DoesNotExist:
         return None
+    return organization
 
 
 def role_of(user: User) -> str | None:
     if organization_of(user) is None:
         return None
-    return user.membership.role
+    role: str = user.membership.role
+    return role
 
 
 def is_platform_staff(user: User) -> bool:

@@ -7,7 +7,7 @@ the same field messages), write the change record, and announce side effects on 
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -42,6 +42,7 @@ from registry.netguard import resolve_public
 from registry.signals import pool_submitted, status_changed
 
 User = Any
+_Listed = TypeVar("_Listed", Center, Pool)
 
 # Fields of a pool that describe the hardware: changing them invalidates a verification.
 POOL_HARDWARE_FIELDS = frozenset(
@@ -147,13 +148,13 @@ def change_record(
 
 def lifecycle_transition(
     *,
-    obj: Center | Pool,
+    obj: _Listed,
     to: str,
     reason: str,
     actor: User | None,
     door: str,
     as_operator: bool = False,
-) -> Center | Pool:
+) -> _Listed:
     """Move a center or pool to ``to``: the only writer of ``status``.
 
     The move must be in ``ALLOWED_TRANSITIONS``; ``as_operator`` further limits it to the moves an

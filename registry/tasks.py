@@ -1,6 +1,6 @@
 """Celery tasks of the registry: thin wrappers over services."""
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from registry import webhooks
 
@@ -16,7 +16,7 @@ from registry import webhooks
     soft_time_limit=30,
     time_limit=60,
 )
-def webhook_deliver_task(self, delivery_id: int) -> None:  # type: ignore[no-untyped-def]
+def webhook_deliver_task(self: Task, delivery_id: int) -> None:
     """Deliver one webhook; retried with backoff; marked failed after the last retry."""
     try:
         webhooks.webhook_deliver(delivery_id=delivery_id)

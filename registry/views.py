@@ -9,7 +9,7 @@ is a 403. Every write is a POST with a CSRF token and goes through ``registry.se
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -52,10 +52,11 @@ class CappedPaginator(Paginator):
     """A paginator whose count stops at ``COUNT_CAP`` (``SELECT COUNT(*) FROM (... LIMIT n)``)."""
 
     @property
-    def count(self) -> int:  # type: ignore[override]
+    def count(self) -> int:
         if not hasattr(self, "_capped_count"):
             # Order does not change a count; without it the database need not sort.
-            self._capped_count = self.object_list.order_by()[: COUNT_CAP + 1].count()
+            rows = cast(QuerySet[Any], self.object_list)
+            self._capped_count = rows.order_by()[: COUNT_CAP + 1].count()
         return min(self._capped_count, COUNT_CAP)
 
     @property
@@ -121,8 +122,11 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     schematic map, by model and origin, and the verified share (apps above add theirs)."""
     # One grouped query over every pool (~50 ms at 100,000 pools), shared by every visitor for
     # a few seconds: the figures are at most CAPACITY_CACHE_SECONDS old.
-    summary = cache.get_or_set(
-        "portal:national-capacity", selectors.national_capacity, CAPACITY_CACHE_SECONDS
+    summary = cast(
+        dict[str, Any],
+        cache.get_or_set(
+            "portal:national-capacity", selectors.national_capacity, CAPACITY_CACHE_SECONDS
+        ),
     )
     by_cluster = [dict(row) for row in summary["by_cluster"]]
     hubs = list(Hub.objects.all())

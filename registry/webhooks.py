@@ -22,6 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from interconnect.metrics import WEBHOOK_DELIVERIES
+from interconnect.tasking import enqueue, enqueue_on_commit
 from registry import selectors
 from registry.choices import ChangeAction
 from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
@@ -31,6 +32,8 @@ from registry.services import change_record, snapshot
 User = AbstractBaseUser | AnonymousUser
 
 DELIVERY_TIMEOUT_SECONDS = 5
+# Sent by name (interconnect.tasking): services never import task modules.
+WEBHOOK_DELIVER_TASK = "registry.tasks.webhook_deliver_task"
 
 
 class DeliveryFailed(Exception):
@@ -138,10 +141,8 @@ def webhook_emit(*, organization: Organization | None, event: str, data: dict[st
                 WebhookDelivery.objects.create(subscription=sub, event=event, payload=payload)
             )
     if created:
-        from registry.tasks import webhook_deliver_task
-
-        ids = [d.pk for d in created]
-        transaction.on_commit(lambda: [webhook_deliver_task.delay(pk) for pk in ids])
+        for delivery in created:
+            enqueue_on_commit(WEBHOOK_DELIVER_TASK, delivery.pk)
     return len(created)
 
 
@@ -236,8 +237,6 @@ def webhook_requeue_pending(*, grace_seconds: float = 900, limit: int = 1000) ->
     The default grace exceeds the longest retry backoff (600 s), so deliveries merely waiting for
     their next retry are left alone; a relayed task beside a late original is harmless (lease).
     """
-    from registry.tasks import webhook_deliver_task
-
     now = timezone.now()
     cutoff = now - dt.timedelta(seconds=grace_seconds)
     stale = (
@@ -249,7 +248,7 @@ def webhook_requeue_pending(*, grace_seconds: float = 900, limit: int = 1000) ->
     )
     ids = list(stale)
     for pk in ids:
-        webhook_deliver_task.delay(pk)
+        enqueue(WEBHOOK_DELIVER_TASK, pk)
     return len(ids)
 
 

@@ -75,8 +75,8 @@ class BenchmarkAnswer:
 
 def classify(exc: grpc.RpcError, what: str) -> Exception:
     """The domain error for a failed call: transient or permanent."""
-    code = exc.code()  # type: ignore[attr-defined]
-    details = exc.details()  # type: ignore[attr-defined]
+    code = exc.code()
+    details = exc.details()
     message = f"{what}: {code.name} {details or ''}".strip()
     if code in TRANSIENT_CODES:
         return AgentUnavailable(message)
@@ -216,7 +216,7 @@ def run_benchmark(
                 }
     except grpc.RpcError as exc:
         # Past the deadline with commitments in hand: a slow answer, judged on what came.
-        if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED or not answer.arrivals:  # type: ignore[attr-defined]
+        if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED or not answer.arrivals:
             raise classify(exc, "RunBenchmark") from exc
         answer.timed_out = True
     for device, due in expected.items():
@@ -253,9 +253,9 @@ def open_benchmark(
             grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.DEADLINE_EXCEEDED,
         )
-        if exc.code() in refused:  # type: ignore[attr-defined]
+        if exc.code() in refused:
             raise VerificationRefuted(
-                f"opening: the agent cannot reveal the products it committed ({exc.details()})"  # type: ignore[attr-defined]
+                f"opening: the agent cannot reveal the products it committed ({exc.details()})"
             ) from exc
         raise classify(exc, "OpenBenchmark") from exc
     return blocks

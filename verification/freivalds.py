@@ -152,7 +152,9 @@ def bound(x: Matrix, b: Matrix, name: str) -> npt.NDArray[np.float64]:
     """The residual bound of each row (see the module docstring)."""
     n = x.shape[0]
     u = precision(name).unit_roundoff
-    return LAMBDA * math.sqrt(n) * u * n * row_scale(x, b) + np.finfo(np.float64).tiny
+    tiny = float(np.finfo(np.float64).tiny)
+    scaled: npt.NDArray[np.float64] = LAMBDA * math.sqrt(n) * u * n * row_scale(x, b) + tiny
+    return scaled
 
 
 def freivalds(

@@ -213,6 +213,6 @@ class ScheduledDowntime(models.Model):
     @property
     def change_log_owner(self) -> object:
         """The tenant whose change log shows this downtime: the operator of what is down."""
-        if self.pool_id is not None:
+        if self.pool is not None:
             return self.pool.center.operator
-        return self.center.operator if self.center_id is not None else None
+        return self.center.operator if self.center is not None else None

@@ -42,7 +42,7 @@ def drift_record(measurements: list[float]) -> float | None:
 
 def drift_floor(record: float) -> float:
     """Below this a pass is drift: (1 - ``VERIFICATION_DRIFT_THRESHOLD``) x the record."""
-    return record * (1.0 - settings.VERIFICATION_DRIFT_THRESHOLD)
+    return record * (1.0 - float(settings.VERIFICATION_DRIFT_THRESHOLD))
 
 
 def passed_measurements(pool: Pool, *, exclude_run: int | None = None) -> list[float]:
@@ -56,7 +56,7 @@ def passed_measurements(pool: Pool, *, exclude_run: int | None = None) -> list[f
     newest_first = runs.order_by("-finished_at").values_list(
         "measured_tflops_per_accelerator", flat=True
     )[: settings.VERIFICATION_DRIFT_HISTORY]
-    return list(newest_first)[::-1]
+    return [x for x in newest_first if x is not None][::-1]
 
 
 def run_trend_of(pool: Pool, *, runs: int) -> list[VerificationRun]:
@@ -263,4 +263,5 @@ def heartbeat_lag_seconds() -> float | None:
     stalest = min((t for t in times if t is not None), default=None)
     if stalest is None:
         return None
-    return (now - stalest).total_seconds()
+    age: float = (now - stalest).total_seconds()
+    return age

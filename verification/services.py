@@ -30,6 +30,7 @@ from django.utils import timezone
 from agent.challenge import assemble, digest, inputs, next_input
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
+from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, Door, Status
@@ -44,6 +45,9 @@ from verification.freivalds import StepChecker, tflops
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 logger = logging.getLogger(__name__)
+
+# Sent by name (interconnect.tasking): services never import task modules.
+POOL_VERIFY_TASK = "verification.tasks.pool_verify"
 User = Any
 
 # Pools a verification may run on. An offline pool is re-submitted first (offline -> submitted).
@@ -96,10 +100,8 @@ def verification_request(
         if existing is None:  # the open run finished between our insert and this read
             return verification_request(pool=pool, trigger=trigger, actor=actor, door=door)
         return existing, False
-    from verification.tasks import pool_verify as pool_verify_task
-
     run_id = str(run.run_id)
-    transaction.on_commit(lambda: pool_verify_task.delay(run_id))
+    enqueue_on_commit(POOL_VERIFY_TASK, run_id)
     logger.info("verification %s of %s queued (%s, %s)", run_id, pool.national_id, trigger, door)
     return run, True
 
@@ -118,13 +120,12 @@ def verification_requeue_stale(*, now: dt.datetime | None = None) -> int:
         Q(state=RunState.QUEUED, enqueued_at__lt=stale_send)
         | Q(state=RunState.RUNNING, claimed_at__lt=stale_claim, enqueued_at__lt=stale_send)
     ).values_list("pk", "run_id", "enqueued_at")
-    from verification.tasks import pool_verify as pool_verify_task
 
     sent = 0
     for pk, run_id, enqueued_at in runs:
         # Compare-and-set on the last send: two sweeps at once send one message.
         if VerificationRun.objects.filter(pk=pk, enqueued_at=enqueued_at).update(enqueued_at=now):
-            transaction.on_commit(lambda r=str(run_id): pool_verify_task.delay(r))
+            enqueue_on_commit(POOL_VERIFY_TASK, str(run_id))
             sent += 1
     return sent
 
@@ -364,8 +365,8 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     Nodes are drawn with the OS's CSPRNG, so the agent cannot know which will be challenged.
     """
     declared = float(pool.declared_tflops_per_accelerator or 0.0)
-    flops_per_second = declared * 1e12 * settings.VERIFICATION_TIME_SCALE
-    budget = settings.VERIFICATION_TARGET_SECONDS * flops_per_second
+    flops_per_second = declared * 1e12 * float(settings.VERIFICATION_TIME_SCALE)
+    budget = float(settings.VERIFICATION_TARGET_SECONDS) * flops_per_second
 
     def steps_at(size: int) -> float:
         return budget / (2.0 * size**3)
@@ -380,16 +381,15 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
         n *= 2  # a fast device: larger products, so the chain stays within MAX_STEPS
 
     def clamp(value: float) -> int:
-        return min(
-            max(math.ceil(value), settings.VERIFICATION_MIN_STEPS), settings.VERIFICATION_MAX_STEPS
-        )
+        low, high = int(settings.VERIFICATION_MIN_STEPS), int(settings.VERIFICATION_MAX_STEPS)
+        return min(max(math.ceil(value), low), high)
 
     def inner_at(size: int) -> int:
         # Products behind each commitment, so that a step lasts VERIFICATION_MIN_STEP_SECONDS
         # at the declared speed: hashing and copying a product must stay small next to it.
         one = 2.0 * size**3 / max(flops_per_second, 1e-30)
-        wanted = math.ceil(settings.VERIFICATION_MIN_STEP_SECONDS / one)
-        return min(max(wanted, 1), settings.VERIFICATION_MAX_INNER)
+        wanted = math.ceil(float(settings.VERIFICATION_MIN_STEP_SECONDS) / one)
+        return min(max(wanted, 1), int(settings.VERIFICATION_MAX_INNER))
 
     inner = inner_at(n)
     steps = clamp(steps_at(n) / inner)
@@ -526,7 +526,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             timeout=deadline,
         )
         # The clock has stopped: every time below was read when its commitment arrived.
-        device_evidence = {
+        device_evidence: dict[int, dict[str, Any]] = {
             d: {
                 "device": d,
                 "node": d // pool.accelerators_per_node,

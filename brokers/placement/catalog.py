@@ -340,7 +340,8 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
     if connection.vendor == "postgresql":
         # One array parameter: client-side binding of hundreds of placeholders costs more
         # than the query.
-        match, params = "p.id = ANY(%s)", [first, last, pool_ids]
+        params: list[str | int | list[int] | None] = [first, last, pool_ids]
+        match = "p.id = ANY(%s)"
     else:
         match = f"p.id IN ({','.join(['%s'] * len(pool_ids))})"
         params = [first, last, *pool_ids]

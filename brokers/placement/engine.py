@@ -219,7 +219,7 @@ def place(
     not capacity anyone can use, whatever their counters say.
     """
     check_start(spec.earliest_start)
-    limit = int(candidate_limit or getattr(settings, "BROKER_CANDIDATE_LIMIT", 64))
+    limit = candidate_limit or int(getattr(settings, "BROKER_CANDIDATE_LIMIT", 64))
     cands: list[Candidate] = []
     seen: set[int] = set()
     while True:

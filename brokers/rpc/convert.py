@@ -21,7 +21,7 @@ LATENCY_FROM_PB = {
     pb.LATENCY_CLASS_TRAINING: LatencyClass.TRAINING,
     pb.LATENCY_CLASS_BATCH: LatencyClass.BATCH,
 }
-STATUS_TO_PB = {
+STATUS_TO_PB: dict[str, pb.BookingStatus] = {
     BookingStatus.HELD: pb.BOOKING_STATUS_HELD,
     BookingStatus.CONFIRMED: pb.BOOKING_STATUS_CONFIRMED,
     BookingStatus.DISPATCHING: pb.BOOKING_STATUS_DISPATCHING,
@@ -184,7 +184,7 @@ def booking_to_pb(booking: Booking) -> pb.Booking:
         estimated_cost=str(booking.estimated_cost),
         currency=booking.currency,
         flagged_reason=booking.flagged_reason,
-        replaced_by=booking.replaced_by.national_id if booking.replaced_by_id else "",
+        replaced_by=booking.replaced_by.national_id if booking.replaced_by is not None else "",
         allocations=[
             pb.Allocation(
                 pool=a.pool.national_id,

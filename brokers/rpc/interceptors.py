@@ -176,7 +176,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         def observe(context: grpc.ServicerContext, started: float, ended: str | None) -> None:
             # ``ended``: None when the handler returned, else what to call an exception that
             # left no status behind (UNKNOWN; CANCELLED for a stream the client closed).
-            code = context.code()
+            code = context.code()  # type: ignore[attr-defined]  # grpcio >= 1.38; not in the stubs
             name = code.name if isinstance(code, grpc.StatusCode) else (ended or "OK")
             GRPC_LATENCY.labels(method=method, code=name).observe(time.perf_counter() - started)
 

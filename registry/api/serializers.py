@@ -18,6 +18,7 @@ from registry.models import (
     HubLink,
     Organization,
     Pool,
+    Trait,
     WebhookDelivery,
     WebhookSubscription,
 )
@@ -25,18 +26,19 @@ from registry.models import (
 _ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
-def validate_agent_endpoint(value: str) -> str:
+def validate_agent_endpoint(value: str) -> None:
     """``host:port`` with a port in 1-65535 (where the agent's gRPC server listens)."""
     if value == "":
-        return value
+        return
     match = _ENDPOINT.match(value)
     if not match or not 1 <= int(match["port"]) <= 65535:
         raise serializers.ValidationError("Expected host:port with a port between 1 and 65535.")
-    return value
 
 
 class HubSerializer(serializers.ModelSerializer):
-    clusters = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
+    clusters: serializers.SlugRelatedField[Cluster] = serializers.SlugRelatedField(
+        slug_field="code", many=True, read_only=True
+    )
 
     class Meta:
         model = Hub
@@ -44,7 +46,9 @@ class HubSerializer(serializers.ModelSerializer):
 
 
 class ClusterSerializer(serializers.ModelSerializer):
-    hub = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    hub: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
 
     class Meta:
         model = Cluster
@@ -52,8 +56,12 @@ class ClusterSerializer(serializers.ModelSerializer):
 
 
 class HubLinkSerializer(serializers.ModelSerializer):
-    a = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    b = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    a: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
+    b: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
 
     class Meta:
         model = HubLink
@@ -93,8 +101,12 @@ class OrganizationSerializer(serializers.ModelSerializer):
 class CenterSerializer(serializers.ModelSerializer):
     """A center as its readers see it; the agent endpoint only for its operator and staff."""
 
-    operator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    cluster = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    operator: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    cluster: serializers.SlugRelatedField[Cluster] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
     hub = serializers.CharField(source="cluster.hub.code", read_only=True)
     agent_endpoint = serializers.SerializerMethodField()
 
@@ -154,12 +166,18 @@ class CenterWriteSerializer(serializers.ModelSerializer):
 
 
 class PoolSerializer(serializers.ModelSerializer):
-    center = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
-    accelerator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    center: serializers.SlugRelatedField[Center] = serializers.SlugRelatedField(
+        slug_field="national_id", read_only=True
+    )
+    accelerator: serializers.SlugRelatedField[Accelerator] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     operator = serializers.CharField(source="center.operator.slug", read_only=True)
     hub = serializers.CharField(source="center.cluster.hub.code", read_only=True)
     cluster = serializers.CharField(source="center.cluster.code", read_only=True)
-    traits = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+    traits: serializers.SlugRelatedField[Trait] = serializers.SlugRelatedField(
+        slug_field="slug", many=True, read_only=True
+    )
     a100_equivalents = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
@@ -243,9 +261,9 @@ class PoolWriteSerializer(serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         request = self.context.get("request")
         # Only the actor's own centers can be named: a foreign one reads as unknown.
-        self.fields["center"].queryset = selectors.centers_editable_by(
-            getattr(request, "user", None)
-        )
+        center = self.fields["center"]
+        assert isinstance(center, serializers.RelatedField)
+        center.queryset = selectors.centers_editable_by(getattr(request, "user", None))
         if self.instance is not None:
             self.fields["center"].read_only = True
 

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -328,8 +329,11 @@ class WebhookViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         ser = s.WebhookSubscriptionSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
+        organization = selectors.organization_of(request.user)
+        if organization is None:  # OrgAdminPermission lets only members of one through
+            raise PermissionDenied("Authenticate as a member of an organization.")
         sub = webhooks.webhook_subscribe(
-            organization=selectors.organization_of(request.user),
+            organization=organization,
             actor=request.user,
             door=DOOR,
             **ser.validated_data,

@@ -4,9 +4,11 @@ Three operators in three western hubs, each with a simulated site agent on a loo
 firms in the east, and the platform's own staff. Every demo user has the same password.
 """
 
+from typing import Any
+
 DEMO_PASSWORD = "interconnect-demo"
 
-ORGANIZATIONS = [
+ORGANIZATIONS: list[dict[str, str]] = [
     {"slug": "interconnect", "name": "Compute Interconnect Platform", "kind": "platform"},
     {"slug": "zhongwei-green", "name": "Zhongwei Green Compute", "kind": "operator"},
     {"slug": "guian-cloud", "name": "Gui'an Cloud Valley", "kind": "operator"},
@@ -15,7 +17,7 @@ ORGANIZATIONS = [
     {"slug": "lingxi-labs", "name": "Lingxi Labs", "kind": "ai_firm"},
 ]
 
-USERS = [
+USERS: list[dict[str, str]] = [
     {"username": "platform", "org": "interconnect", "role": "admin"},
     {"username": "zhongwei", "org": "zhongwei-green", "role": "admin"},
     {"username": "zhongwei-ops", "org": "zhongwei-green", "role": "member"},
@@ -25,7 +27,8 @@ USERS = [
     {"username": "lingxi", "org": "lingxi-labs", "role": "admin"},
 ]
 
-CENTERS = [
+# Each center: its operator, place, agent port and pools (the pool fields of ``pool_create``).
+CENTERS: list[dict[str, Any]] = [
     {
         "operator": "zhongwei",
         "cluster": "ZW",

@@ -11,8 +11,27 @@ equipment, and backbone bandwidth by class (east-east 800 Gb/s, east-west 400 Gb
 """
 
 import math
+from typing import TypedDict
 
-HUBS: list[dict[str, object]] = [
+
+class HubRow(TypedDict):
+    code: str
+    name: str
+    region: str
+    latitude: float
+    longitude: float
+
+
+class ClusterRow(TypedDict):
+    hub: str
+    code: str
+    name: str
+    province: str
+    latitude: float
+    longitude: float
+
+
+HUBS: list[HubRow] = [
     {
         "code": "BTH",
         "name": "Beijing-Tianjin-Hebei",
@@ -53,7 +72,7 @@ HUBS: list[dict[str, object]] = [
     {"code": "NX", "name": "Ningxia", "region": "west", "latitude": 38.47, "longitude": 106.27},
 ]
 
-CLUSTERS: list[dict[str, object]] = [
+CLUSTERS: list[ClusterRow] = [
     {
         "hub": "BTH",
         "code": "ZJK",
@@ -145,9 +164,9 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float
     return 2 * r * math.asin(math.sqrt(a))
 
 
-def declared_link(a: dict[str, object], b: dict[str, object]) -> tuple[float, float]:
+def declared_link(a: HubRow, b: HubRow) -> tuple[float, float]:
     """(round-trip latency in ms, bandwidth in Gb/s) declared for a link between two hubs."""
-    km = great_circle_km(a["latitude"], a["longitude"], b["latitude"], b["longitude"])  # type: ignore[arg-type]
+    km = great_circle_km(a["latitude"], a["longitude"], b["latitude"], b["longitude"])
     rtt_ms = round(2 * km * 1.4 / 200.0 + 2.0, 1)  # light in fibre: ~200 km per ms
     regions = {a["region"], b["region"]}
     bandwidth = 800.0 if regions == {"east"} else 200.0 if regions == {"west"} else 400.0

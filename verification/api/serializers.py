@@ -9,7 +9,9 @@ from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 
 class VerificationRunSerializer(serializers.ModelSerializer):
-    pool = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
+    pool: serializers.SlugRelatedField[Pool] = serializers.SlugRelatedField(
+        slug_field="national_id", read_only=True
+    )
 
     class Meta:
         model = VerificationRun
@@ -48,7 +50,9 @@ class VerificationRunSerializer(serializers.ModelSerializer):
 
 
 class HeartbeatSerializer(serializers.ModelSerializer):
-    pool = serializers.SlugRelatedField(slug_field="national_id", read_only=True)
+    pool: serializers.SlugRelatedField[Pool] = serializers.SlugRelatedField(
+        slug_field="national_id", read_only=True
+    )
 
     class Meta:
         model = Heartbeat
@@ -88,7 +92,9 @@ class ScheduledDowntimeSerializer(serializers.ModelSerializer):
             detail = exc.detail if isinstance(exc.detail, dict) else {}
             for name in ("pool", "center"):
                 if name in detail:
-                    detail[name] = [f"Unknown {name}."]
+                    detail[name] = [
+                        serializers.ErrorDetail(f"Unknown {name}.", code="does_not_exist")
+                    ]
             raise
 
 

@@ -32,17 +32,17 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         hubs = {}
-        for row in HUBS:
+        for hub_row in HUBS:
             hub, _ = Hub.objects.update_or_create(
-                code=row["code"], defaults={k: v for k, v in row.items() if k != "code"}
+                code=hub_row["code"], defaults={k: v for k, v in hub_row.items() if k != "code"}
             )
             hubs[hub.code] = hub
-        for row in CLUSTERS:
-            data = {k: v for k, v in row.items() if k not in ("code", "hub")}
+        for cluster_row in CLUSTERS:
+            fields = {k: v for k, v in cluster_row.items() if k not in ("code", "hub")}
             Cluster.objects.update_or_create(
-                code=row["code"], defaults={**data, "hub": hubs[row["hub"]]}
+                code=cluster_row["code"], defaults={**fields, "hub": hubs[cluster_row["hub"]]}
             )
-        by_code = {row["code"]: row for row in HUBS}
+        by_code = {hub_row["code"]: hub_row for hub_row in HUBS}
         codes = sorted(by_code)
         for i, a in enumerate(codes):
             for b in codes[i + 1 :]:

@@ -256,12 +256,15 @@ def test_the_agent_never_touches_reservations_or_jobs_it_did_not_create(
 def test_a_workload_runs_as_a_job_in_its_reservation_and_its_usage_comes_from_sacct(
     slurm_cluster: SlurmCluster, slurm_agent: StartSlurmAgent
 ) -> None:
-    _, _, channel = slurm_agent()
+    # A container runtime wraps the command with the image ("env" stands in for apptainer).
+    _, _, channel = slurm_agent(container="env RUNTIME_IMAGE={image}")
     stub = agent_pb2_grpc.AgentStub(channel)
     now = datetime.now(UTC)
     _hold(stub, "BK-RUN-1", 4, now, now + timedelta(hours=1))
     out = work_file(slurm_cluster, "run-1.txt")
-    started = _start(stub, "BK-RUN-1", f'echo "ok $CUDA_VISIBLE_DEVICES" > {out}; sleep 2')
+    started = _start(
+        stub, "BK-RUN-1", f'echo "ok $CUDA_VISIBLE_DEVICES $RUNTIME_IMAGE" > {out}; sleep 2'
+    )
     assert started.created
     assert not _start(stub, "BK-RUN-1", "ignored").created  # idempotent per id
     queued = slurm_cluster.run("squeue", "-h", "-n", "ic-BK-RUN-1", "-o", "%v|%i").stdout
@@ -271,7 +274,8 @@ def test_a_workload_runs_as_a_job_in_its_reservation_and_its_usage_comes_from_sa
     assert failing.created
 
     done = _wait_state(stub, "BK-RUN-1", agent_pb2.WORKLOAD_STATE_SUCCEEDED)
-    assert out.read_text().startswith("ok 0,1,2,3")  # four fake GPUs, given by Slurm
+    # Four fake GPUs, given by Slurm; the image, given to the container runtime.
+    assert out.read_text().split() == ["ok", "0,1,2,3", "registry.example/train:1"]
     assert done.scheduler_state == "COMPLETED"
     # Usage as sacct measured it: allocated GPUs x elapsed seconds.
     row = (
@@ -291,6 +295,16 @@ def test_a_workload_runs_as_a_job_in_its_reservation_and_its_usage_comes_from_sa
         assert stub.ReleaseCapacity(
             agent_pb2.ReleaseCapacityRequest(hold_id=hold_id), timeout=30
         ).released
+    # The center's admin cancels the job in Slurm: the workload fails, saying so.
+    _start(stub, "BK-RUN-3", "sleep 60", accelerators=1)
+    _wait_state(stub, "BK-RUN-3", agent_pb2.WORKLOAD_STATE_RUNNING)
+    slurm_cluster.run("scancel", "-n", "ic-BK-RUN-3")
+    cancelled = _wait_state(stub, "BK-RUN-3", agent_pb2.WORKLOAD_STATE_FAILED)
+    assert cancelled.scheduler_state == "CANCELLED" and "by the center" in cancelled.message
+
+    assert stub.ReleaseCapacity(
+        agent_pb2.ReleaseCapacityRequest(hold_id="BK-RUN-3"), timeout=30
+    ).released
     assert "ic-BK-RUN" not in slurm_cluster.run("scontrol", "show", "reservation").stdout
 
 
@@ -343,3 +357,26 @@ def test_a_restarted_agent_finds_its_job_again_and_never_submits_it_twice(
         _state(again, "BK-NEVER-1")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     again.ReleaseCapacity(agent_pb2.ReleaseCapacityRequest(hold_id="BK-AGAIN-1"), timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("slurm_state", "state", "message"),
+    [
+        ("COMPLETED", agent_pb2.WORKLOAD_STATE_SUCCEEDED, "completed"),
+        ("TIMEOUT", agent_pb2.WORKLOAD_STATE_FAILED, "the booked window ended first"),
+        ("NODE_FAIL", agent_pb2.WORKLOAD_STATE_FAILED, "node failure"),
+        ("OUT_OF_MEMORY", agent_pb2.WORKLOAD_STATE_FAILED, "out of memory"),
+        ("PREEMPTED", agent_pb2.WORKLOAD_STATE_FAILED, "preempted"),
+        ("CANCELLED", agent_pb2.WORKLOAD_STATE_FAILED, "cancelled in Slurm by the center"),
+    ],
+)
+def test_every_slurm_end_state_maps_to_a_workload_state_with_a_reason(
+    slurm_state: str, state: int, message: str
+) -> None:
+    """The states the real cluster above cannot produce in seconds (a time limit, a node
+    failure) map like the ones it does."""
+    from agent.server import STATE_VALUES
+    from agent.slurm.scheduler import ENDED
+
+    mapped, text = ENDED[slurm_state]
+    assert STATE_VALUES[mapped] == state and message in text

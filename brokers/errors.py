@@ -23,3 +23,25 @@ class RetryableConflict(Exception):
 
     Retrying the same request (same idempotency key) is safe (HTTP 409, gRPC ABORTED).
     """
+
+
+class IdempotencyKeyReused(Exception):
+    """An idempotency key the firm already used for another request (HTTP 422, gRPC
+    FAILED_PRECONDITION, reason ``booking.idempotency_key_reused``, CLI exit 1).
+
+    The same key with the same request returns the first booking; with a different request it
+    is refused, never answered with the earlier booking. 422 as the IETF draft on the
+    ``Idempotency-Key`` header says for a key reused with another payload (409 is for a request
+    still in progress); FAILED_PRECONDITION because the key is bound to a request already.
+    """
+
+    code = "booking.idempotency_key_reused"
+
+    def __init__(self, key: str, booking: str) -> None:
+        self.key = key
+        self.booking = booking
+        self.detail = (
+            f'The idempotency key "{key}" was already used for another request '
+            f"(booking {booking}). Send that request again to get its booking, or use a new key."
+        )
+        super().__init__(self.detail)

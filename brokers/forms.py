@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 from django.utils import timezone
 
+from brokers import limits
 from brokers.choices import LatencyClass
 from brokers.placement import WorkloadSpec
 from brokers.placement.spec import past_start_error
@@ -25,7 +26,13 @@ class WorkloadForm(forms.Form):
     """A workload to place: a model and a count, or any model worth N A100-equivalents."""
 
     accelerator_model = forms.ChoiceField(required=False, label="Accelerator model")
-    count = forms.IntegerField(required=False, min_value=1, help_text="With a model.")
+    count = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=limits.MAX_ACCELERATORS,
+        help_text="With a model.",
+        error_messages={"min_value": limits.COUNT_MESSAGE, "max_value": limits.COUNT_MESSAGE},
+    )
     a100_equivalents = forms.FloatField(
         required=False, min_value=0, label="Or A100-equivalents", help_text="Any model."
     )

@@ -33,6 +33,9 @@ class Booking(models.Model):
     )
     door = models.CharField(max_length=10)
     idempotency_key = models.CharField(max_length=100)
+    # SHA-256 of the request the key was first used for (``services.request_fingerprint``): the
+    # same key with another request is refused. Empty for bookings made before it was kept.
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
     spec = models.JSONField()
     status = models.CharField(
         max_length=12, choices=BookingStatus.choices, default=BookingStatus.CONFIRMED

@@ -6,7 +6,10 @@ invariant through :mod:`brokers.ledger`, write booking events, and enqueue dispa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 import secrets
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
@@ -21,14 +24,19 @@ from django.db.models import Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from brokers import ledger
+from brokers import ledger, vocabulary
 from brokers.choices import (
     CANCELLABLE_STATUSES,
     RESERVING_STATUSES,
     BookingStatus,
     EventKind,
 )
-from brokers.errors import CapacityExhausted, QuotaExceeded, RetryableConflict
+from brokers.errors import (
+    CapacityExhausted,
+    IdempotencyKeyReused,
+    QuotaExceeded,
+    RetryableConflict,
+)
 from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
 from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
@@ -134,6 +142,12 @@ def capacity_query(
         raise ValidationError({"end": ["The window ends after it starts."]})
     if not 1 <= page_size <= 1000:
         raise ValidationError({"page_size": ["Between 1 and 1000."]})
+    vocabulary.check(
+        accelerator_model=("accelerator_model", [accelerator_model]),
+        hub=("hub", [hub]),
+        cluster=("cluster", [cluster]),
+        interconnect=("interconnect", [interconnect]),
+    )
     snapshot = catalog.current()
     if snapshot is not None:
         # Static facts from the per-process snapshot, status and free capacity fresh.
@@ -214,6 +228,7 @@ def placement_preview(
     """Ranked placement options for ``spec`` with every rejection explained; books nothing."""
     org = _require_org(actor)
     spec = spec.validated(now=_now())
+    vocabulary.check_spec(spec)
     return place(spec, organization_id=org.pk, explain=explain, max_options=max_options)
 
 
@@ -430,6 +445,7 @@ def _book_option(
     replaces: Booking | None = None,
     hold_seconds: float | None = None,
     hold_until: dt.datetime | None = None,
+    fingerprint: str = "",
 ) -> Booking:
     """One attempt, inside the caller's transaction: booking, allocations, event, quota, ledger.
 
@@ -451,6 +467,7 @@ def _book_option(
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
         door=door,
         idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
         spec=spec.to_json(),
         status=BookingStatus.HELD if held else BookingStatus.CONFIRMED,
         hold_expires_at=expires,
@@ -559,8 +576,41 @@ def option_from_parts(
     )
 
 
-def _existing(org: Organization, key: str) -> Booking | None:
-    return Booking.objects.filter(organization=org, idempotency_key=key).first()
+def request_fingerprint(
+    spec: WorkloadSpec, option: Sequence[tuple[str, int]] | None, hold: bool
+) -> str:
+    """SHA-256 of a booking request as the firm sent it (before defaults are filled), the same
+    whichever door carried it: numbers and times normalised, lists of names sorted."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.UTC).isoformat() if value.tzinfo else value.isoformat()
+        if isinstance(value, dt.timedelta):
+            return norm(value.total_seconds())
+        if isinstance(value, Decimal):
+            return format(value.normalize(), "f")
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return format(Decimal(repr(float(value))).normalize(), "f")
+        if isinstance(value, tuple | list):
+            return sorted(norm(v) for v in value)
+        return value
+
+    fields = {f.name: norm(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
+    body = {
+        "spec": fields,
+        "option": sorted([str(p), int(n)] for p, n in option or ()),
+        "hold": bool(hold),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _existing(org: Organization, key: str, fingerprint: str = "") -> Booking | None:
+    """The firm's booking of ``key``, if any; ``IdempotencyKeyReused`` when that booking was
+    made for another request (a booking older than fingerprints is returned as before)."""
+    found = Booking.objects.filter(organization=org, idempotency_key=key).first()
+    if found is not None and fingerprint and found.request_fingerprint not in ("", fingerprint):
+        raise IdempotencyKeyReused(key, found.national_id)
+    return found
 
 
 @refusals_counted(
@@ -570,6 +620,7 @@ def _existing(org: Organization, key: str) -> Booking | None:
         (ValidationError, "invalid"),
         (ObjectDoesNotExist, "invalid"),
         (RetryableConflict, "conflict"),
+        (IdempotencyKeyReused, "conflict"),
         (IntegrityError, "conflict"),
     ]
 )
@@ -588,8 +639,9 @@ def booking_create(
     and it runs only once confirmed (:func:`booking_confirm`); unconfirmed, it lapses and its
     capacity comes back (:func:`bookings_expire_holds`).
 
-    A repeated ``idempotency_key`` of the same firm returns the first booking, whatever the
-    request says. Each attempt is a new transaction; when the chosen capacity was taken
+    A repeated ``idempotency_key`` of the same firm returns the first booking when the request
+    is the same (:func:`request_fingerprint`), and is refused with ``IdempotencyKeyReused``
+    when it is not. Each attempt is a new transaction; when the chosen capacity was taken
     meanwhile, a booking from a specification is re-placed on fresh figures up to
     ``REPLACE_ATTEMPTS`` times. ``CapacityExhausted`` (naming the reason or quota) when nothing
     fits.
@@ -598,10 +650,12 @@ def booking_create(
     key = (idempotency_key or "").strip()
     if not 1 <= len(key) <= 100:
         raise ValidationError({"idempotency_key": ["Give a key of 1 to 100 characters."]})
-    found = _existing(org, key)
+    fingerprint = request_fingerprint(spec, option, hold)
+    found = _existing(org, key, fingerprint)
     if found is not None:
         return found
     spec = spec.validated(now=_now())
+    vocabulary.check_spec(spec)
     hold_seconds = float(getattr(settings, "BROKER_HOLD_SECONDS", 300)) if hold else None
     chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
 
@@ -615,6 +669,7 @@ def booking_create(
                 option=option,
                 idempotency_key=key,
                 hold_seconds=hold_seconds,
+                fingerprint=fingerprint,
             )
         )
         BOOKINGS.labels(door=door).inc()
@@ -637,12 +692,12 @@ def booking_create(
             except IntegrityError:
                 # A concurrent request with the same key committed first: answer with its
                 # booking. Otherwise the random booking id collided: once more, with a new id.
-                found = _existing(org, key)
+                found = _existing(org, key, fingerprint)
                 if found is not None:
                     return found
                 return book(candidate)
         except IntegrityError:
-            found = _existing(org, key)
+            found = _existing(org, key, fingerprint)
             if found is not None:
                 return found
             raise

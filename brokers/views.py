@@ -26,7 +26,7 @@ from django.views.decorators.http import require_POST
 
 from brokers import selectors, services
 from brokers.choices import CANCELLABLE_STATUSES, FINAL_STATUSES, BookingStatus
-from brokers.errors import CapacityExhausted, RetryableConflict
+from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
 from brokers.forms import BookingForm, CancelForm, WindowForm, WorkloadForm
 from brokers.ledger import DeadlineExceeded
 from brokers.placement import WorkloadSpec
@@ -231,6 +231,8 @@ def booking_create(request: HttpRequest) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     except CapacityExhausted as exc:
+        messages.error(request, f"Not booked: {exc.detail}")
+    except IdempotencyKeyReused as exc:
         messages.error(request, f"Not booked: {exc.detail}")
     except (RetryableConflict, DeadlineExceeded):
         messages.error(request, "The ledger was busy; book again (it is safe to retry).")

@@ -8,22 +8,32 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from brokers import selectors
+from brokers import limits, selectors
 from brokers.choices import LatencyClass
 from brokers.models import Allocation, Booking, BookingEvent
 from brokers.placement import WorkloadSpec
 from brokers.placement.spec import past_start_error
 
-SLUGS = serializers.ListField(
-    child=serializers.CharField(max_length=40), required=False, max_length=32
-)
+
+def slugs() -> serializers.ListField:
+    """A list of names; a new field each time (one instance shared by several fields binds
+    them all to the first field's name: ``hubs_allowed`` used to land in ``traits``)."""
+    return serializers.ListField(
+        child=serializers.CharField(max_length=40), required=False, max_length=32
+    )
 
 
 class WorkloadSpecSerializer(serializers.Serializer):
     """A workload specification (see ``brokers.placement.spec.WorkloadSpec``)."""
 
     accelerator_model = serializers.CharField(max_length=60, required=False, allow_blank=True)
-    count = serializers.IntegerField(min_value=0, max_value=100_000, required=False, default=0)
+    count = serializers.IntegerField(
+        min_value=0,
+        max_value=limits.MAX_ACCELERATORS,
+        required=False,
+        default=0,
+        error_messages={"min_value": limits.COUNT_MESSAGE, "max_value": limits.COUNT_MESSAGE},
+    )
     a100_equivalents = serializers.FloatField(
         min_value=0, max_value=100_000, required=False, default=0.0
     )
@@ -32,18 +42,25 @@ class WorkloadSpecSerializer(serializers.Serializer):
         min_value=0, max_value=100_000, required=False, default=0
     )
     interconnect = serializers.CharField(max_length=40, required=False, allow_blank=True)
-    traits = SLUGS
+    traits = slugs()
     memory_gb_per_accelerator = serializers.FloatField(
         min_value=0, max_value=100_000, required=False, default=0.0
     )
     earliest_start = serializers.DateTimeField(required=False, allow_null=True)
     latest_end = serializers.DateTimeField(required=False, allow_null=True)
     duration_seconds = serializers.FloatField(
-        min_value=60, max_value=366 * 86400, required=False, default=3600.0
+        min_value=limits.MIN_DURATION_SECONDS,
+        max_value=limits.MAX_DURATION_SECONDS,
+        required=False,
+        default=limits.DEFAULT_DURATION_SECONDS,
+        error_messages={
+            "min_value": limits.DURATION_MESSAGE,
+            "max_value": limits.DURATION_MESSAGE,
+        },
     )
-    hubs_allowed = SLUGS
-    hubs_excluded = SLUGS
-    centers_excluded = SLUGS
+    hubs_allowed = slugs()
+    hubs_excluded = slugs()
+    centers_excluded = slugs()
     data_hub = serializers.CharField(max_length=8, required=False, allow_blank=True)
     data_gb = serializers.FloatField(min_value=0, max_value=1e9, required=False, default=0.0)
     latency_class = serializers.ChoiceField(

@@ -6,6 +6,7 @@ import dataclasses
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -18,11 +19,12 @@ from rest_framework.views import APIView
 
 from brokers import selectors, services
 from brokers.api import serializers as s
-from brokers.errors import CapacityExhausted, RetryableConflict
+from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
 from brokers.filtersets import BookingFilterSet
 from brokers.ledger import DeadlineExceeded
 from brokers.models import Booking
 from brokers.placement import PlacementResult
+from registry.api.exceptions import validation_detail
 from registry.choices import Door
 
 DOOR = Door.API
@@ -40,6 +42,11 @@ class BrokerErrorsMixin:
             return Response(
                 {"detail": str(exc), "code": "booking.conflict", "retryable": True},
                 status=status.HTTP_409_CONFLICT,
+            )
+        if isinstance(exc, IdempotencyKeyReused):
+            return Response(
+                {"detail": exc.detail, "code": exc.code, "booking": exc.booking},
+                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
             )
         if isinstance(exc, DeadlineExceeded):
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -87,18 +94,14 @@ class CapacityView(BrokerErrorsMixin, APIView):
         q = s.CapacityQuerySerializer(data=request.query_params)
         q.is_valid(raise_exception=True)
         p = q.validated_data
-        rows, token = services.capacity_query(
-            actor=request.user,
-            start=p["start"],
-            end=p["end"],
-            accelerator_model=p["accelerator"],
-            hub=p["hub"],
-            cluster=p["cluster"],
-            interconnect=p["interconnect"],
-            max_price=p["max_price"],
-            page_size=p["page_size"],
-            page_token=p["page_token"],
-        )
+        try:
+            rows, token = self._query(request, p)
+        except DjangoValidationError as exc:
+            # The service names its arguments; the answer names this endpoint's parameters.
+            errors = validation_detail(exc)
+            if "accelerator_model" in errors:
+                errors["accelerator"] = errors.pop("accelerator_model")
+            raise DRFValidationError(errors) from None
         return Response(
             {
                 "results": [
@@ -110,6 +113,20 @@ class CapacityView(BrokerErrorsMixin, APIView):
                 ],
                 "next_page_token": token,
             }
+        )
+
+    def _query(self, request: Request, p: dict[str, Any]) -> tuple[list[Any], str]:
+        return services.capacity_query(
+            actor=request.user,
+            start=p["start"],
+            end=p["end"],
+            accelerator_model=p["accelerator"],
+            hub=p["hub"],
+            cluster=p["cluster"],
+            interconnect=p["interconnect"],
+            max_price=p["max_price"],
+            page_size=p["page_size"],
+            page_token=p["page_token"],
         )
 
 

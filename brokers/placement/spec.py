@@ -12,11 +12,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from brokers import limits
 from brokers.choices import LatencyClass
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 
-MAX_ACCELERATORS = 100_000
-MAX_WINDOW = dt.timedelta(days=366)
+MAX_WINDOW = dt.timedelta(seconds=limits.MAX_DURATION_SECONDS)
 # A start this far in the past is taken as "now" (clocks of clients and servers disagree a
 # little); further back it is refused. ``BROKER_START_GRACE_SECONDS`` overrides it.
 DEFAULT_START_GRACE_SECONDS = 120
@@ -114,7 +114,7 @@ class WorkloadSpec:
         asked = self.earliest_start or now
         start = asked
         if start.tzinfo is None:
-            errors["earliest_start"] = ["Give a time zone (e.g. 2026-11-23T08:00:00Z)."]
+            errors["earliest_start"] = [limits.NO_ZONE_MESSAGE]
         elif past := past_start_error(start, now=now):
             errors["earliest_start"] = [past]
         else:
@@ -123,20 +123,22 @@ class WorkloadSpec:
             errors["accelerator_model"] = [
                 "Give either an accelerator model with a count, or a100_equivalents."
             ]
-        if self.accelerator_model and not 1 <= self.count <= MAX_ACCELERATORS:
-            errors["count"] = [f"Between 1 and {MAX_ACCELERATORS}."]
-        if self.a100_equivalents and not 0 < self.a100_equivalents <= MAX_ACCELERATORS:
-            errors["a100_equivalents"] = [f"Between 0 and {MAX_ACCELERATORS}."]
+        if self.accelerator_model and (error := limits.count_error(self.count)):
+            errors["count"] = [error]
+        if self.a100_equivalents and (
+            error := limits.a100_equivalents_error(self.a100_equivalents)
+        ):
+            errors["a100_equivalents"] = [error]
         if self.gang_size < 1:
-            errors["gang_size"] = ["At least 1."]
+            errors["gang_size"] = [limits.AT_LEAST_ONE_MESSAGE]
         elif self.accelerator_model and self.count % self.gang_size:
             errors["gang_size"] = ["The count must be a multiple of the gang size."]
         if self.min_accelerators_per_node < 0:
-            errors["min_accelerators_per_node"] = ["Must not be negative."]
+            errors["min_accelerators_per_node"] = [limits.NEGATIVE_MESSAGE]
         if self.memory_gb_per_accelerator < 0:
-            errors["memory_gb_per_accelerator"] = ["Must not be negative."]
-        if not dt.timedelta(minutes=1) <= self.duration <= MAX_WINDOW:
-            errors["duration"] = ["Between one minute and one year."]
+            errors["memory_gb_per_accelerator"] = [limits.NEGATIVE_MESSAGE]
+        if error := limits.duration_error(self.duration.total_seconds()):
+            errors["duration"] = [error]
         elif "earliest_start" not in errors:
             try:
                 start + self.duration + MAX_WINDOW
@@ -148,7 +150,7 @@ class WorkloadSpec:
             if self.latest_end < asked + self.duration:
                 errors["latest_end"] = ["The window is shorter than the duration."]
         if self.data_gb < 0:
-            errors["data_gb"] = ["Must not be negative."]
+            errors["data_gb"] = [limits.NEGATIVE_MESSAGE]
         if self.data_gb and not self.data_hub:
             errors["data_hub"] = ["Say which hub holds the data."]
         if self.latency_class not in LatencyClass.values:
@@ -156,7 +158,7 @@ class WorkloadSpec:
         if self.price_cap is not None and (not self.price_cap.is_finite() or self.price_cap < 0):
             errors["price_cap"] = ["Must not be negative."]
         if self.max_centers < 1:
-            errors["max_centers"] = ["At least 1."]
+            errors["max_centers"] = [limits.AT_LEAST_ONE_MESSAGE]
         if set(self.hubs_allowed) & set(self.hubs_excluded):
             errors["hubs_excluded"] = ["A hub cannot be both allowed and excluded."]
         if errors:

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from django.core.exceptions import ValidationError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from brokers import limits
 from brokers.choices import BookingStatus, LatencyClass
 from brokers.models import Booking, BookingEvent
 from brokers.placement import PlacementResult, WorkloadSpec
@@ -62,19 +63,15 @@ def _str(value: Decimal | None) -> str:
     return "" if value is None else str(value)
 
 
-# The longest workload a spec may ask for (a year); longer is certainly a client bug.
-MAX_DURATION_SECONDS = 366 * 24 * 3600
-
-
 def spec_from_pb(msg: pb.WorkloadSpec) -> WorkloadSpec:
     """The domain WorkloadSpec of a proto one (domain validation happens in the service; this
     refuses what cannot even be represented: out-of-range numbers, NUL characters; and a start
     in the past, with the service's own message)."""
     if msg.latency_class not in LATENCY_FROM_PB:
         raise ValidationError({"latency_class": ["Unknown latency class."]})
-    duration = msg.duration_seconds
-    if duration and not (0 < duration <= MAX_DURATION_SECONDS):  # also refuses NaN
-        raise ValidationError({"duration_seconds": ["Between 0 and one year, in seconds."]})
+    # 0 is proto3's "not set": the default hour. Anything else is held to the service's limits.
+    if msg.duration_seconds and (error := limits.duration_error(msg.duration_seconds)):
+        raise ValidationError({"duration_seconds": [error]})
     for name in ("accelerator_model", "interconnect", "data_hub", "image", "command", "price_cap"):
         if "\x00" in getattr(msg, name):
             raise ValidationError({name: ["NUL characters are not allowed."]})
@@ -98,7 +95,7 @@ def _spec(msg: pb.WorkloadSpec) -> WorkloadSpec:
         memory_gb_per_accelerator=msg.memory_gb_per_accelerator,
         earliest_start=from_ts(msg.earliest_start, msg.HasField("earliest_start")),
         latest_end=from_ts(msg.latest_end, msg.HasField("latest_end")),
-        duration=dt.timedelta(seconds=msg.duration_seconds or 3600),
+        duration=dt.timedelta(seconds=msg.duration_seconds or limits.DEFAULT_DURATION_SECONDS),
         hubs_allowed=tuple(msg.hubs_allowed),
         hubs_excluded=tuple(msg.hubs_excluded),
         centers_excluded=tuple(msg.centers_excluded),

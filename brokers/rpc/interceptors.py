@@ -34,7 +34,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from brokers.errors import CapacityExhausted, RetryableConflict
+from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
 from brokers.ledger import DeadlineExceeded, deadline_at
 from interconnect.metrics import GRPC_LATENCY
 from registry.context import new_request_id, request_id_var
@@ -299,6 +299,8 @@ def status_for(exc: Exception) -> status_pb2.Status | None:
         return _error_info(code_pb2.RESOURCE_EXHAUSTED, exc.detail, exc.code)
     if isinstance(exc, RetryableConflict):
         return _error_info(code_pb2.ABORTED, str(exc), "booking.conflict")
+    if isinstance(exc, IdempotencyKeyReused):
+        return _error_info(code_pb2.FAILED_PRECONDITION, exc.detail, exc.code)
     if isinstance(exc, ObjectDoesNotExist):
         return status_pb2.Status(code=code_pb2.NOT_FOUND, message="No such booking or pool.")
     if isinstance(exc, PermissionDenied):

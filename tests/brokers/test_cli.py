@@ -47,7 +47,7 @@ def test_capacity_place_book_bookings_cancel(
     start = next_hour().isoformat()
     capacity = run(broker, token, "capacity", "--model", "nvidia-a100-80g")
     assert capacity.returncode == 0, capacity.stderr
-    assert pool.national_id in capacity.stdout and "1 pools, 8 accelerators free" in capacity.stdout
+    assert pool.national_id in capacity.stdout and "1 pool, 8 accelerators free" in capacity.stdout
     placed = run(
         broker,
         token,

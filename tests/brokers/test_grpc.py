@@ -62,10 +62,11 @@ def test_query_place_book_get_list_cancel(
     placed = client.place(a100(8))
     assert len(placed.options) == 3 and placed.options[0].cost == "80.00"
     assert placed.options[0].explanation[0].startswith("chosen")
-    booking = client.book(a100(8), idempotency_key="g1")
+    spec = a100(8)
+    booking = client.book(spec, idempotency_key="g1")
     assert booking.status == pb.BOOKING_STATUS_CONFIRMED
     assert booking.allocations[0].accelerators == 8
-    assert client.book(a100(2), idempotency_key="g1").booking_id == booking.booking_id
+    assert client.book(spec, idempotency_key="g1").booking_id == booking.booking_id
     assert client.booking(booking.booking_id).booking_id == booking.booking_id
     assert [b.booking_id for b in client.bookings().bookings] == [booking.booking_id]
     held = client.book(

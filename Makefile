@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 BROKER_PORT ?= 50051
+TELEMETRY_PORT ?= 50052
 # The suite runs against the machine's real servers.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
@@ -41,8 +42,8 @@ seed: migrate ## Load the national topology, catalog and demo data
 	$(PY) manage.py setup_schedules
 
 run: seed ## Set up and run the whole platform on embedded defaults (no server needed)
-	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT)
-	PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) $(VENV)/bin/honcho -f Procfile.dev start
+	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT) --telemetry-port $(TELEMETRY_PORT)
+	PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) TELEMETRY_PORT=$(TELEMETRY_PORT) $(VENV)/bin/honcho -f Procfile.dev start
 
 lint: protos ## ruff lint and format check, mypy (config in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -294,12 +294,82 @@ def booking_detail(request: HttpRequest, national_id: str) -> HttpResponse:
             "allocations": booking.allocations.select_related("pool__center__cluster__hub"),
             "events": events,
             "last_event": events[-1].pk if events else 0,
-            "spec": booking.spec if selectors.may_see_spec(request.user, booking) else None,
+            "spec": (
+                workload_rows(booking.spec)
+                if selectors.may_see_spec(request.user, booking)
+                else None
+            ),
             "cancellable": cancellable,
             "cancel_form": CancelForm(),
             "hours": (booking.window_end - booking.window_start).total_seconds() / 3600,
         },
     )
+
+
+# The workload specification's fields as the booking page names them, in this order.
+WORKLOAD_LABELS = {
+    "accelerator_model": "Accelerator model",
+    "count": "Accelerators",
+    "a100_equivalents": "A100-equivalents",
+    "gang_size": "Gang size",
+    "min_accelerators_per_node": "Accelerators per node, at least",
+    "interconnect": "Interconnect",
+    "traits": "Traits required",
+    "memory_gb_per_accelerator": "Memory per accelerator (GB), at least",
+    "earliest_start": "Earliest start",
+    "latest_end": "Latest end",
+    "duration": "Duration",
+    "hubs_allowed": "Hubs allowed",
+    "hubs_excluded": "Hubs excluded",
+    "centers_excluded": "Centers excluded",
+    "data_hub": "Data in hub",
+    "data_gb": "Data size (GB)",
+    "latency_class": "Latency class",
+    "price_cap": "Price cap / accelerator-hour",
+    "allow_split": "May split across centers",
+    "max_centers": "Centers, at most",
+    "image": "Image",
+    "command": "Command",
+}
+# Values that only repeat a default are left out of the panel.
+WORKLOAD_DEFAULTS = {"gang_size": 1, "max_centers": 1, "allow_split": False}
+
+
+def _hours(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
+
+
+def workload_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """The stored specification as (label, value) rows a person reads: times in UTC, the
+    duration in hours, lists joined, defaults and empty values left out."""
+    rows = []
+    for key, label in WORKLOAD_LABELS.items():
+        value = spec.get(key)
+        if value in (None, "", [], 0, 0.0) or WORKLOAD_DEFAULTS.get(key, object()) == value:
+            continue
+        if key in ("earliest_start", "latest_end"):
+            try:
+                moment = dt.datetime.fromisoformat(str(value)).astimezone(dt.UTC)
+            except ValueError:
+                text = str(value)
+            else:
+                text = f"{moment:%Y-%m-%d %H:%M} UTC"
+        elif key == "duration":
+            text = _hours(float(value))
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif isinstance(value, list):
+            text = ", ".join(str(v) for v in value)
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        else:
+            text = str(value)
+        rows.append((label, text))
+    return rows
 
 
 @login_required
@@ -316,6 +386,17 @@ def booking_events(request: HttpRequest, national_id: str) -> JsonResponse:
     return JsonResponse(
         {
             **_status(booking),
+            # The Workload column follows the events (running, succeeded...).
+            "allocations": [
+                {
+                    "pool": pool,
+                    "workload_state": state or "",
+                    "workload_id": workload_id or "",
+                }
+                for pool, state, workload_id in booking.allocations.order_by("pk").values_list(
+                    "pool__national_id", "workload_state", "workload_id"
+                )
+            ],
             "events": [
                 {
                     "id": e.pk,

@@ -35,3 +35,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
+
+
+class ClientErrorsShort(logging.Filter):
+    """Drop the traceback of a request that ended in a client error (4xx): Django logs a 403
+    with its ``PermissionDenied`` attached, which is the answer, not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -248,8 +248,16 @@ LOGGING = {
             "formatter": env.str("LOG_FORMAT", default="plain"),
         }
     },
+    "filters": {"client_errors_short": {"()": "interconnect.logging.ClientErrorsShort"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Django's own console handler printed every django.* line a second time (the root
+        # logger prints them already).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        # A 403 or 404 is an answer, not a fault: one line, without a traceback.
+        "django.request": {"filters": ["client_errors_short"], "propagate": True},
+    },
 }
 
 # --- Domain settings --------------------------------------------------------------------------

@@ -4,8 +4,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from interconnect.api_root import ApiRootView
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", ApiRootView.as_view(), name="api-root"),
     # Verification first: its pools/{id}/reverify/ sits beside the registry's pool routes.
     path("api/v1/", include("verification.api.urls")),
     path("api/v1/", include("registry.api.urls")),

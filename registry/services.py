@@ -227,6 +227,12 @@ def lifecycle_transition(
 # --- Centers ----------------------------------------------------------------------------------
 
 
+def _changes(obj: Center | Pool, data: dict[str, Any]) -> bool:
+    """Whether ``data`` changes any field of ``obj`` (compared as values: ``10.00`` is
+    ``10.0000``; a related object by identity)."""
+    return any(getattr(obj, field) != value for field, value in data.items())
+
+
 def _check_version(obj: Center | Pool, expected_version: int | None) -> None:
     if expected_version is not None and expected_version != obj.version:
         raise StaleVersion(obj.version)
@@ -314,6 +320,9 @@ def center_update(
         )
     if "agent_endpoint" in data:
         _check_agent_endpoint(data["agent_endpoint"])
+    if not _changes(center, data):
+        # Nothing to change (e.g. only read-only fields were sent): no new version, no record.
+        return center
     before = snapshot(center)
     for field, value in data.items():
         setattr(center, field, value)
@@ -469,6 +478,10 @@ def pool_update(
                     for f in locked
                 }
             )
+    same_traits = traits is None or set(traits) == set(pool.traits.values_list("slug", flat=True))
+    if not _changes(pool, data) and same_traits:
+        # Nothing to change (e.g. only read-only fields were sent): no new version, no record.
+        return pool
     before = snapshot(pool)
     for field, value in data.items():
         setattr(pool, field, value)

@@ -194,7 +194,45 @@ def downtime_declare(request: HttpRequest, national_id: str) -> HttpResponse:
 def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
     """One verification run with all its evidence (the pool's operator and platform staff)."""
     run = get_object_or_404(selectors.runs_visible_to(request.user), run_id=_uuid_or_404(run_id))
-    return render(request, "verification/run_detail.html", {"run": run, "pool": run.pool})
+    return render(
+        request,
+        "verification/run_detail.html",
+        {"run": run, "pool": run.pool, "inventory": inventory_evidence(run.inventory_match)},
+    )
+
+
+INVENTORY_FACTS = (
+    ("accelerator_model", "Accelerator model"),
+    ("accelerators_per_node", "Accelerators per node"),
+    ("nodes", "Nodes"),
+)
+
+
+def inventory_evidence(match: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The inventory comparison as a person reads it: a row per fact (declared, reported,
+    whether they agree), the mismatches as sentences, what the agent says it is."""
+    if not match:
+        return None
+    declared = match.get("declared") or {}
+    reported = match.get("reported") or {}
+    rows = [
+        {
+            "label": label,
+            "declared": declared.get(key, "–"),
+            "reported": reported.get(key, "–") if reported else "not reported",
+            "agrees": bool(reported) and declared.get(key) == reported.get(key),
+        }
+        for key, label in INVENTORY_FACTS
+    ]
+    return {
+        "agent_id": match.get("agent_id") or "",
+        "agent_version": match.get("agent_version") or "",
+        "simulated": bool(match.get("simulated")),
+        "rows": rows,
+        "mismatches": list(match.get("mismatches") or []),
+        "pool_key": reported.get("pool_key", "") if reported else "",
+        "devices": list(reported.get("device_details") or []) if reported else [],
+    }
 
 
 def _uuid_or_404(value: str) -> str:

@@ -458,8 +458,8 @@ on stderr and exit 1; arguments refused before calling the broker exit 2."""
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interconnect",
-        description="The command line of Compute Interconnect for AI firms: find verified "
-        "capacity, preview placements, book, confirm, list, cancel and watch bookings "
+        description="The command line of Compute Interconnect for AI firms: find verified\n"
+        "capacity, preview placements, book, confirm, list, cancel and watch bookings\n"
         "through the gRPC broker.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

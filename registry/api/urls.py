@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from registry.api import views
 
 router = DefaultRouter()
+router.include_root_view = False  # /api/v1/ is interconnect.api_root (every app's endpoints)
 router.register("hubs", views.HubViewSet, basename="hub")
 router.register("clusters", views.ClusterViewSet, basename="cluster")
 router.register("hub-links", views.HubLinkViewSet, basename="hublink")

@@ -40,3 +40,21 @@ def portal_role(context: dict[str, Any]) -> dict[str, Any]:
 @register.filter
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.0f}%"
+
+
+@register.filter
+def ratio(value: float | None) -> str:
+    """A small ratio as a plain decimal (``9e-06`` reads ``0.000009``), "–" when unknown."""
+    if value is None or value == "":
+        return "–"
+    number = float(value)
+    text = f"{number:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("0", "-0") or number == 0 else f"{number:.1e}"
+
+
+@register.filter
+def counted(n: int | None, words: str) -> str:
+    """``{{ n|counted:"pool,pools" }}``: "1 pool", "3 pools" (the number, then the right word)."""
+    one, _, many = words.partition(",")
+    n = n or 0
+    return f"{n} {one if n == 1 else (many or one + 's')}"

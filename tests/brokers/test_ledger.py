@@ -65,14 +65,20 @@ def test_it_refuses_beyond_capacity_and_cancel_gives_it_back(
 def test_a_repeated_idempotency_key_returns_the_first_booking(
     dave: Any, acme: Any, active_pool: Any
 ) -> None:
+    from brokers.errors import IdempotencyKeyReused
+
     active_pool(acme, size=8)
     first = services.booking_create(
         spec=spec(count=2), idempotency_key="same", actor=dave, door="api"
     )
     again = services.booking_create(
-        spec=spec(count=6), idempotency_key="same", actor=dave, door="api"
+        spec=spec(count=2), idempotency_key="same", actor=dave, door="api"
     )
     assert again.pk == first.pk and Booking.objects.count() == 1
+    # Another request under the same key is refused, never answered with the first booking.
+    with pytest.raises(IdempotencyKeyReused, match=first.national_id):
+        services.booking_create(spec=spec(count=6), idempotency_key="same", actor=dave, door="api")
+    assert Booking.objects.count() == 1
 
 
 def test_multi_pool_booking_is_all_or_nothing(dave: Any, acme: Any, active_pool: Any) -> None:

@@ -133,3 +133,30 @@ def test_an_ai_firm_cannot_register_capacity(dave: Any, api_as: Any) -> None:
     response = api_as(dave).post("/api/v1/centers/", CENTER, format="json")
     assert response.status_code == 403
     assert Center.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_patch_that_changes_nothing_keeps_the_version_and_writes_no_record(
+    alice: Any, acme: Any, api_as: Any
+) -> None:
+    client = api_as(alice)
+    center = client.post("/api/v1/centers/", CENTER, format="json").data
+    url = f"/api/v1/centers/{center['national_id']}/"
+    pool = client.post("/api/v1/pools/", pool_body(center["national_id"]), format="json").data
+    pool_url = f"/api/v1/pools/{pool['national_id']}/"
+    records = ChangeRecord.objects.count()
+    for target, body, read_only in (
+        (url, center, {"national_id": "CN-X", "status": "active", "created_at": "2020-01-01"}),
+        (pool_url, pool, {"national_id": "CN-Y", "status": "active", "verified_at": None}),
+    ):
+        for sent in (read_only, {"name": body["name"]}, {**read_only, "version": body["version"]}):
+            answer = client.patch(target, sent, format="json")
+            assert answer.status_code == 200, answer.content
+            assert answer.data["version"] == body["version"] and answer.data["status"] == "draft"
+    same_price = {"price_per_accelerator_hour": str(pool["price_per_accelerator_hour"])[:-2]}
+    assert client.patch(pool_url, same_price, format="json").data["version"] == pool["version"]
+    assert ChangeRecord.objects.count() == records
+    # A real change still bumps the version and writes one record.
+    changed = client.patch(url, {"pue": 1.3}, format="json")
+    assert changed.data["version"] == center["version"] + 1
+    assert ChangeRecord.objects.count() == records + 1

@@ -15,6 +15,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--port", default="8000")
         parser.add_argument("--broker-port", default="50051")
+        parser.add_argument("--telemetry-port", default="50052")
 
     def handle(self, *args: Any, **options: Any) -> None:
         tokens_file = settings.VAR_DIR / "demo-tokens.json"
@@ -24,7 +25,8 @@ class Command(BaseCommand):
         out.write(self.style.SUCCESS("Compute Interconnect is starting"))
         out.write(f"  portal     http://127.0.0.1:{options['port']}/")
         out.write(f"  REST API   http://127.0.0.1:{options['port']}/api/v1/  (docs: /api/docs/)")
-        out.write(f"  gRPC       127.0.0.1:{options['broker_port']}")
+        out.write(f"  gRPC       127.0.0.1:{options['broker_port']}  (broker: interconnect CLI)")
+        out.write(f"  telemetry  127.0.0.1:{options['telemetry_port']}  (agents' heartbeats, gRPC)")
         out.write(f"  demo logins (password: {demo.DEMO_PASSWORD})")
         for user in demo.USERS:
             token = tokens.get(user["username"], "")

@@ -179,7 +179,22 @@ def test_register_verify_find_book_watch_cancel_and_see_it_on_the_dashboard(
     assert page.locator("#freivalds .badge.green").count() == rounds
     # One row per accelerator of the sampled node: 8 per node.
     assert page.locator("#devices tr").count() == 1 + 8
+    # The evidence reads as sentences and tables, with the JSON one click away.
+    evidence = page.inner_text("main")
+    assert "{'" not in evidence and "SIMULATED" not in evidence and "True" not in evidence
+    assert "The agent's inventory matches the declaration." in page.inner_text("#inventory-summary")
+    assert page.locator("#inventory td .badge.green").count() == 3
+    # Nothing in the inventory overflows its frame.
+    assert page.evaluate(
+        "(w => w.scrollWidth <= w.clientWidth + 1)"
+        "(document.querySelector('#inventory').parentElement)"
+    )
+    assert fits_the_screen(page)
+    run_json = page.get_attribute("#raw-json", "href")
     shot(page, "08-verification-run")
+    page.click("#raw-json")
+    assert page.url.endswith(run_json) and '"inventory_match"' in page.inner_text("body")
+    page.go_back()
 
     page.click("text=My pools")
     shot(page, "09-my-pools")
@@ -225,6 +240,16 @@ def test_register_verify_find_book_watch_cancel_and_see_it_on_the_dashboard(
     status = wait_for_text(page, "#booking-status", ("Running", "Finished"))
     assert status in ("Running", "Finished"), status
     assert "Dispatched" in page.inner_text("#events")
+    # The Workload column follows the events too, without a reload.
+    cell = f'#allocations tr[data-pool="{pool_id}"] [data-workload]'
+    page.wait_for_function(
+        "sel => /^(running|succeeded)/.test(document.querySelector(sel).textContent.trim())",
+        arg=cell,
+        timeout=60_000,
+    )
+    panel = page.inner_text("#workload-spec")
+    assert "Accelerator model" in panel and "accelerator_model" not in panel
+    assert "Data in hub" in panel and " UTC" in panel
     shot(page, "16-booking-live")
 
     # Book again for tomorrow, then cancel it.

@@ -130,3 +130,30 @@ def test_the_placement_form_says_what_every_door_says(
     assert form.errors["duration_hours"] == [limits.DURATION_MESSAGE]
     form = client.get(PREVIEW.replace("count=8", "count=0")).context["form"]
     assert form.errors["count"] == [limits.COUNT_MESSAGE]
+
+
+def test_a_403_is_logged_once_without_its_traceback(dave: Any, client_as: Any, caplog: Any) -> None:
+    import logging
+
+    # Django's own console handler is gone: the root logger prints django.* lines once.
+    assert logging.getLogger("django").handlers == []
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client_as(dave).get("/centers/new/").status_code == 403
+    records = [r for r in caplog.records if r.name == "django.request"]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert "Forbidden" in records[0].getMessage()
+
+
+def test_the_start_up_banner_shows_every_port(settings: Any, tmp_path: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    out = StringIO()
+    call_command(
+        "demo_banner", port="8090", broker_port="50151", telemetry_port="50152", stdout=out
+    )
+    text = out.getvalue()
+    assert "127.0.0.1:8090/" in text and "127.0.0.1:50151" in text
+    assert "telemetry  127.0.0.1:50152" in text

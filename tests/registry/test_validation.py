@@ -160,3 +160,24 @@ def test_a_patch_that_changes_nothing_keeps_the_version_and_writes_no_record(
     changed = client.patch(url, {"pue": 1.3}, format="json")
     assert changed.data["version"] == center["version"] + 1
     assert ChangeRecord.objects.count() == records + 1
+
+
+@pytest.mark.django_db
+def test_the_api_root_lists_every_endpoint_as_api_links(client: Any) -> None:
+    root = client.get("/api/v1/", HTTP_ACCEPT="application/json").json()
+    for name in (
+        "bookings",
+        "capacity",
+        "placements",
+        "verification_runs",
+        "usage",
+        "availability",
+        "centers",
+        "pools",
+        "changes",
+        "tokens",
+        "hubs",
+        "webhooks",
+    ):
+        assert root[name].startswith("http://testserver/api/v1/"), (name, root.get(name))
+    assert all("/api/v1/" in url or "/api/" in url for url in root.values())

@@ -359,7 +359,7 @@ def workload_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
             else:
                 text = f"{moment:%Y-%m-%d %H:%M} UTC"
         elif key == "duration":
-            text = _hours(float(value))
+            text = _hours(float(str(value)))
         elif isinstance(value, bool):
             text = "yes" if value else "no"
         elif isinstance(value, list):

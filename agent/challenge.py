@@ -3,7 +3,7 @@
 A challenge gives each accelerator under test its own seed and asks it for a **sequential chain**
 of ``steps`` matrix products in one precision (``bf16``, ``fp16``, ``fp32`` or ``fp64``)::
 
-    A, B      = inputs(seed, n, precision)       # zero-mean normals, exactly representable
+    A, B      = inputs(seed, n, precision)       # zero-mean, unit variance, exactly representable
     X_0  = A
     C_t  = X_{t-1} @ B        # accumulated in the precision's accumulator
     X_t  = next_input(C_t)    # (C_t / sqrt(n)) transposed, rounded to the input type
@@ -15,10 +15,11 @@ cannot be precomputed: the seed is drawn by the verifier. After each step the ag
 to the next input. The verifier's clock stops at the last commitment; only then does it choose
 which steps to open, and the opened products must hash to what was committed.
 
-Inputs are standard normals rounded to the input type: zero mean, not small integers (which an
-INT8 unit would multiply exactly at twice the BF16 rate), and exactly representable, so the
-only rounding is the accumulation's. This module is pure numpy (plus ``ml_dtypes`` for BF16) so
-that the platform imports it; backends that compute on accelerators live in ``agent.backends``.
+Inputs are uniform on [-sqrt(3), sqrt(3)) rounded to the input type: zero mean, unit variance, not
+small integers (which an INT8 unit would multiply exactly at twice the BF16 rate), and exactly
+representable, so the only rounding is the accumulation's. This module is pure numpy (plus
+``ml_dtypes`` for BF16) so that the platform imports it; backends that compute on accelerators
+live in ``agent.backends``.
 """
 
 from __future__ import annotations
@@ -77,24 +78,53 @@ def precision(name: str) -> Precision:
         ) from None
 
 
-def inputs(seed: int, n: int, name: str) -> tuple[Matrix, Matrix]:
-    """The challenge's A and B for ``seed``: standard normal n x n, rounded to the input type.
+# Inputs are uniform on [-sqrt(3), sqrt(3)): zero mean and unit variance, so the chain's entries
+# keep their size step after step (C_t / sqrt(n) has unit variance again).
+INPUT_HALF_WIDTH = math.sqrt(3.0)
 
-    ``np.random.default_rng(seed)`` draws A first, then B, in float64. Any change here changes
-    every challenge: the platform and the agent must share this function.
+
+def input_matrix(seed: int, which: int, n: int, name: str) -> Matrix:
+    """A (``which`` = 0) or B (``which`` = 1) of the challenge for ``seed``: n x n values drawn
+    uniformly on [-sqrt(3), sqrt(3)) in float64 from ``np.random.default_rng([seed, which])``
+    and rounded to the input type.
+
+    Zero mean, unit variance, exactly representable in the input type, and not small integers
+    (which an INT8 unit would multiply exactly at twice the BF16 rate). Each matrix has its
+    own stream, so the verifier draws B alone when it does not check step 1, and uniform
+    draws cost the verifier a third of what normals did. Any change here changes every
+    challenge: the platform and the agent share this function.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
     p = precision(name)
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((n, n)).astype(p.input)
-    b = rng.standard_normal((n, n)).astype(p.input)
-    return a, b
+    rng = np.random.default_rng([seed, which])
+    values = rng.random((n, n))
+    values *= 2.0 * INPUT_HALF_WIDTH
+    values -= INPUT_HALF_WIDTH
+    matrix: Matrix = values.astype(p.input)
+    return matrix
+
+
+def inputs(seed: int, n: int, name: str) -> tuple[Matrix, Matrix]:
+    """The challenge's A and B for ``seed`` (:func:`input_matrix`)."""
+    return input_matrix(seed, 0, n, name), input_matrix(seed, 1, n, name)
 
 
 def chain_scale(n: int, name: str) -> np.generic:
     """The factor 1/sqrt(n), in the accumulator type, that keeps every step's entries near 1."""
     return precision(name).accumulator.type(1.0 / math.sqrt(n))
+
+
+def scaled_rounded(product: Matrix, name: str) -> Matrix:
+    """(C_t / sqrt(n)) rounded to the input type, held in the accumulator type, *not*
+    transposed: X_t is its transpose. The verifier uses it as is (``.T`` is a view), which saves
+    the transposing copy :func:`next_input` makes for the agent's next product."""
+    p = precision(name)
+    scaled = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    if p.input == p.accumulator:
+        return scaled
+    rounded: Matrix = scaled.astype(p.input).astype(p.accumulator)  # exact: input fits in acc
+    return rounded
 
 
 def next_input(product: Matrix, name: str) -> Matrix:
@@ -152,7 +182,8 @@ def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: 
     """
     h = hashlib.sha256()
     h.update(f"interconnect-chain-v1|{challenge_id}|{device}|{step}|{name}|".encode())
-    h.update(canonical_bytes(product, name))
+    acc = precision(name).accumulator.newbyteorder("<")
+    h.update(memoryview(np.ascontiguousarray(product, dtype=acc)).cast("B"))  # no copy
     return h.digest()
 
 

@@ -284,9 +284,10 @@ VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
 # declared speed (a fast accelerator would otherwise spend its time hashing, not computing).
 VERIFICATION_MIN_STEP_SECONDS = env.float("VERIFICATION_MIN_STEP_SECONDS", default=0.05)
 VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=1024)
-# Steps opened and checked per device; 0 opens every step (false acceptance of a broken link:
-# 2^-k). Fewer steps bound a cheater that breaks a share q of links by (1 - q)^s.
-VERIFICATION_OPEN_STEPS = env.int("VERIFICATION_OPEN_STEPS", default=0)
+# Steps checked per device, drawn after every commitment arrived: the last two always, the
+# others at random (0 = every step). A prover that fakes a share q of the other steps goes
+# unnoticed with probability <= (1 - q)^(s - 2) per run (docs/verification.md).
+VERIFICATION_OPEN_STEPS = env.int("VERIFICATION_OPEN_STEPS", default=3)
 # Nodes challenged per run, drawn at random (all accelerators of each); 0 = every node.
 VERIFICATION_SAMPLE_NODES = env.int("VERIFICATION_SAMPLE_NODES", default=2)
 # Products an agent keeps for opening, at most (bounds devices x steps x n^2 x 4 bytes).

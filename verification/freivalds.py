@@ -39,7 +39,9 @@ most 2^-k (each vector, by the classic argument on the sign of r_j for one wrong
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +50,31 @@ import numpy.typing as npt
 
 from agent.challenge import Matrix, precision
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # a virtualenv built before the dependency: same results, more CPU time
+    threadpool_limits = None
+
 # Hoeffding's factor: an honest component is refused with probability <= 2 exp(-LAMBDA^2 / 2).
 LAMBDA = 7.0
+
+
+# Up to this n the checks' products run on one BLAS thread (see ``one_blas_thread``).
+ONE_THREAD_MAX_N = 2048
+
+
+@contextlib.contextmanager
+def one_blas_thread(n: int) -> Iterator[None]:
+    """Run the block with BLAS on one thread when n <= ``ONE_THREAD_MAX_N``. The checks'
+    products (n x n by n x k) are bound by memory, not arithmetic: up to n = 2048 a second
+    OpenBLAS thread added nothing but spinning, which doubled the verifier's CPU time in
+    ``bench/verification_cost.py``. Larger matrices keep every thread (more memory bandwidth
+    on a large host; not measured here)."""
+    if threadpool_limits is None or n > ONE_THREAD_MAX_N:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @dataclass(frozen=True)
@@ -92,13 +117,15 @@ class StepChecker:
 
     def check(self, x: Matrix, c: Matrix, inner: int = 1) -> list[VectorCheck]:
         """Check C = X @ B (``inner`` = 1), or the composite step of ``inner`` chained products
-        (``agent.challenge.step``); one VectorCheck per vector."""
+        (``agent.challenge.step``); one VectorCheck per vector.
+
+        X may be any view (the verifier passes ``scaled_rounded(C_{t-1}).T``, no copy). A
+        non-finite entry of C makes its component of C r non-finite, and the check fails.
+        """
         n = self.n
         if x.shape != (n, n) or c.shape != (n, n):
             raise ValueError("X and C must be n x n")
-        c64 = np.asarray(c, dtype=np.float64)
-        if not np.isfinite(c64).all():
-            return [VectorCheck(passed=False, worst_ratio=math.inf) for _ in range(self.k)]
+        cr = np.asarray(c, dtype=np.float64) @ self.r
         x64 = np.asarray(x, dtype=np.float64)
         if inner == 1:
             expected = x64 @ self.br
@@ -106,7 +133,9 @@ class StepChecker:
         else:
             expected = self._composite(x64, inner)
             bound = self.composite_bound(x64, inner)
-        ratio = np.abs(c64 @ self.r - expected) / bound
+        ratio = np.abs(cr - expected) / bound
+        if not np.isfinite(ratio).all():
+            return [VectorCheck(passed=False, worst_ratio=math.inf) for _ in range(self.k)]
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
 

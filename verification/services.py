@@ -27,7 +27,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from agent.challenge import assemble, digest, inputs, next_input
+from agent.challenge import assemble, digest, input_matrix, scaled_rounded
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from interconnect.tasking import enqueue_on_commit
@@ -41,7 +41,7 @@ from registry.netguard import OutboundRefused, grpc_authority_options, outbound_
 from verification import agent_client, selectors
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
-from verification.freivalds import StepChecker, tflops
+from verification.freivalds import StepChecker, one_blas_thread, tflops
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 logger = logging.getLogger(__name__)
@@ -386,9 +386,14 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
 
     def inner_at(size: int) -> int:
         # Products behind each commitment, so that a step lasts VERIFICATION_MIN_STEP_SECONDS
-        # at the declared speed: hashing and copying a product must stay small next to it.
+        # at the declared speed (hashing and copying a product must stay small next to it),
+        # and so that a chain held to VERIFICATION_MAX_STEPS at this size (n at its maximum,
+        # or cut down to fit the agent's memory) still lasts the target.
         one = 2.0 * size**3 / max(flops_per_second, 1e-30)
-        wanted = math.ceil(float(settings.VERIFICATION_MIN_STEP_SECONDS) / one)
+        wanted = max(
+            math.ceil(float(settings.VERIFICATION_MIN_STEP_SECONDS) / one),
+            math.ceil(steps_at(size) / int(settings.VERIFICATION_MAX_STEPS)),
+        )
         return min(max(wanted, 1), int(settings.VERIFICATION_MAX_INNER))
 
     inner = inner_at(n)
@@ -553,6 +558,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             raise VerificationRefuted("commitments: " + "; ".join(answer.problems[:3]))
         # Only now, with every commitment in, does the verifier pick what to open.
         opened = _choose_steps(plan.steps)
+        evidence.fields["sample"]["steps_checked"] = opened
         needed = sorted({(d, s) for d in plan.devices for t in opened for s in (t - 1, t) if s})
         blocks = agent_client.open_benchmark(
             channel, challenge_id=challenge_id, openings=needed, timeout=timeout
@@ -589,13 +595,19 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
 
 
 def _choose_steps(steps: int) -> list[int]:
-    """The steps to open, drawn after the commitments: all, or a sample that always holds the
-    last step (the one the clock stopped on)."""
+    """The steps to check, drawn after every commitment arrived (``VERIFICATION_OPEN_STEPS``;
+    0, or as many as the chain has: all). A sample always holds the last two steps: the clock
+    stopped on the last, and with its predecessor checked too neither of the final products can
+    be skipped or copied (so a prover that skips every other step is caught whatever the
+    draw); the others are drawn uniformly from the rest with the OS's CSPRNG. Checking step t
+    opens C_{t-1} as well (X_{t-1} comes from it). docs/verification.md gives the chance that
+    a prover who fakes a share of the steps goes unnoticed."""
     count = settings.VERIFICATION_OPEN_STEPS
     if not count or count >= steps:
         return list(range(1, steps + 1))
-    others = secrets.SystemRandom().sample(range(1, steps), count - 1)
-    return sorted([*others, steps])
+    forced = [steps] if count == 1 else [steps - 1, steps]
+    others = secrets.SystemRandom().sample(range(1, steps - 1), max(0, count - 2))
+    return sorted([*others, *forced])
 
 
 def _opened_products(
@@ -629,18 +641,37 @@ def _check_chains(
     k: int,
     device_evidence: dict[int, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Freivalds on every opened step of every device, with vectors drawn now."""
+    """Freivalds on every checked step of every device, with vectors drawn now.
+
+    Per device: B from the seed (A only when step 1 is checked), B's side of the check once
+    (``StepChecker``), then per checked step t one O(inner k n^2) check of C_t against X_{t-1},
+    derived from the opened C_{t-1} without a transposing copy."""
+    with one_blas_thread(plan.n):
+        return _check_devices(products, plan, opened, k, device_evidence)
+
+
+def _check_devices(
+    products: dict[tuple[int, int], Any],
+    plan: ChallengePlan,
+    opened: list[int],
+    k: int,
+    device_evidence: dict[int, dict[str, Any]],
+) -> list[dict[str, Any]]:
     rng = np.random.default_rng(secrets.randbits(128))
     results = []
+    first = next(iter(plan.devices))
     for device, seed in plan.devices.items():
-        a, b = inputs(seed, plan.n, plan.precision)
+        b = input_matrix(seed, 1, plan.n, plan.precision)
         checker = StepChecker(b, plan.precision, k=k, rng=rng)
         worst = 0.0
         for step in opened:
-            x = a if step == 1 else next_input(products[(device, step - 1)], plan.precision)
+            if step == 1:
+                x = input_matrix(seed, 0, plan.n, plan.precision)
+            else:
+                x = scaled_rounded(products[(device, step - 1)], plan.precision).T
             checks = checker.check(x, products[(device, step)], plan.inner)
             worst = max(worst, max(c.worst_ratio for c in checks))
-            if device == next(iter(plan.devices)) and step == opened[-1]:
+            if device == first and step == opened[-1]:
                 results = [c.as_json() for c in checks]
             failed = sum(not c.passed for c in checks)
             if failed:

@@ -284,8 +284,15 @@ def test_a_sample_of_steps_is_opened_when_the_setting_says_so(
     assert {d["steps_opened"] for d in run.devices} == {2}
 
 
-def test_the_opened_sample_always_holds_the_last_step(settings: Any) -> None:
-    settings.VERIFICATION_OPEN_STEPS = 3
-    for _ in range(20):
+def test_the_checked_sample_always_holds_the_last_two_steps(settings: Any) -> None:
+    settings.VERIFICATION_OPEN_STEPS = 4
+    drawn = set()
+    for _ in range(40):
         chosen = services._choose_steps(10)
-        assert len(chosen) == 3 and chosen[-1] == 10 and len(set(chosen)) == 3
+        assert len(chosen) == 4 and chosen[-2:] == [9, 10] and len(set(chosen)) == 4
+        drawn.update(chosen[:-2])
+    assert len(drawn) > 4  # the others are drawn, not fixed
+    settings.VERIFICATION_OPEN_STEPS = 1
+    assert services._choose_steps(10) == [10]
+    settings.VERIFICATION_OPEN_STEPS = 0
+    assert services._choose_steps(5) == [1, 2, 3, 4, 5]

@@ -28,6 +28,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -120,7 +121,7 @@ def scaled_rounded(product: Matrix, name: str) -> Matrix:
     transposed: X_t is its transpose. The verifier uses it as is (``.T`` is a view), which saves
     the transposing copy :func:`next_input` makes for the agent's next product."""
     p = precision(name)
-    scaled = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    scaled: Matrix = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
     if p.input == p.accumulator:
         return scaled
     rounded: Matrix = scaled.astype(p.input).astype(p.accumulator)  # exact: input fits in acc
@@ -183,7 +184,8 @@ def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: 
     h = hashlib.sha256()
     h.update(f"interconnect-chain-v1|{challenge_id}|{device}|{step}|{name}|".encode())
     acc = precision(name).accumulator.newbyteorder("<")
-    h.update(memoryview(np.ascontiguousarray(product, dtype=acc)).cast("B"))  # no copy
+    contiguous: Any = np.ascontiguousarray(product, dtype=acc)
+    h.update(memoryview(contiguous).cast("B"))  # the array's own bytes, no copy
     return h.digest()
 
 

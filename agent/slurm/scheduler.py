@@ -287,6 +287,8 @@ class SlurmScheduler(WorkloadRunner):
     def release(self, hold_id: str, reason: str = "") -> bool:
         """Delete the agent's reservation for ``hold_id`` (cancelling its own job in it first);
         False if there is none, or it is not the agent's (then it is left alone)."""
+        if not HOLD_ID_RE.match(hold_id):
+            raise InvalidArgument("hold_id", "1 to 100 letters, digits, '-', '_' or '.'")
         name = self.reservation_name(hold_id)
         with self._lock_for(hold_id):
             try:
@@ -319,8 +321,9 @@ class SlurmScheduler(WorkloadRunner):
 
     def start(self, spec: WorkloadSpec) -> tuple[Workload, bool]:
         """Submit the workload as a Slurm job in its reservation; idempotent per id."""
-        if not spec.workload_id:
-            raise InvalidArgument("workload_id", "must not be empty")
+        if not HOLD_ID_RE.match(spec.workload_id):
+            # It names a Slurm job and reservation: nothing that scontrol could read as more.
+            raise InvalidArgument("workload_id", "1 to 100 letters, digits, '-', '_' or '.'")
         with self._cond:
             tracked = self._tracked.get(spec.workload_id)
             if tracked is not None:

@@ -203,6 +203,18 @@ def test_a_hold_is_a_reservation_of_whole_nodes_for_the_service_account(
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in caught.value.details()
     assert "ic-BK-BAD" not in slurm_cluster.run("scontrol", "show", "reservation").stdout
+    # An id that scontrol could read as more than a name: refused at every door.
+    sneaky = "x Users=daemon Flags=IGNORE_JOBS"
+    for call in (
+        lambda: _start(stub, sneaky, "true"),
+        lambda: stub.ReleaseCapacity(agent_pb2.ReleaseCapacityRequest(hold_id=sneaky)),
+        lambda: _hold(stub, sneaky, 4, start, end),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "daemon" not in slurm_cluster.run("scontrol", "show", "reservation").stdout
+    assert not slurm_cluster.run("squeue", "-h", "-n", f"ic-{sneaky}").stdout.strip()
 
 
 def test_the_agent_never_touches_reservations_or_jobs_it_did_not_create(

@@ -1,24 +1,25 @@
 """Errors the agent raises in its domain code.
 
-Each carries the gRPC status code it maps to; ``agent.server.rpc_errors`` is the one place that
-turns them into statuses, so domain code never touches a gRPC context.
+Each names its entry of the error catalog (``protos.errors``), which holds the gRPC status it
+is answered with; ``agent.server.rpc_errors`` is the one place that turns them into statuses, so
+domain code never touches a gRPC context.
 """
 
 from __future__ import annotations
 
-import grpc
+from protos.errors import ERRORS, Catalogued
 
 
-class AgentError(Exception):
-    """A request the agent refuses or cannot serve; ``code`` is the gRPC status to return."""
+class AgentError(Catalogued, Exception):
+    """A request the agent refuses or cannot serve; ``spec`` says the gRPC status to return."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    spec = ERRORS["internal"]
 
 
 class InvalidArgument(AgentError):
     """The request is malformed (``field`` names the offending request field)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    spec = ERRORS["invalid"]
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -28,22 +29,22 @@ class InvalidArgument(AgentError):
 class NotFound(AgentError):
     """The request names a pool or workload this agent does not know."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    spec = ERRORS["not_found"]
 
 
 class Unavailable(AgentError):
     """The agent cannot serve right now; the caller should retry (transient)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    spec = ERRORS["unavailable"]
 
 
 class FailedPrecondition(AgentError):
     """The request is valid but the agent's state does not allow it yet (or any more)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    spec = ERRORS["failed_precondition"]
 
 
 class ResourceExhausted(AgentError):
     """The request would need more memory or time than the agent's limits allow."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    spec = ERRORS["resource_exhausted"]

@@ -39,6 +39,7 @@ from agent.inventory import Inventory, build_inventory
 from agent.simulation import backend_for_simulation, faults_for, health_delay
 from agent.workloads import CapacityHold, Workload, WorkloadRunner, WorkloadSpec, WorkloadState
 from protos import agent_pb2, agent_pb2_grpc
+from protos.errors import ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +66,16 @@ STATE_VALUES = {
 def rpc_errors(method: _F) -> _F:
     """Map domain errors to gRPC statuses: the one place that does it, for unary and streams.
 
-    AgentError subclasses carry their own status code; anything else is INTERNAL and logged
-    with the method name (the caller never sees a traceback).
+    AgentError subclasses name their entry of the error catalog (``protos.errors``), whose gRPC
+    status is sent; anything else is INTERNAL and logged with the method name (the caller never
+    sees a traceback).
     """
 
     def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, AgentError):
-            context.abort(exc.code, str(exc))
+            context.abort(exc.spec.grpc_code, str(exc))
         logger.exception("agent RPC %s failed", method.__name__)
-        context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: internal error")
+        context.abort(ERRORS["internal"].grpc_code, f"{method.__name__} failed: internal error")
 
     if inspect.isgeneratorfunction(method):
 

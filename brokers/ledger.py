@@ -43,6 +43,7 @@ from django.db import OperationalError, connection, transaction
 
 from brokers.choices import RESERVING_STATUSES
 from brokers.errors import CapacityExhausted, RetryableConflict
+from protos.errors import ERRORS, Catalogued
 from registry.choices import Status
 
 _T = TypeVar("_T")
@@ -60,8 +61,10 @@ deadline_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceeded(Catalogued, Exception):
     """The caller's deadline passed while the database worked (gRPC DEADLINE_EXCEEDED)."""
+
+    spec = ERRORS["deadline_exceeded"]
 
 
 @dataclass(frozen=True)

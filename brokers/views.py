@@ -34,6 +34,7 @@ from registry import charts
 from registry import selectors as registry_selectors
 from registry import views as registry_views
 from registry.choices import Door, OrgKind
+from registry.errors import portal_error
 from registry.forms import apply_service_errors
 from verification import selectors as verification_selectors
 
@@ -230,12 +231,8 @@ def booking_create(request: HttpRequest) -> HttpResponse:
         )
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-    except CapacityExhausted as exc:
-        messages.error(request, f"Not booked: {exc.detail}")
-    except IdempotencyKeyReused as exc:
-        messages.error(request, f"Not booked: {exc.detail}")
-    except (RetryableConflict, DeadlineExceeded):
-        messages.error(request, "The ledger was busy; book again (it is safe to retry).")
+    except (CapacityExhausted, IdempotencyKeyReused, RetryableConflict, DeadlineExceeded) as exc:
+        messages.error(request, portal_error(exc, "Not booked"))
     else:
         messages.success(request, f"Booked {booking.national_id}.")
         return redirect("booking-detail", national_id=booking.national_id)

@@ -4,10 +4,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from interconnect.metrics import HTTP_LATENCY
+from registry.errors import message_of, spec_for
 
 
 class MetricsMiddleware:
@@ -48,13 +48,14 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, OperationalError | InterfaceError):
+        spec = spec_for(exception)
+        if spec is None or spec.reason != "database.unavailable":
             return None
         logging.getLogger("interconnect.db").warning(
             "database unavailable: %s %s: %s", request.method, request.path, exception
         )
         return JsonResponse(
-            {"detail": "The database is unavailable; retry later."},
-            status=503,
+            {"detail": message_of(exception)},
+            status=spec.http,
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )

@@ -1,10 +1,25 @@
-"""Domain errors of the registry, mapped to HTTP and gRPC status codes at the doors."""
+"""Domain errors of the registry, and the doors' one lookup into the error catalog.
 
-from django.core.exceptions import ValidationError
+Every error class that reaches a door names its entry of ``protos.errors.ERRORS`` (HTTP status,
+gRPC status, reason code, CLI exit status); Django's own exceptions are mapped here, once.
+``spec_for`` is what the REST exception handler, the portal, the broker's interceptor and the
+telemetry server ask; ``rpc_status_for`` builds the gRPC status both gRPC servers send.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.db import DataError, InterfaceError, OperationalError
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec
 
 
-class StaleVersion(Exception):
+class StaleVersion(Catalogued, Exception):
     """The client changed an object from an outdated version (HTTP 409, gRPC ABORTED)."""
+
+    spec = ERRORS["version.stale"]
 
     def __init__(self, current: int) -> None:
         super().__init__(f"The object changed meanwhile; current version is {current}.")
@@ -19,3 +34,95 @@ class IllegalTransition(ValidationError):
 
     def __init__(self, message: str) -> None:
         super().__init__({"status": [message]})
+
+
+# Django's exceptions, most specific first (a DataError is a DatabaseError, as is an
+# OperationalError: the order decides).
+BUILTIN_ERRORS: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
+    (ValidationError, ERRORS["invalid"]),
+    # A value the database refuses (NUL in text, an offset beyond its range): bad input.
+    (DataError, ERRORS["invalid"]),
+    (ObjectDoesNotExist, ERRORS["not_found"]),
+    (PermissionDenied, ERRORS["permission_denied"]),
+    (OperationalError, ERRORS["database.unavailable"]),
+    (InterfaceError, ERRORS["database.unavailable"]),
+)
+
+DATA_ERROR_MESSAGE = "A value is outside the range the database accepts."
+DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; retry later."
+
+
+def spec_for(exc: BaseException) -> ErrorSpec | None:
+    """The catalog entry of an error, or None for an unexpected one (a server error)."""
+    if isinstance(exc, Catalogued):
+        return exc.spec
+    for cls, spec in BUILTIN_ERRORS:
+        if isinstance(exc, cls):
+            return spec
+    return None
+
+
+def reason_of(exc: BaseException) -> str:
+    """The reason code: the instance's own when it has one (``CapacityExhausted.code``)."""
+    if isinstance(exc, Catalogued):
+        return exc.reason
+    spec = spec_for(exc)
+    return spec.reason if spec else ERRORS["internal"].reason
+
+
+def message_of(exc: BaseException) -> str:
+    """The human sentence every door shows for an error."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{field}: {' '.join(m)}" for field, m in field_messages(exc).items())
+    if isinstance(exc, DataError):
+        return DATA_ERROR_MESSAGE
+    if isinstance(exc, OperationalError | InterfaceError):
+        return DATABASE_UNAVAILABLE_MESSAGE
+    if isinstance(exc, ObjectDoesNotExist):
+        return "Not found."  # never the model's name: a tenant learns nothing of others' objects
+    if isinstance(exc, PermissionDenied):
+        return str(exc) or "Not allowed."
+    return str(exc)
+
+
+def portal_error(exc: BaseException, what: str) -> str:
+    """The portal's message for an error of the catalog: what failed, why, and whether booking
+    (or saving) again is safe."""
+    spec = spec_for(exc)
+    retry = " It is safe to try again." if spec is not None and spec.retryable else ""
+    return f"{what}: {message_of(exc)}{retry}"
+
+
+def field_messages(
+    exc: ValidationError, default_field: str = "non_field_errors"
+) -> dict[str, list[str]]:
+    """Field messages of a ``ValidationError``; messages on no field under ``default_field``."""
+    if hasattr(exc, "error_dict"):
+        return {
+            (default_field if field == "__all__" else field): messages
+            for field, messages in exc.message_dict.items()
+        }
+    return {default_field: exc.messages}
+
+
+def rpc_status_for(exc: BaseException, *, field: str = "request") -> status_pb2.Status | None:
+    """The google.rpc.Status for an error (None for an unexpected one): bad input with its
+    field violations (``field`` names messages that belong to no field), anything else with an
+    ErrorInfo carrying its reason code."""
+    spec = spec_for(exc)
+    if spec is None:
+        return None
+    code = spec.grpc_code.value[0]
+    packed = any_pb2.Any()
+    if isinstance(exc, ValidationError):
+        violations = field_messages(exc, default_field=field)
+        detail = error_details_pb2.BadRequest()
+        for name, messages in violations.items():
+            for text in messages:
+                detail.field_violations.add(field=name, description=text)
+        packed.Pack(detail)
+        message = "; ".join(f"{k}: {m}" for k, ms in violations.items() for m in ms)
+    else:
+        packed.Pack(error_details_pb2.ErrorInfo(reason=reason_of(exc), domain=DOMAIN))
+        message = message_of(exc)
+    return status_pb2.Status(code=code, message=message[:1000], details=[packed])

@@ -5,6 +5,8 @@ permanent (the run ends FAILED with its reason). healthchecks' ``TransportError(
 draws the same line.
 """
 
+from protos.errors import ERRORS, Catalogued
+
 
 class AgentUnavailable(Exception):
     """The agent could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED).
@@ -18,5 +20,11 @@ class VerificationRefuted(Exception):
     inventory, too slow, impossible timing, malformed data). The message is the verdict reason."""
 
 
-class UnknownPool(Exception):
+class UnknownPool(Catalogued, Exception):
     """A pool that does not exist or that the caller may not see (answered as not found)."""
+
+    spec = ERRORS["not_found"]
+
+    def __init__(self, national_id: str) -> None:
+        super().__init__(f"unknown pool {national_id}")
+        self.national_id = national_id

@@ -19,38 +19,13 @@ from rest_framework.views import APIView
 
 from brokers import selectors, services
 from brokers.api import serializers as s
-from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
 from brokers.filtersets import BookingFilterSet
-from brokers.ledger import DeadlineExceeded
 from brokers.models import Booking
 from brokers.placement import PlacementResult
 from registry.api.exceptions import validation_detail
 from registry.choices import Door
 
 DOOR = Door.API
-
-
-class BrokerErrorsMixin:
-    """Broker errors as HTTP answers; everything else goes to the project's handler."""
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, CapacityExhausted):
-            return Response(
-                {"detail": exc.detail, "code": exc.code}, status=status.HTTP_409_CONFLICT
-            )
-        if isinstance(exc, RetryableConflict):
-            return Response(
-                {"detail": str(exc), "code": "booking.conflict", "retryable": True},
-                status=status.HTTP_409_CONFLICT,
-            )
-        if isinstance(exc, IdempotencyKeyReused):
-            return Response(
-                {"detail": exc.detail, "code": exc.code, "booking": exc.booking},
-                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-            )
-        if isinstance(exc, DeadlineExceeded):
-            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return super().handle_exception(exc)  # type: ignore[misc]
 
 
 def placement_to_dict(result: PlacementResult) -> dict[str, Any]:
@@ -83,7 +58,7 @@ def placement_to_dict(result: PlacementResult) -> dict[str, Any]:
     }
 
 
-class CapacityView(BrokerErrorsMixin, APIView):
+class CapacityView(APIView):
     """Verified free capacity per pool over a window (default: the next hour), paged by
     ``page_token``."""
 
@@ -130,7 +105,7 @@ class CapacityView(BrokerErrorsMixin, APIView):
         )
 
 
-class PlacementView(BrokerErrorsMixin, APIView):
+class PlacementView(APIView):
     """POST a workload specification: ranked options and every rejection explained. Books
     nothing."""
 
@@ -148,7 +123,6 @@ class PlacementView(BrokerErrorsMixin, APIView):
 
 
 class BookingViewSet(
-    BrokerErrorsMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,

@@ -7,7 +7,10 @@ cancel and watch, talking to the gRPC broker.
     interconnect watch BK-20261123-1A2B3C4D
 
 Errors print once on stderr (the status, then each field with its flag, or the reason code) and
-exit 1; arguments the command line refuses itself exit 2, with the broker's own message.
+exit with the status the error catalog (``protos.errors``) declares: 1 the broker refused the
+request as it stands (or failed), 3 not authenticated or not allowed, 4 not found, 5 capacity or
+quota exhausted, 6 a stale version, 75 a conflict or outage after which the same command is safe
+to run again. Arguments the command line refuses itself exit 2, with the broker's own message.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from grpc_status import rpc_status
 from brokers import limits
 from brokers.client.client import BrokerClient, timestamp, workload_spec
 from protos import broker_pb2 as pb
+from protos.errors import EXIT_USAGE, exit_status
 
 DURATION = re.compile(r"^(?P<sign>[-+]?)(?P<body>(?:\d+(?:\.\d+)?[smhd])+|\d+(?:\.\d+)?)$")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -541,6 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status_of(exc: grpc.RpcError) -> int:
+    """The catalog's exit status for a failed call (its status code and ErrorInfo reason)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    reason = ""
+    status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = info.reason
+    return exit_status(code, reason)
+
+
 def describe(exc: grpc.RpcError) -> str:
     """The error once: its status, then each field violation (with its flag) or the message
     and its reason code."""
@@ -594,20 +610,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(join_signed(sys.argv[1:] if argv is None else argv))
     if not args.token:
         print("error: give --token or set INTERCONNECT_TOKEN", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         with BrokerClient(args.broker, args.token, timeout=args.timeout) as client:
             COMMANDS[args.verb](client, args)
     except Refused as exc:
         print(f"error: invalid argument\n{field_line(exc.field, exc.message)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except grpc.RpcError as exc:
         print(describe(exc), file=sys.stderr)
-        return 1
+        return exit_status_of(exc)
     except ValueError as exc:
         # A value the request message cannot carry that no check above caught.
         print(f"error: invalid argument: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

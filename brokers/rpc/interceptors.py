@@ -22,22 +22,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import (
-    DataError,
     InterfaceError,
     OperationalError,
     close_old_connections,
     connections,
 )
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
-from brokers.ledger import DeadlineExceeded, deadline_at
+from brokers.ledger import deadline_at
 from interconnect.metrics import GRPC_LATENCY
 from registry.context import new_request_id, request_id_var
+from registry.errors import rpc_status_for
 from registry.services import user_for_token
 
 logger = logging.getLogger(__name__)
@@ -112,9 +109,6 @@ def _fit_connection() -> None:
     if now - getattr(_thread_state, "checked", 0.0) >= CONNECTION_CHECK_SECONDS:
         close_old_connections()
         _thread_state.checked = now
-
-
-DOMAIN = "interconnect.broker.v1"
 
 
 def _wrap(
@@ -269,58 +263,9 @@ def _with_vars(iterator: Iterator[Any], user: Any, request_id: str) -> Iterator[
         request_id_var.reset(tokens[1])
 
 
-def _bad_request(exc: ValidationError) -> status_pb2.Status:
-    detail = error_details_pb2.BadRequest()
-    messages: list[str] = []
-    items = exc.message_dict.items() if hasattr(exc, "error_dict") else [("spec", exc.messages)]
-    for field, errors in items:
-        for message in errors:
-            detail.field_violations.add(field=field, description=message)
-            messages.append(f"{field}: {message}")
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    return status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message="; ".join(messages)[:1000], details=[packed]
-    )
-
-
-def _error_info(code: int, message: str, reason: str) -> status_pb2.Status:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    return status_pb2.Status(code=code, message=message[:1000], details=[packed])
-
-
 def status_for(exc: Exception) -> status_pb2.Status | None:
-    """The google.rpc.Status for a domain error, or None for an unexpected one."""
-    if isinstance(exc, ValidationError):
-        return _bad_request(exc)
-    if isinstance(exc, CapacityExhausted):
-        return _error_info(code_pb2.RESOURCE_EXHAUSTED, exc.detail, exc.code)
-    if isinstance(exc, RetryableConflict):
-        return _error_info(code_pb2.ABORTED, str(exc), "booking.conflict")
-    if isinstance(exc, IdempotencyKeyReused):
-        return _error_info(code_pb2.FAILED_PRECONDITION, exc.detail, exc.code)
-    if isinstance(exc, ObjectDoesNotExist):
-        return status_pb2.Status(code=code_pb2.NOT_FOUND, message="No such booking or pool.")
-    if isinstance(exc, PermissionDenied):
-        return status_pb2.Status(
-            code=code_pb2.PERMISSION_DENIED, message=str(exc) or "Not allowed."
-        )
-    if isinstance(exc, DeadlineExceeded):
-        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=str(exc))
-    if isinstance(exc, DataError):
-        # A value the database refuses (NUL in text, out-of-range number): bad input.
-        return _error_info(
-            code_pb2.INVALID_ARGUMENT, "A value is outside what the database accepts.", "invalid"
-        )
-    if isinstance(exc, OperationalError | InterfaceError):
-        # PostgreSQL restarting or a connection cut: the transaction did not commit, and the
-        # client's retry policy retries UNAVAILABLE with the same idempotency key (RELIABILITY X3).
-        return _error_info(
-            code_pb2.UNAVAILABLE, "The database is unavailable; retry.", "database.unavailable"
-        )
-    return None
+    """The google.rpc.Status for an error of the catalog, or None for an unexpected one."""
+    return rpc_status_for(exc, field="spec")
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from brokers.rpc.server import BrokerRuntime, build_server
+from protos.errors import ERRORS
 from registry import services as registry_services
 from tests.brokers.broker_testing import ROOT
 from tests.brokers.conftest import next_hour
@@ -91,14 +92,16 @@ def test_errors_print_the_status_and_exit_non_zero(
     active_pool(acme, size=8)
     _, token = registry_services.token_create(user=dave, name="cli")
     full = run(broker, token, "book", "--model", "nvidia-a100-80g", "--count", "64", "--key", "x")
-    assert full.returncode == 1 and "RESOURCE_EXHAUSTED" in full.stderr
+    assert full.returncode == ERRORS["booking.capacity_exceeded"].exit == 5
+    assert "RESOURCE_EXHAUSTED" in full.stderr
     assert "reason: booking.no_placement" in full.stderr
     bad = run(
         broker, token, "place", "--model", "nvidia-a100-80g", "--count", "3", "--gang-size", "2"
     )
-    assert bad.returncode == 1 and "gang_size:" in bad.stderr
+    assert bad.returncode == ERRORS["invalid"].exit == 1 and "gang_size:" in bad.stderr
     anon = run(broker, "ci_bad_token", "bookings")
-    assert anon.returncode == 1 and "UNAUTHENTICATED" in anon.stderr
+    assert anon.returncode == ERRORS["unauthenticated"].exit == 3
+    assert "UNAUTHENTICATED" in anon.stderr
     usage = run(broker, token, "book", "--duration", "soon")
     assert usage.returncode == 2
 

@@ -19,14 +19,14 @@ from typing import Any
 import grpc
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections
-from google.protobuf import any_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from protos import agent_pb2, agent_pb2_grpc
+from protos.errors import ERRORS
+from registry.errors import rpc_status_for
 from registry.services import user_for_token
 from verification import services
 from verification.errors import UnknownPool
@@ -37,33 +37,13 @@ TELEMETRY_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def _bad_request(violations: dict[str, list[str]]) -> status_pb2.Status:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=name, description=message)
-            for name, messages in violations.items()
-            for message in messages
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    summary = "; ".join(f"{k}: {' '.join(v)}" for k, v in violations.items())
-    return status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"invalid heartbeat: {summary}", details=[packed]
-    )
-
-
 def _abort_for(context: grpc.ServicerContext, exc: Exception) -> None:
-    """Map a domain error to a gRPC status and abort (the one place that does it)."""
-    if isinstance(exc, ValidationError):
-        violations = exc.message_dict if hasattr(exc, "error_dict") else {"request": exc.messages}
-        context.abort_with_status(rpc_status.to_status(_bad_request(violations)))
-    if isinstance(exc, UnknownPool):
-        context.abort(grpc.StatusCode.NOT_FOUND, f"unknown pool {exc}")
-    if isinstance(exc, PermissionDenied):
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc) or "permission denied")
+    """Abort with the error catalog's status for ``exc`` (INTERNAL, logged, for anything else)."""
+    status = rpc_status_for(exc, field="request")
+    if status is not None:
+        context.abort_with_status(rpc_status.to_status(status))
     logger.exception("Telemetry call failed")
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    context.abort(ERRORS["internal"].grpc_code, "internal error")
 
 
 def _bearer(context: grpc.ServicerContext) -> str | None:

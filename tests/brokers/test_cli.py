@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -63,6 +64,8 @@ def test_capacity_place_book_bookings_cancel(
         "2h",
     )
     assert placed.returncode == 0 and "80.00 CNY" in placed.stdout and "why:" in placed.stdout
+    # The time it understood, said back with its zone.
+    assert f"earliest start: {next_hour():%Y-%m-%d %H:%M:%S} UTC" in placed.stdout
     booked = run(
         broker,
         token,
@@ -84,6 +87,12 @@ def test_capacity_place_book_bookings_cancel(
     assert "cancelled" in cancelled.stdout
     watched = run(broker, token, "watch", booking_id)
     assert "ended: cancelled" in watched.stdout
+    # Past events at the time they happened (the broker's clock), not "[0.0s]".
+    events = watched.stdout.splitlines()[:-1]
+    assert len(events) == 2 and all(
+        re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC  {booking_id} ", e) for e in events
+    ), events
+    assert "[" not in watched.stdout
 
 
 def test_errors_print_the_status_and_exit_non_zero(
@@ -114,3 +123,24 @@ def test_a_value_the_request_cannot_carry_is_a_clean_cli_error(capsys: Any) -> N
     )
     assert code == 2
     assert "invalid argument" in capsys.readouterr().err
+
+
+def test_help_is_whole_and_says_formats_and_defaults() -> None:
+    def helped(*args: str) -> str:
+        done = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "interconnect"), *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and done.stderr == ""
+        return done.stdout
+
+    top = helped()
+    assert "``" not in top and "through the gRPC broker." in top
+    assert "--broker HOST:PORT" in top and "$INTERCONNECT_BROKER" in top
+    assert "$INTERCONNECT_TOKEN" in top and "examples:" in top
+    book = helped("book")
+    assert "default 1h" in book and "tomorrow 09:00" in book and "without a zone: UTC" in book
+    capacity = helped("capacity")
+    assert "hub code, e.g. NX" in capacity and "cluster code" in capacity

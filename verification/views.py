@@ -202,8 +202,8 @@ def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
 
 
 INVENTORY_FACTS = (
-    ("accelerator_model", "Accelerator model"),
-    ("accelerators_per_node", "Accelerators per node"),
+    ("accelerator_model", "Model"),
+    ("accelerators_per_node", "Per node"),
     ("nodes", "Nodes"),
 )
 

@@ -9,6 +9,7 @@ dashboard shows the new capacity and where the demand came from. Every page is s
 screenshot in ``test-artifacts/screenshots/``.
 """
 
+import copy
 import datetime as dt
 import os
 import re
@@ -295,3 +296,83 @@ def test_register_verify_find_book_watch_cancel_and_see_it_on_the_dashboard(
     assert fits_the_screen(page)
     shot(page, "21-phone-booking")
     phone.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_evidence_and_a_live_booking_read_in_the_browser(
+    browser: Any,
+    live_server: Any,
+    alice: Any,
+    dave: Any,
+    acme: Any,
+    make_pool: Any,
+    settings: Any,
+) -> None:
+    """The evidence page and the live booking page on their own, without a worker (the journey
+    above reaches them through real verification and dispatch, which a loaded machine slows):
+    the evidence as sentences and tables that fit their frames, its JSON one click away; the
+    booking's Workload column and status following the workload with no reload."""
+    from brokers import services
+    from brokers.choices import BookingStatus, EventKind
+    from brokers.models import Allocation
+    from brokers.placement import WorkloadSpec
+    from registry.choices import Status
+    from tests.portal.test_readable_pages import EVIDENCE
+    from verification.models import VerificationRun
+
+    settings.BROKER_DISPATCH = False  # the test plays the workload's part
+    base = live_server.url
+    pool = make_pool(acme, Status.ACTIVE)
+    run = VerificationRun.objects.create(
+        pool=pool,
+        trigger="submitted",
+        state="passed",
+        verdict_reason="verified",
+        **copy.deepcopy(EVIDENCE),
+    )
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    sign_in(page, base, "alice")
+    page.goto(f"{base}/runs/{run.run_id}/")
+    text = page.inner_text("main")
+    assert "{'" not in text and "True" not in text and "[]" not in text
+    assert "matches the declaration" in page.inner_text("#inventory-summary")
+    assert page.evaluate(
+        "(w => w.scrollWidth <= w.clientWidth + 1)"
+        "(document.querySelector('#inventory').parentElement)"
+    )
+    assert fits_the_screen(page)
+    shot(page, "22-phone-verification-evidence")
+    page.click("#raw-json")
+    assert '"inventory_match"' in page.inner_text("body")
+    page.goto(f"{base}/")
+    sign_out(page)
+
+    booking = services.booking_create(
+        spec=WorkloadSpec(accelerator_model=pool.accelerator.slug, count=8),
+        idempotency_key="browser-live",
+        actor=dave,
+        door="api",
+    )
+    sign_in(page, base, "dave")
+    page.goto(f"{base}/bookings/{booking.national_id}/")
+    assert "Accelerator model" in page.inner_text("#workload-spec")
+    cell = f'#allocations tr[data-pool="{pool.national_id}"] [data-workload]'
+    assert page.inner_text(cell).strip() == "–"
+    for state, status in (
+        ("running", BookingStatus.RUNNING),
+        ("succeeded", BookingStatus.FINISHED),
+    ):
+        Allocation.objects.filter(booking=booking).update(
+            workload_state=state, workload_id=booking.national_id
+        )
+        booking.refresh_from_db()
+        services.booking_record(booking=booking, kind=EventKind.WORKLOAD, message=state, to=status)
+        page.wait_for_function(
+            "([sel, s]) => document.querySelector(sel).textContent.trim().startsWith(s)",
+            arg=[cell, state],
+            timeout=30_000,
+        )
+    assert wait_for_text(page, "#booking-status", ("Finished",)) == "Finished"
+    shot(page, "23-phone-booking-finished")
+    context.close()

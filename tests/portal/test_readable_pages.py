@@ -2,6 +2,7 @@
 workload with human labels, the live Workload column, plural forms, the favicon, and the
 portal's door of "one mistake, one message" (unknown names, limits)."""
 
+import copy
 import datetime as dt
 import re
 from typing import Any
@@ -21,6 +22,30 @@ PREVIEW = (
 )
 
 
+EVIDENCE: dict[str, Any] = dict(
+    freivalds=[{"passed": True, "worst_ratio": 9e-06}, {"passed": True, "worst_ratio": 0.25}],
+    devices=[{"device": 0, "node": 0, "seconds": 1.5, "tflops": 300.0, "worst_ratio": 9e-06}],
+    inventory_match={
+        "agent_id": "agent-zw-1",
+        "agent_version": "0.2.0",
+        "simulated": True,
+        "declared": {
+            "accelerator_model": "nvidia-a100-80g",
+            "accelerators_per_node": 8,
+            "nodes": 4,
+        },
+        "reported": {
+            "pool_key": "a100",
+            "accelerator_model": "nvidia-a100-80g",
+            "accelerators_per_node": 8,
+            "nodes": 4,
+            "device_details": ["NVIDIA A100-SXM4-80GB (simulated)"] * 2,
+        },
+        "mismatches": [],
+    },
+)
+
+
 def test_the_evidence_page_reads_as_sentences_and_tables(
     alice: Any, acme: Any, make_pool: Any, client_as: Any
 ) -> None:
@@ -32,26 +57,7 @@ def test_the_evidence_page_reads_as_sentences_and_tables(
         trigger="submitted",
         state="passed",
         verdict_reason="verified",
-        freivalds=[{"passed": True, "worst_ratio": 9e-06}, {"passed": True, "worst_ratio": 0.25}],
-        devices=[{"device": 0, "node": 0, "seconds": 1.5, "tflops": 300.0, "worst_ratio": 9e-06}],
-        inventory_match={
-            "agent_id": "agent-zw-1",
-            "agent_version": "0.2.0",
-            "simulated": True,
-            "declared": {
-                "accelerator_model": "nvidia-a100-80g",
-                "accelerators_per_node": 8,
-                "nodes": 4,
-            },
-            "reported": {
-                "pool_key": "a100",
-                "accelerator_model": "nvidia-a100-80g",
-                "accelerators_per_node": 8,
-                "nodes": 4,
-                "device_details": ["NVIDIA A100-SXM4-80GB (simulated)"] * 2,
-            },
-            "mismatches": [],
-        },
+        **copy.deepcopy(EVIDENCE),
     )
     page = client_as(alice).get(f"/runs/{run.run_id}/").content.decode()
     for python_text in ("{'", "'passed'", "True", "[]", "SIMULATED", "9e-06"):

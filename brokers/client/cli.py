@@ -456,7 +456,9 @@ EPILOG = """examples:
   interconnect watch BK-20261123-1A2B3C4D
 
 Times without a zone are UTC; the command says back the time it understood. Errors print once
-on stderr and exit 1; arguments refused before calling the broker exit 2."""
+on stderr; exit status: 1 refused (or failed), 2 arguments refused before calling the broker,
+3 not authenticated or not allowed, 4 not found, 5 capacity or quota exhausted, 6 a stale
+version, 75 a conflict or outage after which the same command is safe to run again."""
 
 
 def build_parser() -> argparse.ArgumentParser:

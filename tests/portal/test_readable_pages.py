@@ -163,3 +163,28 @@ def test_the_start_up_banner_shows_every_port(settings: Any, tmp_path: Any) -> N
     text = out.getvalue()
     assert "127.0.0.1:8090/" in text and "127.0.0.1:50151" in text
     assert "telemetry  127.0.0.1:50152" in text
+
+
+def test_the_portal_refuses_a_reused_key_with_the_same_sentence(
+    dave: Any, acme: Any, make_pool: Any, client_as: Any
+) -> None:
+    import json
+
+    from brokers.models import Booking
+    from tests.portal.test_booking_pages import _booking_forms
+
+    pool = make_pool(acme, Status.ACTIVE)
+    client = client_as(dave)
+    form = _booking_forms(client.get(PREVIEW).content.decode())[0]
+    first = client.post("/bookings/new/", form)
+    booking = Booking.objects.get()
+    assert first["Location"] == f"/bookings/{booking.national_id}/"
+    # The same key with another request (16 accelerators): refused, nothing booked.
+    other = {
+        **form,
+        "spec": json.dumps({**json.loads(form["spec"]), "count": 16}),
+        "option": json.dumps([[pool.national_id, 16]]),
+    }
+    page = client.post("/bookings/new/", other, follow=True).content.decode()
+    assert f"was already used for another request (booking {booking.national_id})" in page
+    assert Booking.objects.count() == 1

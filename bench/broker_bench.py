@@ -359,16 +359,26 @@ def booking_profile(user_id: int, pools: list[str], start: dt.datetime) -> str:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from brokers import services
+    from brokers import booking_sql, services
     from brokers.placement import WorkloadSpec
 
     user = get_user_model().objects.get(pk=user_id)
     rng = random.Random(5)
     statements = [0]
+    commits = [0]
+    pipelines = booking_sql.pipelines_sent()
 
     def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         statements[0] += 1
         return execute(sql, params, many, context)
+
+    real_commit = connection.commit
+
+    def counting_commit() -> None:
+        commits[0] += 1
+        real_commit()
+
+    connection.commit = counting_commit  # type: ignore[method-assign]
 
     profiler = cProfile.Profile()
     n, t0 = 0, time.perf_counter()
@@ -387,15 +397,17 @@ def booking_profile(user_id: int, pools: list[str], start: dt.datetime) -> str:
                 option=[(rng.choice(pools), 1)],
             )
         profiler.disable()
+    del connection.commit
     ms = (time.perf_counter() - t0) * 1000 / n
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(8)
     top = [line for line in buf.getvalue().splitlines() if re.match(r"\s+\d", line)][:8]
-    # What Django sent, plus the BEGIN and COMMIT the driver sends: round trips per booking.
-    trips = statements[0] / n + 2
+    # Round trips: each statement Django sent, the BEGIN and COMMIT of each transaction it
+    # committed, and each pipeline of the one-round-trip booking (BEGIN, call, COMMIT at once).
+    trips = (statements[0] + 2 * commits[0] + booking_sql.pipelines_sent() - pipelines) / n
     return (
         f"  one client alone: {ms:.2f} ms per booking (profiled), {trips:.1f} database round "
-        "trips per booking (statements + BEGIN + COMMIT)\n    " + "\n    ".join(top)
+        "trips per booking\n    " + "\n    ".join(top)
     )
 
 
@@ -445,8 +457,10 @@ def pgbench(seconds: int) -> float:
 # --- 4. gRPC: broker QueryCapacity vs a bare echo server ---------------------------------------
 
 
-def echo_server(port: int, processes: int, workers: int) -> None:
-    """A bare gRPC server (one method that returns its request), forked like run_broker."""
+def echo_server(port: int, processes: int, workers: int, kind: str = "threads") -> None:
+    """A bare gRPC server (one method that returns its request), forked like run_broker:
+    ``threads``, grpc's classic server with ``workers`` threads; ``aio``, a grpc.aio server
+    answering on its event loop (the broker's kind of server, without the thread hop)."""
     import grpc
 
     def serve() -> None:
@@ -464,12 +478,32 @@ def echo_server(port: int, processes: int, workers: int) -> None:
         signal.sigwait([signal.SIGTERM])
         server.stop(0)
 
+    def serve_aio() -> None:
+        import asyncio
+
+        async def echo(req: bytes, ctx: Any) -> bytes:
+            return req
+
+        async def run() -> None:
+            handler = grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            )
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            server.add_generic_rpc_handlers((handler,))
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            await server.start()
+            print("echo listening", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, signal.sigwait, [signal.SIGTERM])
+            await server.stop(0)
+
+        asyncio.run(run())
+
     children = []
     for _ in range(processes):
         pid = os.fork()
         if pid == 0:
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
-            serve()
+            serve_aio() if kind == "aio" else serve()
             os._exit(0)
         children.append(pid)
     signal.sigwait([signal.SIGTERM])
@@ -1044,16 +1078,28 @@ def grpc_phases(
             )
     finally:
         _stop(broker)
-    port = _free_port()
-    echo = _start(
-        [sys.executable, __file__, "--echo-server", str(port), "--echo-workers", str(workers)],
-        "echo listening",
-        2,
-    )
-    try:
-        out["echo"] = rpc_rate(f"127.0.0.1:{port}", "echo", tokens[0], seconds)
-    finally:
-        _stop(echo)
+    for kind in ("threads", "aio"):
+        port = _free_port()
+        echo = _start(
+            [
+                sys.executable,
+                __file__,
+                "--echo-server",
+                str(port),
+                "--echo-workers",
+                str(workers),
+                "--echo-kind",
+                kind,
+            ],
+            "echo listening",
+            2,
+        )
+        try:
+            out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", tokens[0], seconds)
+        finally:
+            _stop(echo)
+    # The yardstick is the faster of the two bare servers.
+    out["echo"] = max(out["echo_threads"], out["echo_aio"])
     return out
 
 
@@ -1085,9 +1131,10 @@ def main() -> None:
     parser.add_argument("--label", default="run", help="name of the profile files")
     parser.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--echo-workers", type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-kind", default="threads", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
-        echo_server(args.echo_server, 2, args.echo_workers)
+        echo_server(args.echo_server, 2, args.echo_workers, args.echo_kind)
         return
     scales = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     if args.scales:
@@ -1212,8 +1259,9 @@ def main() -> None:
         )
     print(
         f"  QueryCapacity (10,000 pools, model+hub, 20 per page), 4 client processes x 4 "
-        f"channels: {g['query']:.0f}/s; bare echo server (2 processes x 16 threads): "
-        f"{g['echo']:.0f}/s -> ratio {g['query'] / g['echo']:.2f}"
+        f"channels: {g['query']:.0f}/s; bare echo servers, 2 processes each: 16 threads "
+        f"{g['echo_threads']:.0f}/s, grpc.aio {g['echo_aio']:.0f}/s -> ratio to the faster "
+        f"{g['query'] / g['echo']:.2f}"
     )
     new_pool, changed_pool = g["visibility"]
     limit = 10 if seconds < 10 else 30

@@ -24,7 +24,7 @@ from django.db.models import Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from brokers import ledger, vocabulary
+from brokers import booking_sql, ledger, vocabulary
 from brokers.choices import (
     CANCELLABLE_STATUSES,
     RESERVING_STATUSES,
@@ -613,6 +613,97 @@ def _existing(org: Organization, key: str, fingerprint: str = "") -> Booking | N
     return found
 
 
+def _book_in_one_trip(
+    *,
+    org: Organization,
+    actor: User,
+    door: str,
+    spec: WorkloadSpec,
+    option: PlacementOption,
+    idempotency_key: str,
+    hold_seconds: float | None,
+    fingerprint: str,
+) -> Booking | None:
+    """:func:`_book_option` in one round trip (``brokers.booking_sql``), with the webhook and
+    dispatch kicks after commit. None when the function leaves the booking to the Python path
+    (a firm with a quota). The booking returned is built from what the statement answered,
+    never read back; ``booked_parts`` keeps the option's parts for the reply."""
+    held = hold_seconds is not None
+    status = BookingStatus.HELD if held else BookingStatus.CONFIRMED
+    national_id = _new_booking_id()
+    message = f"booked {option.accelerators} accelerators on " + ", ".join(
+        p.pool for p in option.parts
+    )
+    user_id = actor.pk if getattr(actor, "is_authenticated", False) else None
+    spec_json = spec.to_json()
+    hook = "booking.placed"
+    request = booking_sql.Request(
+        organization_id=org.pk,
+        user_id=user_id,
+        door=door,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+        national_id=national_id,
+        spec=spec_json,
+        status=status,
+        hold_seconds=hold_seconds,
+        start=spec.start,
+        end=spec.end,
+        accelerators=option.accelerators,
+        cost=option.cost,
+        currency=option.currency,
+        allocations=[
+            (p.pool_id, p.accelerators, p.price_per_accelerator_hour) for p in option.parts
+        ],
+        message=message,
+        data={"pools": [p.pool for p in option.parts], "replaces": ""},
+        hook=hook,
+        payload={
+            "event": hook,
+            "time": _now().isoformat(),
+            "data": {"booking": national_id, "status": status, "message": message[:500]},
+        },
+    )
+    try:
+        booked = booking_sql.book(request)
+    except booking_sql.Unsupported:
+        return None
+    if booked.existing:
+        found = _existing(org, idempotency_key, fingerprint)
+        assert found is not None
+        return found
+    booking = Booking(
+        pk=booked.booking_id,
+        national_id=national_id,
+        organization=org,
+        created_by_id=user_id,
+        door=door,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        spec=spec_json,
+        status=status,
+        window_start=spec.start,
+        window_end=spec.end,
+        accelerators=option.accelerators,
+        estimated_cost=option.cost,
+        currency=option.currency,
+        hold_expires_at=booked.hold_expires_at,
+        created_at=booked.created_at,
+        updated_at=booked.created_at,
+    )
+    booking._state.adding = False
+    booking._state.db = "default"
+    booking.booked_parts = list(option.parts)  # type: ignore[attr-defined]
+    if booked.deliveries:
+        from registry.tasks import webhook_deliver_task
+
+        ids = booked.deliveries
+        transaction.on_commit(lambda: [webhook_deliver_task.delay(pk) for pk in ids])
+    if not held:
+        _dispatch_on_commit(booking)
+    return booking
+
+
 @refusals_counted(
     [
         (QuotaExceeded, "quota"),
@@ -645,23 +736,63 @@ def booking_create(
     meanwhile, a booking from a specification is re-placed on fresh figures up to
     ``REPLACE_ATTEMPTS`` times. ``CapacityExhausted`` (naming the reason or quota) when nothing
     fits.
+
+    On PostgreSQL the key is looked up by the booking statement itself (``INSERT ... ON
+    CONFLICT``, :mod:`brokers.booking_sql`); a request refused before it gets there (a start
+    now past, a pool gone, nothing fits) looks the key up then, so a retry of a booking that
+    was made still answers with it.
     """
     org = _require_booker(actor)
     key = (idempotency_key or "").strip()
     if not 1 <= len(key) <= 100:
         raise ValidationError({"idempotency_key": ["Give a key of 1 to 100 characters."]})
     fingerprint = request_fingerprint(spec, option, hold)
-    found = _existing(org, key, fingerprint)
-    if found is not None:
-        return found
+    in_one_trip = booking_sql.available()
+    if not in_one_trip:
+        found = _existing(org, key, fingerprint)
+        if found is not None:
+            return found
+    try:
+        return _booking_create(
+            org=org,
+            spec=spec,
+            key=key,
+            actor=actor,
+            door=door,
+            option=option,
+            hold=hold,
+            in_one_trip=in_one_trip,
+            fingerprint=fingerprint,
+        )
+    except (ValidationError, CapacityExhausted):
+        if in_one_trip:
+            found = _existing(org, key, fingerprint)
+            if found is not None:
+                return found
+        raise
+
+
+def _booking_create(
+    *,
+    org: Organization,
+    spec: WorkloadSpec,
+    key: str,
+    actor: User,
+    door: str,
+    option: Sequence[tuple[str, int]] | None,
+    hold: bool,
+    in_one_trip: bool,
+    fingerprint: str,
+) -> Booking:
     spec = spec.validated(now=_now())
     vocabulary.check_spec(spec)
     hold_seconds = float(getattr(settings, "BROKER_HOLD_SECONDS", 300)) if hold else None
     chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
 
     def book(option: PlacementOption) -> Booking:
-        booked = ledger.in_fresh_transactions(
-            lambda: _book_option(
+        booked = None
+        if in_one_trip:
+            booked = _book_in_one_trip(
                 org=org,
                 actor=actor,
                 door=door,
@@ -671,7 +802,19 @@ def booking_create(
                 hold_seconds=hold_seconds,
                 fingerprint=fingerprint,
             )
-        )
+        if booked is None:
+            booked = ledger.in_fresh_transactions(
+                lambda: _book_option(
+                    org=org,
+                    actor=actor,
+                    door=door,
+                    spec=spec,
+                    option=option,
+                    idempotency_key=key,
+                    hold_seconds=hold_seconds,
+                    fingerprint=fingerprint,
+                )
+            )
         BOOKINGS.labels(door=door).inc()
         return booked
 

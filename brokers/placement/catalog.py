@@ -17,6 +17,7 @@ import bisect
 import datetime as dt
 import gc
 import heapq
+import logging
 import math
 import threading
 import time
@@ -34,6 +35,8 @@ from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
 from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
+
+logger = logging.getLogger(__name__)
 
 SNAPSHOT_SQL = (
     "SELECT p.id, p.national_id, c.id, c.national_id, c.operator_id, h.code, a.slug, "
@@ -78,6 +81,7 @@ class PoolCatalog:
         self, pools: list[Candidate], loaded_at: float, clusters: dict[int, str] | None = None
     ) -> None:
         self.loaded_at = loaded_at
+        self.pools = pools
         self.size = len(pools)
         self.clusters = clusters or {}
         # By national id, whole and per model and per hub: capacity listings page through these.
@@ -128,14 +132,26 @@ class PoolCatalog:
         return heapq.merge(*lists, key=_key)
 
 
-def load() -> PoolCatalog:
+def _candidates(
+    where: str = "", params: list[object] | None = None
+) -> tuple[list[Candidate], dict[int, str]]:
+    """Active pools in active centers (``where`` narrows them further) as candidates, and
+    each one's cluster code."""
     with connection.cursor() as cur:
-        cur.execute(SNAPSHOT_SQL)
+        cur.execute(SNAPSHOT_SQL + where, params or [])
         rows = cur.fetchall()
-        cur.execute(
-            "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
-            "JOIN registry_trait t ON t.id = pt.trait_id"
-        )
+        ids = [r[0] for r in rows]
+        if where:
+            cur.execute(
+                "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
+                "JOIN registry_trait t ON t.id = pt.trait_id WHERE pt.pool_id = ANY(%s)",
+                [ids],
+            )
+        else:
+            cur.execute(
+                "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
+                "JOIN registry_trait t ON t.id = pt.trait_id"
+            )
         traits: dict[int, set[str]] = defaultdict(set)
         for pool_id, slug in cur.fetchall():
             traits[pool_id].add(slug)
@@ -167,7 +183,10 @@ def load() -> PoolCatalog:
                 traits=frozenset(traits.get(r[0], ())),
             )
         )
-    snapshot = PoolCatalog(pools, time.monotonic(), clusters)
+    return pools, clusters
+
+
+def _finish(snapshot: PoolCatalog) -> PoolCatalog:
     with connection.cursor() as cur:
         cur.execute(
             "SELECT a.slug, COUNT(*) FROM registry_pool p JOIN registry_center c "
@@ -180,6 +199,28 @@ def load() -> PoolCatalog:
     # full passes, which would otherwise pause a request now and then for 100+ ms.
     gc.freeze()
     return snapshot
+
+
+def load() -> PoolCatalog:
+    pools, clusters = _candidates()
+    return _finish(PoolCatalog(pools, time.monotonic(), clusters))
+
+
+def patched(
+    snapshot: PoolCatalog, pool_ids: Collection[int], center_ids: Collection[int]
+) -> PoolCatalog:
+    """``snapshot`` with the given pools and the pools of the given centers read again (a pool
+    no longer bookable drops out); the others are kept as they are."""
+    pool_ids, center_ids = set(pool_ids), set(center_ids)
+    fresh, clusters = _candidates(
+        " AND (p.id = ANY(%s) OR p.center_id = ANY(%s))", [sorted(pool_ids), sorted(center_ids)]
+    )
+    kept = [
+        c for c in snapshot.pools if c.pool_id not in pool_ids and c.center_id not in center_ids
+    ]
+    merged = {c.pool_id: snapshot.clusters.get(c.pool_id, "") for c in kept}
+    merged.update(clusters)
+    return _finish(PoolCatalog(kept + fresh, time.monotonic(), merged))
 
 
 _lock = threading.Lock()
@@ -227,6 +268,101 @@ def invalidate() -> None:
     global _current
     with _lock:
         _current = None
+
+
+# Changes notified by the database (``brokers.notify``), applied by the refresher thread.
+_changes = threading.Condition()
+_pending_pools: set[int] = set()
+_pending_centers: set[int] = set()
+_pending_all = False
+_refresher: threading.Thread | None = None
+_refresher_stop = threading.Event()
+# Changes arriving within this long are applied together.
+REFRESH_GATHER_SECONDS = 0.02
+# More changed ids than this: reload everything (a patch costs about as much).
+PATCH_LIMIT = 2000
+
+
+def changed(payload: str) -> None:
+    """A ``broker_pools`` notification: ``p1,2,3`` (pools), ``c4,5`` (centers) or ``all``."""
+    global _pending_all
+    ids: set[int] = set()
+    if payload[:1] in ("p", "c"):
+        try:
+            ids = {int(x) for x in payload[1:].split(",") if x}
+        except ValueError:
+            payload = "all"
+    with _changes:
+        if payload[:1] == "p":
+            _pending_pools.update(ids)
+        elif payload[:1] == "c":
+            _pending_centers.update(ids)
+        else:
+            _pending_all = True
+        _changes.notify()
+
+
+def refresh_now() -> bool:
+    """Apply the pending changes to the snapshot (the refresher's step; tests). Returns
+    whether there were any."""
+    global _pending_all, _current
+    with _changes:
+        pools, centers, everything = set(_pending_pools), set(_pending_centers), _pending_all
+        _pending_pools.clear()
+        _pending_centers.clear()
+        _pending_all = False
+    if not (pools or centers or everything):
+        return False
+    with _refreshing:
+        with _lock:
+            snapshot = _current
+        if snapshot is None:
+            return True  # the next request loads a fresh one
+        if everything or len(pools) + len(centers) > PATCH_LIMIT:
+            fresh = load()
+        else:
+            fresh = patched(snapshot, pools, centers)
+        with _lock:
+            _current = fresh
+    return True
+
+
+def _refresh_loop() -> None:
+    try:
+        while not _refresher_stop.is_set():
+            with _changes:
+                if not (_pending_pools or _pending_centers or _pending_all):
+                    _changes.wait(1.0)
+            if _refresher_stop.wait(REFRESH_GATHER_SECONDS):
+                break
+            try:
+                refresh_now()
+            except Exception:
+                logger.exception("pool snapshot refresh failed; reloading on the next change")
+                changed("all")
+                _refresher_stop.wait(1.0)
+    finally:
+        connection.close()  # this thread's own connection
+
+
+def start_refresher() -> None:
+    """Start the thread that applies notified changes (once per process)."""
+    global _refresher
+    if _refresher is not None and _refresher.is_alive():
+        return
+    _refresher_stop.clear()
+    _refresher = threading.Thread(target=_refresh_loop, name="pool-snapshot-refresh", daemon=True)
+    _refresher.start()
+
+
+def stop_refresher() -> None:
+    global _refresher
+    _refresher_stop.set()
+    with _changes:
+        _changes.notify()
+    if _refresher is not None:
+        _refresher.join(5)
+    _refresher = None
 
 
 def static_rejection(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> str | None:

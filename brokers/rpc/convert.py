@@ -12,7 +12,7 @@ from brokers import limits
 from brokers.choices import BookingStatus, LatencyClass
 from brokers.models import Booking, BookingEvent
 from brokers.placement import PlacementResult, WorkloadSpec
-from brokers.placement.spec import check_start
+from brokers.placement.spec import OptionPart, check_start
 from brokers.services import CapacityRow
 from protos import broker_pb2 as pb
 
@@ -192,6 +192,31 @@ def booking_to_pb(booking: Booking) -> pb.Booking:
                 workload_state=a.workload_state,
             )
             for a in booking.allocations.all()
+        ],
+        created_at=ts(booking.created_at),
+        hold_expires_at=ts(booking.hold_expires_at),
+    )
+
+
+def booked_to_pb(booking: Booking, parts: list[OptionPart]) -> pb.Booking:
+    """A booking just made, from what the booking statement answered and the option's parts
+    (no read back: nothing about it has changed since its commit but what we know)."""
+    start, end = ts(booking.window_start), ts(booking.window_end)
+    return pb.Booking(
+        booking_id=booking.national_id,
+        organization=booking.organization.slug,
+        status=STATUS_TO_PB[booking.status],
+        status_reason=booking.status_reason,
+        window_start=start,
+        window_end=end,
+        accelerators=booking.accelerators,
+        estimated_cost=str(booking.estimated_cost),
+        currency=booking.currency,
+        allocations=[
+            pb.Allocation(
+                pool=p.pool, center=p.center, accelerators=p.accelerators, start=start, end=end
+            )
+            for p in parts
         ],
         created_at=ts(booking.created_at),
         hold_expires_at=ts(booking.hold_expires_at),

@@ -308,10 +308,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, around)
 
 
+class AbortedCall(Exception):
+    """Raised by the aio server's call context (``brokers.rpc.server.CallContext``) when a
+    handler aborts; the status is already recorded."""
+
+
 def _is_abort(exc: Exception) -> bool:
-    # grpc's context.abort() raises a bare ``Exception()`` after recording the status; mapping
-    # it again would overwrite that status with INTERNAL.
-    return type(exc) is Exception and not exc.args
+    # grpc's context.abort() raises a bare ``Exception()`` after recording the status (our aio
+    # call context raises AbortedCall); mapping it again would overwrite that status.
+    return isinstance(exc, AbortedCall) or (type(exc) is Exception and not exc.args)
 
 
 def _mapped(

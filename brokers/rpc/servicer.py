@@ -6,25 +6,43 @@ Authentication and error mapping happen in ``brokers.rpc.interceptors``; tenancy
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent import futures
+from typing import Any
 
 import grpc
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 
-from brokers import selectors, services
+from brokers import notify, selectors, services
 from brokers.choices import FINAL_STATUSES, BookingStatus
-from brokers.models import Booking
+from brokers.models import Booking, BookingEvent
 from brokers.rpc import convert
-from brokers.rpc.interceptors import current_user
+from brokers.rpc.interceptors import (
+    _fit_connection,
+    _remember_connection,
+    authenticate,
+    current_user,
+    status_for,
+)
+from interconnect.metrics import GRPC_LATENCY
 from protos import broker_pb2 as pb
 from protos import broker_pb2_grpc
 from registry.choices import Door
+from registry.context import new_request_id, request_id_var
+
+logger = logging.getLogger(__name__)
 
 DOOR = Door.BROKER
-# How often WatchBooking looks for new events.
+# How often WatchBooking looks for new events without notifications (SQLite).
 WATCH_POLL_SECONDS = 0.2
+# With notifications, a stream reads again when woken, or after this long regardless.
+WATCH_IDLE_SECONDS = 30.0
 
 
 def _booking(booking_id: str) -> Booking:
@@ -78,6 +96,9 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             option=[(c.pool, c.accelerators) for c in request.option] or None,
             hold=request.hold,
         )
+        parts = getattr(booking, "booked_parts", None)
+        if parts is not None:  # just made: answer from what the statement returned
+            return pb.BookResponse(booking=convert.booked_to_pb(booking, parts))
         return pb.BookResponse(booking=convert.booking_to_pb(_booking(booking.national_id)))
 
     def GetBooking(
@@ -129,33 +150,116 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             booking=convert.booking_to_pb(_booking(request.booking_id))
         )
 
-    def WatchBooking(
-        self, request: pb.WatchBookingRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchBookingResponse]:
-        """Past events, then new ones as they happen, until the booking ends; follows a
-        replacement to the new booking when the caller may see it too (the host operator of
-        the first booking may not host the new one: its stream ends there)."""
-        user = current_user.get()
-        booking = _booking(request.booking_id)
+
+async def watch_booking(
+    request: pb.WatchBookingRequest,
+    call: grpc.aio.ServicerContext,
+    executor: futures.Executor,
+) -> AsyncIterator[pb.WatchBookingResponse]:
+    """WatchBooking: past events, then new ones as they commit, until the booking ends; follows
+    a replacement to the new booking when the caller may see it too (the host operator of the
+    first booking may not host the new one: its stream ends there).
+
+    A coroutine, not a thread: it sleeps until the database notifies an event of the booking
+    (``brokers.notify``; every ``WATCH_IDLE_SECONDS`` regardless, or every
+    ``WATCH_POLL_SECONDS`` without notifications), then reads the new events in a worker
+    thread. Authentication, error mapping and the latency metric are the interceptors' rules
+    (``brokers.rpc.interceptors``), applied here since a stream does not pass through them."""
+    loop = asyncio.get_running_loop()
+    metadata = dict(call.invocation_metadata() or ())
+    header = str(metadata.get("authorization", ""))
+    request_id = new_request_id(str(metadata.get("x-request-id", "")) or None)
+    started = time.perf_counter()
+    outcome = "OK"
+    woken = asyncio.Event()
+    unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(woken.set)
+
+    async def db(fn: Callable[..., Any], *args: Any) -> Any:
+        return await loop.run_in_executor(executor, _in_thread, fn, args, request_id)
+
+    try:
+        try:
+            user = await db(authenticate, header)
+        except (OperationalError, InterfaceError):
+            outcome = "UNAVAILABLE"
+            await call.abort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; retry.")
+        if user is None:
+            outcome = "UNAUTHENTICATED"
+            await call.abort(grpc.StatusCode.UNAUTHENTICATED, "A valid bearer token is required.")
+        booking = await db(_visible_booking, user, request.booking_id)
         after = request.after_event_id
-        while context.is_active():
-            events = selectors.booking_events_after(booking=booking, after_id=after)
+        unsubscribe = notify.subscribe(booking.pk, wake)
+        while True:
+            woken.clear()  # before reading: an event committed from here on wakes us
+            events, status, replaced_by_id = await db(_events_after, booking.pk, after)
             for event in events:
                 after = event.pk
                 yield pb.WatchBookingResponse(event=convert.event_to_pb(event, booking.national_id))
-            booking.refresh_from_db(fields=["status", "replaced_by"])
-            if booking.status in FINAL_STATUSES and not events:
-                if booking.status == BookingStatus.REPLACED and booking.replaced_by_id:
-                    replacement = (
-                        selectors.bookings_visible_to(user)
-                        .filter(pk=booking.replaced_by_id)
-                        .first()
-                    )
+            if status in FINAL_STATUSES:
+                if events:
+                    continue  # read once more: the end is a final status and nothing new
+                if status == BookingStatus.REPLACED and replaced_by_id:
+                    replacement = await db(_visible_replacement, user, replaced_by_id)
                     if replacement is None:
                         return
+                    unsubscribe()
                     booking, after = replacement, 0
+                    unsubscribe = notify.subscribe(booking.pk, wake)
                     continue
                 return
-            # Between polls, give the connection back to its age check (long-lived stream).
-            close_old_connections()
-            time.sleep(WATCH_POLL_SECONDS)
+            wait = WATCH_IDLE_SECONDS if notify.running() else WATCH_POLL_SECONDS
+            try:
+                await asyncio.wait_for(woken.wait(), wait)
+            except TimeoutError:
+                pass
+    except grpc.aio.AbortError:
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome = "CANCELLED"
+        raise
+    except Exception as exc:
+        status = status_for(exc)
+        if status is None:
+            logger.exception("broker RPC WatchBooking failed")
+            status = status_pb2.Status(
+                code=code_pb2.INTERNAL, message="WatchBooking failed: internal error"
+            )
+        mapped = rpc_status.to_status(status)
+        outcome = mapped.code.name
+        await call.abort(mapped.code, mapped.details, mapped.trailing_metadata)
+    finally:
+        unsubscribe()
+        GRPC_LATENCY.labels(method="WatchBooking", code=outcome).observe(
+            time.perf_counter() - started
+        )
+
+
+def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], request_id: str) -> Any:
+    """Run ``fn`` in a worker thread the way the interceptors run a handler: a connection fit
+    for use, the request id set, the connection remembered for the server's stop."""
+    _fit_connection()
+    token = request_id_var.set(request_id)
+    try:
+        return fn(*args)
+    finally:
+        request_id_var.reset(token)
+        _remember_connection()
+
+
+def _visible_booking(user: Any, booking_id: str) -> Booking:
+    return selectors.bookings_visible_to(user).get(national_id=booking_id)
+
+
+def _events_after(booking_id: int, after: int) -> tuple[list[BookingEvent], str, int | None]:
+    events = list(BookingEvent.objects.filter(booking_id=booking_id, id__gt=after).order_by("id"))
+    status, replaced_by_id = (
+        Booking.objects.filter(pk=booking_id).values_list("status", "replaced_by_id").get()
+    )
+    return events, status, replaced_by_id
+
+
+def _visible_replacement(user: Any, booking_pk: int) -> Booking | None:
+    return selectors.bookings_visible_to(user).filter(pk=booking_pk).first()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import __future__
 
 import datetime as dt
+import importlib
 import inspect
 import os
 import subprocess
@@ -559,14 +560,29 @@ def release_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger, "release", twice)
 
 
-MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
-    "reserve without its capacity guard": lambda mp: mutate(
-        mp,
+def no_capacity_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard lives in two places: ``ledger.reserve`` (re-placement, firms with a quota,
+    SQLite) and ``broker_book`` (every other booking on PostgreSQL); both lose it. The
+    function's replacement is undone with the test's transaction."""
+    mutate(
+        monkeypatch,
         ledger,
         "reserve",
         '"WHERE brokers_poolslot.reserved + excluded.reserved <= excluded.capacity"',
         '""',
-    ),
+    )
+    if connection.vendor == "postgresql":
+        function = importlib.import_module(
+            "brokers.migrations.0006_book_function_and_notify"
+        ).BOOK_FUNCTION
+        guard = "WHERE s.reserved + excluded.reserved <= excluded.capacity"
+        assert function.count(guard) == 1, "the mutation no longer applies to broker_book"
+        with connection.cursor() as cur:
+            cur.execute(function.replace(guard, ""))
+
+
+MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "reserve without its capacity guard": no_capacity_guard,
     "release twice": release_twice,
     "release the past of a window too": lambda mp: mutate(
         mp, services, "_release", "max(booking.window_start, now)", "booking.window_start"

@@ -49,7 +49,7 @@ from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, OrgKind, Status
 from registry.models import Organization, Pool
-from registry.webhooks import webhook_emit
+from registry.webhooks import WEBHOOK_DELIVER_TASK, webhook_emit
 
 User = Any
 # Sent by name (interconnect.tasking): services never import task modules.
@@ -694,11 +694,8 @@ def _book_in_one_trip(
     booking._state.adding = False
     booking._state.db = "default"
     booking.booked_parts = list(option.parts)  # type: ignore[attr-defined]
-    if booked.deliveries:
-        from registry.tasks import webhook_deliver_task
-
-        ids = booked.deliveries
-        transaction.on_commit(lambda: [webhook_deliver_task.delay(pk) for pk in ids])
+    for delivery in booked.deliveries:
+        enqueue_on_commit(WEBHOOK_DELIVER_TASK, delivery)
     if not held:
         _dispatch_on_commit(booking)
     return booking

@@ -133,7 +133,7 @@ class PoolCatalog:
 
 
 def _candidates(
-    where: str = "", params: list[object] | None = None
+    where: str = "", params: list[list[int]] | None = None
 ) -> tuple[list[Candidate], dict[int, str]]:
     """Active pools in active centers (``where`` narrows them further) as candidates, and
     each one's cluster code."""

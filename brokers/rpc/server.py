@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent import futures
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from django.conf import settings
@@ -156,7 +156,8 @@ class _AsyncBroker(grpc.GenericRpcHandler):
         def run(request: Any, context: CallContext) -> Any:
             handler = self._intercepted(call_details)
             assert handler is not None and handler.unary_unary is not None
-            return handler.unary_unary(request, context)
+            # The interceptors and servicer use only what CallContext offers of a context.
+            return handler.unary_unary(request, cast(grpc.ServicerContext, context))
 
         async def unary(raw: bytes, call: grpc.aio.ServicerContext) -> Any:
             request = await parsed(raw, call)

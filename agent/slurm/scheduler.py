@@ -122,6 +122,7 @@ class SlurmScheduler(WorkloadRunner):
         self.pools_by_key = self._discover(pool_template, configured)
         super().__init__([p.config for p in self.pools_by_key.values()], clock=clock)
         self._tracked: dict[str, _Tracked] = {}
+        self._pending_deletes: set[str] = set()
         self._ids_lock = threading.Lock()
         self._id_locks: dict[str, threading.Lock] = {}
         self.reachable = True
@@ -286,36 +287,67 @@ class SlurmScheduler(WorkloadRunner):
 
     def release(self, hold_id: str, reason: str = "") -> bool:
         """Delete the agent's reservation for ``hold_id`` (cancelling its own job in it first);
-        False if there is none, or it is not the agent's (then it is left alone)."""
+        False if there is none, or it is not the agent's (then it is left alone).
+
+        A reservation Slurm will not delete yet (its job still ending) or cannot be asked about
+        (controller away) is remembered: the poller deletes it as soon as it can, so a released
+        booking never keeps the center's nodes until its window ends."""
         if not HOLD_ID_RE.match(hold_id):
             raise InvalidArgument("hold_id", "1 to 100 letters, digits, '-', '_' or '.'")
-        name = self.reservation_name(hold_id)
         with self._lock_for(hold_id):
             try:
-                existing = self.cli.reservation(name)
-                if existing is None:
-                    return False
-                if not self._owned(existing):
-                    logger.warning("reservation %s is not this agent's: left alone", name)
-                    return False
-                with self._cond:
-                    tracked = self._tracked.get(hold_id)
-                if tracked is not None:
-                    self._cancel_own(tracked.job_id, name)
-                for attempt in range(10):
-                    try:
-                        self.cli.delete_reservation(name)
-                        break
-                    except SlurmError as exc:
-                        if isinstance(exc, SlurmUnreachable) or attempt == 9:
-                            raise
-                        time.sleep(0.5)  # its job is still ending
+                done = self._delete_own(hold_id, attempts=4)
             except SlurmUnreachable as exc:
-                raise Unavailable(f"Slurm is not answering: {exc.stderr}") from exc
-            except SlurmError as exc:
-                raise FailedPrecondition(f"cannot delete reservation {name}: {exc.stderr}") from exc
-        logger.info("hold %s released (%s): reservation %s deleted", hold_id, reason, name)
+                with self._cond:
+                    self._pending_deletes.add(hold_id)
+                raise Unavailable(
+                    f"Slurm is not answering ({exc.stderr}); the reservation is deleted once "
+                    "it answers"
+                ) from exc
+        if done is None:
+            return False
+        if not done:
+            with self._cond:
+                self._pending_deletes.add(hold_id)
+            logger.info("hold %s released (%s): deleted once its job has ended", hold_id, reason)
+            return True
+        logger.info("hold %s released (%s)", hold_id, reason)
         return True
+
+    def _delete_own(self, hold_id: str, *, attempts: int) -> bool | None:
+        """Delete the reservation if it is the agent's: True when deleted, False when Slurm
+        refused for now, None when there is none of the agent's (nothing to do)."""
+        name = self.reservation_name(hold_id)
+        existing = self.cli.reservation(name)
+        if existing is None:
+            return None
+        if not self._owned(existing):
+            logger.warning("reservation %s is not this agent's: left alone", name)
+            return None
+        with self._cond:
+            tracked = self._tracked.get(hold_id)
+        if tracked is not None:
+            self._cancel_own(tracked.job_id, name)
+        for attempt in range(attempts):
+            try:
+                self.cli.delete_reservation(name)
+                return True
+            except SlurmUnreachable:
+                raise
+            except SlurmError as exc:
+                logger.info("reservation %s not deleted yet: %s", name, exc.stderr)
+                if attempt < attempts - 1:
+                    time.sleep(0.5)  # its job is still ending
+        return False
+
+    def _retry_deletes(self) -> None:
+        with self._cond:
+            pending = sorted(self._pending_deletes)
+        for hold_id in pending:
+            with self._lock_for(hold_id):
+                if self._delete_own(hold_id, attempts=1) is not False:
+                    with self._cond:
+                        self._pending_deletes.discard(hold_id)
 
     # --- workloads ------------------------------------------------------------------------------
 
@@ -562,6 +594,7 @@ class SlurmScheduler(WorkloadRunner):
         try:
             self.nodes = self.cli.nodes()
             self._refresh_jobs()
+            self._retry_deletes()
         except SlurmUnreachable as exc:
             if self.reachable:
                 logger.warning("Slurm is not answering (%s); keeping the last known state", exc)

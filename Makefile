@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 BROKER_PORT ?= 50051
 TELEMETRY_PORT ?= 50052
+# The development certificate authority and the platform's certificate (`manage.py tls_dev_ca`):
+# made once by `make run` and `make up`, so agent channels are mutually authenticated with
+# nothing set up by hand (docs/tls.md).
+TLS_DIR ?= var/tls
 # The suite runs against the machine's real servers.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
@@ -16,7 +20,7 @@ TEST_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
 UP_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/interconnect
 UP_CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
 UP_ENV = DATABASE_URL=$(UP_DATABASE_URL) CELERY_BROKER_URL=$(UP_CELERY_BROKER_URL) \
-	CACHE_URL=rediscache://127.0.0.1:6379/1 LOG_FORMAT=json
+	CACHE_URL=rediscache://127.0.0.1:6379/1 LOG_FORMAT=json PLATFORM_TLS_DIR=$(abspath $(TLS_DIR))
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,10 +44,12 @@ seed: migrate ## Load the national topology, catalog and demo data
 	$(PY) manage.py seed_national_topology
 	$(PY) manage.py seed_demo
 	$(PY) manage.py setup_schedules
+	$(PY) manage.py tls_dev_ca --dir $(TLS_DIR)
 
 run: seed ## Set up and run the whole platform on embedded defaults (no server needed)
 	@$(PY) manage.py demo_banner --port $(PORT) --broker-port $(BROKER_PORT) --telemetry-port $(TELEMETRY_PORT)
-	PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) TELEMETRY_PORT=$(TELEMETRY_PORT) $(VENV)/bin/honcho -f Procfile.dev start
+	PLATFORM_TLS_DIR=$(abspath $(TLS_DIR)) PORT=$(PORT) BROKER_PORT=$(BROKER_PORT) \
+		TELEMETRY_PORT=$(TELEMETRY_PORT) $(VENV)/bin/honcho -f Procfile.dev start
 
 lint: protos ## ruff lint and format check, mypy (config in pyproject.toml)
 	$(VENV)/bin/ruff check .
@@ -84,11 +90,12 @@ up: protos ## Start web x2, workers x2, beat, broker x2, telemetry as local proc
 		|| psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE interconnect" >/dev/null
 	$(UP_ENV) $(PY) manage.py migrate --noinput -v0
 	$(UP_ENV) $(PY) manage.py seed_national_topology
+	$(UP_ENV) $(PY) manage.py tls_dev_ca --dir $(TLS_DIR)
 	@mkdir -p var
 	@test ! -f var/up.pid || { echo "already up (var/up.pid); make down first"; exit 1; }
 	$(UP_ENV) WEB1_PORT=8001 WEB2_PORT=8002 BROKER_PORT=$(BROKER_PORT) TELEMETRY_PORT=50052 \
 		setsid $(VENV)/bin/honcho -f Procfile.up start > var/up.log 2>&1 & echo $$! > var/up.pid
-	@echo "up: web 127.0.0.1:8001 and :8002, broker :$(BROKER_PORT), telemetry :50052; logs in var/up.log"
+	@echo "up: web 127.0.0.1:8001 and :8002, broker :$(BROKER_PORT), telemetry :50052 (mutual TLS, $(TLS_DIR)); logs in var/up.log"
 
 down: ## Stop what `make up` started
 	@test -f var/up.pid || { echo "not up"; exit 0; }

@@ -4,6 +4,7 @@
     python -m agent --simulate honest --port 50061                       # one simulated center
     python -m agent --simulate honest:50061 --simulate cheat-wrong:50062 # several, one process
     python -m agent register --platform-url URL --token T --agent-endpoint HOST:PORT ...
+    python -m agent certificate --platform-url URL --token T --center-id ID --tls-dir DIR
 
 A simulation spec is ``MODE[:PORT][:KEY=VALUE...]`` with keys model, accelerators, nodes,
 declared-tflops, speed-factor, agent-id, center-id; a spec without a port uses ``--port``.
@@ -24,6 +25,7 @@ from types import FrameType
 
 from agent import __version__
 from agent.backends import BACKENDS, backend_for, measure
+from agent.certificate import obtain_certificate
 from agent.challenge import PRECISIONS
 from agent.config import (
     SCHEDULERS,
@@ -50,6 +52,7 @@ from agent.server import AgentRuntime, build_server
 from agent.slurm.cli import SlurmError
 from agent.slurm.config import SlurmConfig, SlurmConfigError
 from agent.workloads import WorkloadRunner
+from rpckit.tls import TlsError
 
 logger = logging.getLogger("agent")
 
@@ -239,6 +242,12 @@ def serve_parser() -> argparse.ArgumentParser:
         "--slurm-no-accounting", action="store_true", help="no slurmdbd: usage from squeue times"
     )
 
+    parser.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="mutual TLS with the platform: agent.pem, agent.key and ca.pem from "
+        "'python -m agent certificate' (docs/tls.md); without it the agent speaks plaintext",
+    )
     beat = parser.add_argument_group("heartbeats (sent when --platform and --token are given)")
     beat.add_argument("--platform", metavar="HOST:PORT", help="the platform's Telemetry service")
     beat.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
@@ -290,7 +299,27 @@ def register_parser() -> argparse.ArgumentParser:
         type=parse_simulation_spec,
         help="with --local: describe the pools as this simulated center would",
     )
+    parser.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="also obtain the center's agent certificate into DIR (key made here; docs/tls.md)",
+    )
     add_pool_arguments(parser)
+    return parser
+
+
+def certificate_parser() -> argparse.ArgumentParser:
+    """Parser of ``python -m agent certificate`` (issue or renew)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent certificate",
+        description="Obtain or renew this agent's certificate: make a key here, send a CSR to "
+        "the platform, store agent.key, agent.pem and ca.pem in --tls-dir. A running agent "
+        "picks the new files up without a restart.",
+    )
+    parser.add_argument("--platform-url", required=True, help="e.g. https://platform.example")
+    parser.add_argument("--token", help=f"the operator's API token (default: ${TOKEN_ENV})")
+    parser.add_argument("--center-id", required=True, help="the center's national id")
+    parser.add_argument("--tls-dir", required=True, metavar="DIR")
     return parser
 
 
@@ -352,6 +381,7 @@ def serve_configs(args: argparse.Namespace) -> list[AgentConfig]:
         heartbeat=heartbeat,
         center=replace(base.center, national_id=args.center_id or base.center.national_id),
         backend=args.backend or base.backend,
+        tls_dir=args.tls_dir or base.tls_dir,
     )
     specs: list[SimulationSpec] = args.simulate
     if (args.scheduler or base.scheduler) == "slurm":
@@ -506,7 +536,7 @@ def serve(argv: Sequence[str]) -> int:
                 sender = HeartbeatSender(config, runtime.workloads)
                 sender.start()
                 senders.append(sender)
-    except (OSError, RuntimeError, SlurmError) as exc:
+    except (OSError, RuntimeError, SlurmError, TlsError) as exc:
         print(f"error: cannot start the agent: {exc}", file=sys.stderr)
         stopping.set()
         status = 1
@@ -562,6 +592,21 @@ def register_command(argv: Sequence[str]) -> int:
     except ApiUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.tls_dir:
+        try:
+            obtained = obtain_certificate(
+                platform_url=args.platform_url,
+                token=token,
+                center_national_id=registration.center_national_id,
+                directory=args.tls_dir,
+            )
+        except (ApiError, ApiUnreachable) as exc:
+            print(f"error: the center is registered, but its certificate: {exc}", file=sys.stderr)
+            if isinstance(exc, ApiError):
+                for line in field_messages(exc.body):
+                    print(f"  {line}", file=sys.stderr)
+            return 1
+        print(f"certificate {obtained.serial} {obtained.identity} until {obtained.not_after}")
     print(f"center {registration.center_national_id}")
     for key, national_id in registration.pool_national_ids.items():
         print(f"pool {key} {national_id} submitted")
@@ -569,6 +614,35 @@ def register_command(argv: Sequence[str]) -> int:
         "heartbeat flags: --center-id "
         + registration.center_national_id
         + "".join(f" --pool-id {k}={v}" for k, v in registration.pool_national_ids.items())
+    )
+    return 0
+
+
+def certificate_command(argv: Sequence[str]) -> int:
+    """Obtain or renew the agent's certificate; print its serial, identity and expiry."""
+    parser = certificate_parser()
+    args = parser.parse_args(argv)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        parser.error(f"--token is required (or set ${TOKEN_ENV})")
+    try:
+        obtained = obtain_certificate(
+            platform_url=args.platform_url,
+            token=token,
+            center_national_id=args.center_id,
+            directory=args.tls_dir,
+        )
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for line in field_messages(exc.body):
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except (ApiUnreachable, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"certificate {obtained.serial} {obtained.identity} until {obtained.not_after} "
+        f"in {obtained.directory}"
     )
     return 0
 
@@ -604,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "register":
         return register_command(args[1:])
+    if args and args[0] == "certificate":
+        return certificate_command(args[1:])
     if args and args[0] == "measure":
         return measure_command(args[1:])
     if args and args[0] == "serve":

@@ -7,6 +7,7 @@ agent never holds an inconsistent configuration. File layout (TOML; JSON has the
     agent_id = "zjk-dc1"
     host = "0.0.0.0"
     port = 50051
+    tls_dir = "/etc/interconnect/tls"   # mutual TLS with the platform (docs/tls.md)
 
     [simulation]            # omit for a real agent
     mode = "honest"         # honest, slow, flaky, cheat-wrong, cheat-partial, cheat-timing
@@ -262,6 +263,9 @@ class AgentConfig:
     # "inprocess" (threads, for demos and tests) or "slurm" (the center's Slurm; docs/slurm.md).
     scheduler: str = "inprocess"
     slurm: SlurmConfig | None = None
+    # Mutual TLS with the platform: agent.pem, agent.key and ca.pem, written by
+    # `python -m agent certificate` (docs/tls.md). Empty: plaintext (development only).
+    tls_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

@@ -19,6 +19,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.workloads import WorkloadRunner
 from protos import agent_pb2, agent_pb2_grpc
+from rpckit.tls import PLATFORM_DNS_NAME, CertFiles, TlsError, channel_credentials, name_options
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class HeartbeatSender:
         self.workloads = workloads
         self.interval = config.heartbeat.interval_seconds
         self.sent = 0  # successful sends, for logs and tests
+        self.failed = 0  # refused or lost sends
+        self.connections = 0  # channels made (one more after each certificate renewal)
         self._channel_factory = channel_factory or self._default_channel
         self._stopping = threading.Event()
         self._thread = threading.Thread(
@@ -85,32 +88,70 @@ class HeartbeatSender:
             self._thread.join(timeout)
 
     def _default_channel(self, target: str) -> grpc.Channel:
+        if self.config.tls_dir:
+            # Mutual TLS: present the agent's certificate, accept only the platform's.
+            return grpc.secure_channel(
+                target,
+                channel_credentials(CertFiles.in_dir(self.config.tls_dir, "agent")),
+                options=name_options(PLATFORM_DNS_NAME),
+            )
         if self.config.heartbeat.tls:
             return grpc.secure_channel(target, grpc.ssl_channel_credentials())
         return grpc.insecure_channel(target)
 
+    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+        if not self.config.tls_dir:
+            return ()
+        try:
+            return CertFiles.in_dir(self.config.tls_dir, "agent").stamp()
+        except OSError:
+            return ()
+
     def _loop(self) -> None:
         heartbeat = self.config.heartbeat
         metadata = (("authorization", f"Bearer {heartbeat.token}"),)
-        with self._channel_factory(heartbeat.platform) as channel:
-            stub = agent_pb2_grpc.TelemetryStub(channel)
+        channel: grpc.Channel | None = None
+        stamp = self._files_stamp()
+        try:
             while not self._stopping.is_set():
-                try:
-                    response = stub.SendHeartbeat(
-                        build_heartbeat(self.config, self.workloads),
-                        metadata=metadata,
-                        timeout=min(self.interval, 10.0),
-                    )
-                except grpc.RpcError as exc:
-                    logger.warning(
-                        "heartbeat to %s failed: %s %s",
-                        heartbeat.platform,
-                        exc.code(),
-                        exc.details(),
-                    )
-                else:
-                    self.sent += 1
-                    # The platform may slow agents down (or speed them up) under load.
-                    if response.next_interval_seconds > 0:
-                        self.interval = response.next_interval_seconds
+                # A renewed certificate is used from the next heartbeat on: a new channel
+                # between two calls, so no heartbeat is lost to the rotation.
+                current = self._files_stamp()
+                if channel is None or current != stamp:
+                    if channel is not None:
+                        channel.close()
+                        logger.info("certificate files changed: reconnecting with them")
+                    channel, stamp = None, current
+                    try:
+                        channel = self._channel_factory(heartbeat.platform)
+                        self.connections += 1
+                    except TlsError as exc:
+                        logger.error("heartbeats cannot be sent: %s", exc)
+                if channel is not None:
+                    self._send(channel, metadata)
                 self._stopping.wait(self.interval)
+        finally:
+            if channel is not None:
+                channel.close()
+
+    def _send(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        try:
+            response = agent_pb2_grpc.TelemetryStub(channel).SendHeartbeat(
+                build_heartbeat(self.config, self.workloads),
+                metadata=metadata,
+                # Sequential calls: a slow answer delays the next beat, it never overlaps it.
+                timeout=min(max(self.interval, 2.0), 10.0),
+            )
+        except grpc.RpcError as exc:
+            self.failed += 1
+            logger.warning(
+                "heartbeat to %s failed: %s %s",
+                self.config.heartbeat.platform,
+                exc.code(),  # type: ignore[attr-defined]
+                exc.details(),  # type: ignore[attr-defined]
+            )
+        else:
+            self.sent += 1
+            # The platform may slow agents down (or speed them up) under load.
+            if response.next_interval_seconds > 0:
+                self.interval = response.next_interval_seconds

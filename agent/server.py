@@ -13,15 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from agent.backends import backend_for
 from agent.benchmark import (
@@ -40,6 +38,9 @@ from agent.simulation import backend_for_simulation, faults_for, health_delay
 from agent.workloads import CapacityHold, Workload, WorkloadRunner, WorkloadSpec, WorkloadState
 from protos import agent_pb2, agent_pb2_grpc
 from protos.errors import ERRORS
+from rpckit import server as rpc_server
+from rpckit.server import PeerIdentityInterceptor, ServerTls, Service
+from rpckit.tls import PLATFORM_URI, CertFiles, expiry_warning
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +378,7 @@ class AgentRuntime:
     health: health.HealthServicer
     workloads: WorkloadRunner
     config: AgentConfig
+    rpc: rpc_server.Runtime | None = None
 
     def stop(self, grace: float | None = None) -> threading.Event:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` seconds.
@@ -409,55 +411,57 @@ def build_server(
     backend: Backend | None = None,
 ) -> AgentRuntime:
     """Build and start the agent's server on ``address`` (port 0 picks a free port); ``backend``
-    replaces the one the configuration selects (tests play provers the modes do not cover)."""
+    replaces the one the configuration selects (tests play provers the modes do not cover).
+
+    With ``tls_dir`` set, the server speaks mutual TLS only: the caller must present a
+    certificate of the platform's authority that names the platform (``rpckit.tls``), and a
+    renewed ``agent.pem``/``agent.key`` is served from the next connection on.
+    """
     workloads = workloads or WorkloadRunner(
         agent_config.pools,
         time_scale=agent_config.time_scale,
         startup_seconds=agent_config.workload_startup_seconds,
     )
-    limits = agent_config.max_message_bytes
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=agent_config.max_workers, thread_name_prefix=agent_config.agent_id
-        ),
-        options=[
-            ("grpc.max_send_message_length", limits),
-            ("grpc.max_receive_message_length", limits),
-        ],
-    )
-    agent_pb2_grpc.add_AgentServicer_to_server(
-        AgentServicer(agent_config, workloads=workloads, backend=backend), server
-    )
-
     delay = health_delay(agent_config.simulation)
-    health_servicer: health.HealthServicer = (
-        _PaddedHealth(delay)
-        if delay
-        else health.HealthServicer(
-            experimental_non_blocking=True,
-            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
-        )
+    tls = None
+    interceptors: list[grpc.ServerInterceptor] = []
+    if agent_config.tls_dir:
+        files = agent_cert_files(agent_config)
+        tls = ServerTls(files=files, require_client_auth=True)
+        interceptors.append(PeerIdentityInterceptor(PLATFORM_URI))
+        warning = expiry_warning(files.read())
+        if warning:
+            logger.warning("agent %s: %s", agent_config.agent_id, warning)
+    runtime = rpc_server.build_server(
+        address,
+        name=agent_config.agent_id,
+        services=[
+            Service(
+                AGENT_SERVICE,
+                agent_pb2_grpc.add_AgentServicer_to_server,
+                AgentServicer(agent_config, workloads=workloads, backend=backend),
+            )
+        ],
+        max_workers=agent_config.max_workers,
+        max_message_bytes=agent_config.max_message_bytes,
+        interceptors=interceptors,
+        tls=tls,
+        health_servicer=_PaddedHealth(delay) if delay else None,
+        grace_seconds=agent_config.grace_seconds,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", AGENT_SERVICE):  # "" is the whole server
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-
-    reflection.enable_server_reflection(
-        (
-            AGENT_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind the agent's gRPC server to {address}")
-    server.start()
-    logger.info("agent %s listening on port %d", agent_config.agent_id, port)
     return AgentRuntime(
-        server=server, port=port, health=health_servicer, workloads=workloads, config=agent_config
+        server=runtime.server,
+        port=runtime.port,
+        health=runtime.health,
+        workloads=workloads,
+        config=agent_config,
+        rpc=runtime,
     )
+
+
+def agent_cert_files(config: AgentConfig) -> CertFiles:
+    """The agent's certificate, key and the platform authority's bundle in ``tls_dir``."""
+    return CertFiles.in_dir(config.tls_dir, "agent")
 
 
 def create_server(address: str, *, agent_config: AgentConfig) -> tuple[grpc.Server, int]:

@@ -25,6 +25,7 @@ from brokers.choices import FINAL_STATUSES, BookingStatus, EventKind
 from brokers.models import Allocation, Booking
 from brokers.placement.spec import WorkloadSpec
 from protos import agent_pb2, agent_pb2_grpc
+from registry import certificates
 from registry.netguard import OutboundRefused, grpc_authority_options, outbound_target
 
 logger = logging.getLogger(__name__)
@@ -71,21 +72,54 @@ class GuardRefused(grpc.RpcError):
         return f"refused by the outbound guard: {self.refused}"
 
 
-def agent_stub(endpoint: str) -> agent_pb2_grpc.AgentStub:
+class AgentIdentityError(grpc.RpcError):
+    """Mutual TLS refused the agent: not the center's agent, or its certificate is expired,
+    revoked or unknown (``PERMISSION_DENIED``: never retried)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED
+
+    def details(self) -> str:
+        return f"agent identity: {self.reason}"
+
+
+def agent_stub(endpoint: str, center: str = "") -> agent_pb2_grpc.AgentStub:
     """A stub on a channel to the address the outbound guard (``registry.netguard``) checked
     just now: the name is resolved and checked on every call, so a DNS answer changed to a
     private address is refused (``GuardRefused``), never dialled. Channels are made in this
-    process (keyed by pid: never reused across fork) and by checked address."""
+    process (keyed by pid: never reused across fork) and by checked address.
+
+    With mutual TLS (``registry.certificates.mutual_tls``) the channel presents the platform's
+    certificate and accepts only one naming ``center`` (its national id); a new channel (after
+    the platform's certificate was renewed) first checks that the agent's certificate is not
+    revoked (``AgentIdentityError``)."""
     try:
         address = outbound_target(endpoint, allow_private=settings.AGENT_ENDPOINT_ALLOW_LOOPBACK)
     except OutboundRefused as exc:
         raise GuardRefused(exc) from None
-    key = (os.getpid(), endpoint, address)
+    mutual = certificates.mutual_tls()
+    stamp = certificates.platform_files().stamp() if mutual else ()
+    key = (os.getpid(), endpoint, address, center, stamp)
     with _lock:
         channel = _channels.get(key)
-        if channel is None:
-            options = grpc_authority_options(endpoint) if address != endpoint else None
-            channel = grpc.insecure_channel(address, options=options)
+    if channel is None:
+        options = grpc_authority_options(endpoint) if address != endpoint else []
+        if mutual:
+            try:
+                certificates.check_agent(address, center, timeout=CALL_TIMEOUT)
+            except certificates.AgentIdentityRefused as exc:
+                raise AgentIdentityError(str(exc)) from None
+            except OSError:
+                pass  # unreachable now: the call below fails UNAVAILABLE and is retried
+            credentials, options = certificates.agent_credentials(center)
+            channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(address, options=options or None)
+        with _lock:
             _channels[key] = channel
     return agent_pb2_grpc.AgentStub(channel)
 
@@ -112,7 +146,8 @@ def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloa
         raise grpc.RpcError("the center has no agent endpoint")
     for attempt in range(START_ATTEMPTS):
         try:
-            stub = agent_stub(endpoint)  # checked again on every attempt (outbound guard)
+            # Checked again on every attempt (outbound guard; with mutual TLS, the identity).
+            stub = agent_stub(endpoint, allocation.pool.center.national_id)
             key = _pool_key(stub, endpoint, allocation.pool.accelerator.slug)
             return stub.StartWorkload(
                 agent_pb2.StartWorkloadRequest(
@@ -227,7 +262,8 @@ def follow(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) -> Outcome
         states: list[str] = []
         for allocation in allocations:
             try:
-                reply = agent_stub(allocation.pool.center.agent_endpoint).GetWorkload(
+                center = allocation.pool.center
+                reply = agent_stub(center.agent_endpoint, center.national_id).GetWorkload(
                     agent_pb2.GetWorkloadRequest(workload_id=workload_id(allocation)),
                     timeout=CALL_TIMEOUT,
                 )
@@ -306,7 +342,7 @@ def _stop_all(allocations: list[Allocation], reason: str) -> None:
         if not endpoint:
             continue
         try:
-            agent_stub(endpoint).StopWorkload(
+            agent_stub(endpoint, allocation.pool.center.national_id).StopWorkload(
                 agent_pb2.StopWorkloadRequest(
                     workload_id=f"{allocation.booking.national_id}-{allocation.pk}", reason=reason
                 ),

@@ -64,10 +64,17 @@ HTTP_LATENCY = Histogram(
 )
 GRPC_LATENCY = Histogram(
     "interconnect_grpc_request_duration_seconds",
-    "gRPC broker call latency by method and status code.",
+    "gRPC call latency (broker, telemetry) by method and status code.",
     ["method", "code"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+
+
+def observe_grpc_call(method: str, code: str, seconds: float) -> None:
+    """Record one gRPC call (the servers' ``rpckit.interceptors.MetricsInterceptor``)."""
+    GRPC_LATENCY.labels(method=method, code=code).observe(seconds)
+
+
 BOOKINGS = Counter("interconnect_bookings_total", "Bookings accepted, by door.", ["door"])
 BOOKING_REFUSALS = Counter(
     "interconnect_booking_refusals_total",

@@ -264,6 +264,16 @@ LOGGING = {
 # Hosts an agent endpoint may not point at unless explicitly allowed (SSRF guard). Loopback is
 # allowed by default so that simulated agents work on one machine; production should narrow it.
 AGENT_ENDPOINT_ALLOW_LOOPBACK = env.bool("AGENT_ENDPOINT_ALLOW_LOOPBACK", default=not PRODUCTION)
+
+# Mutual TLS with site agents (docs/tls.md). PLATFORM_TLS_DIR holds ca.pem (the authority's
+# bundle every party trusts), platform.pem and platform.key (the platform's own certificate);
+# when they exist, verification, dispatch and telemetry speak mutual TLS only. The authority's
+# signing key: PLATFORM_CA_KEY_FILE, or the PEM itself in PLATFORM_CA_KEY (a secret), never in
+# the database. Agents' certificates are valid AGENT_CERT_DAYS days.
+PLATFORM_TLS_DIR = env.str("PLATFORM_TLS_DIR", default="")
+PLATFORM_CA_KEY_FILE = env.str("PLATFORM_CA_KEY_FILE", default="")
+PLATFORM_CA_CERT_FILE = env.str("PLATFORM_CA_CERT_FILE", default="")
+AGENT_CERT_DAYS = env.float("AGENT_CERT_DAYS", default=30.0)
 # Webhook targets on private or loopback addresses (SSRF guard); allowed only outside production.
 WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", default=not PRODUCTION)
 

@@ -85,16 +85,22 @@ def classify(exc: grpc.RpcError, what: str) -> Exception:
 
 @contextmanager
 def agent_channel(
-    endpoint: str, *, options: list[tuple[str, str]] | None = None
+    endpoint: str,
+    *,
+    options: list[tuple[str, str]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[grpc.Channel]:
-    """A channel to an agent, closed on exit. Call inside the worker process (after fork)."""
-    channel = grpc.insecure_channel(
-        endpoint,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            *(options or []),
-        ],
+    """A channel to an agent, closed on exit (mutual TLS with ``credentials``). Call inside the
+    worker process (after fork)."""
+    limits = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *(options or []),
+    ]
+    channel = (
+        grpc.insecure_channel(endpoint, options=limits)
+        if credentials is None
+        else grpc.secure_channel(endpoint, credentials, options=limits)
     )
     try:
         yield channel

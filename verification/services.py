@@ -31,6 +31,7 @@ from agent.challenge import assemble, digest, input_matrix, scaled_rounded
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from interconnect.tasking import enqueue_on_commit
+from registry import certificates
 from registry import selectors as registry_selectors
 from registry import services as registry_services
 from registry.choices import ChangeAction, Door, Status
@@ -514,7 +515,17 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     evidence.fields["sample"]["deadline_seconds"] = round(deadline, 3)
     address = _dial_target(endpoint)
     authority = grpc_authority_options(endpoint) if address != endpoint else []
-    with agent_client.agent_channel(address, options=authority) as channel:
+    credentials = None
+    if certificates.mutual_tls():
+        # Mutual TLS: the agent must hold a current certificate naming this center.
+        try:
+            certificates.check_agent(address, pool.center.national_id, timeout=min(timeout, 10.0))
+        except certificates.AgentIdentityRefused as exc:
+            raise VerificationRefuted(f"agent identity: {exc}") from exc
+        except OSError as exc:
+            raise AgentUnavailable(f"agent unreachable for the TLS check: {exc}") from exc
+        credentials, authority = certificates.agent_credentials(pool.center.national_id)
+    with agent_client.agent_channel(address, options=authority, credentials=credentials) as channel:
         rtt_ms = agent_client.round_trip_ms(channel, timeout=min(timeout, 10.0))
         evidence.set(rtt_ms=round(rtt_ms, 3))
         reported = _check_inventory(channel, pool, evidence, timeout)
@@ -801,6 +812,7 @@ def heartbeat_record(
     sent_at: dt.datetime | None,
     pools: Sequence[PoolBeat],
     center_national_id: str = "",
+    certified_center: str | None = None,
 ) -> list[Heartbeat]:
     """Record that an agent is alive and how busy its pools are (one row per pool).
 
@@ -808,9 +820,22 @@ def heartbeat_record(
     ``UnknownPool``, whether it exists or not. Bad values are a ``ValidationError`` whose keys
     name the entry (``pools[1].utilization``); nothing is written unless every entry is valid.
     ``center_national_id``, when the agent sends it, must be the center of every pool.
+    ``certified_center``, the center the agent's certificate names (mutual TLS), must be the
+    center of every pool, or nothing is written (PermissionDenied, whoever owns the pool).
     """
     if not registry_selectors.can_operate(actor):
         raise PermissionDenied("Only center operators report heartbeats.")
+    if certified_center is not None:
+        foreign = [
+            beat.national_id
+            for beat in pools
+            if not beat.national_id.startswith(f"{certified_center}-")
+        ]
+        if foreign or (center_national_id and center_national_id != certified_center):
+            raise PermissionDenied(
+                f"The agent's certificate names {certified_center}; it may report only that "
+                f"center's pools (not {', '.join(foreign) or center_national_id})."
+            )
     errors: dict[str, list[str]] = {}
     if not agent_id:
         errors["agent_id"] = ["An agent id is required."]
@@ -835,6 +860,8 @@ def heartbeat_record(
         pool = owned.get(beat.national_id)
         if pool is None:
             raise UnknownPool(beat.national_id)
+        if certified_center is not None and pool.center.national_id != certified_center:
+            raise PermissionDenied(f"The agent's certificate names {certified_center}.")
         if center_national_id and pool.center.national_id != center_national_id:
             raise ValidationError(
                 {f"pools[{i}].pool_national_id": [f"Not a pool of {center_national_id}."]}

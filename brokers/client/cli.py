@@ -489,6 +489,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline per call (default 10)",
     )
+    parser.add_argument(
+        "--ca",
+        default=os.environ.get("INTERCONNECT_CA") or None,
+        metavar="PEM",
+        help="TLS to the broker, trusting this authority bundle, e.g. the deployment's ca.pem "
+        "(default: $INTERCONNECT_CA)",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="TLS to the broker with the system's authorities"
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
     cap = sub.add_parser(
         "capacity",
@@ -614,7 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give --token or set INTERCONNECT_TOKEN", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with BrokerClient(args.broker, args.token, timeout=args.timeout) as client:
+        with BrokerClient(
+            args.broker, args.token, timeout=args.timeout, ca=args.ca, tls=args.tls
+        ) as client:
             COMMANDS[args.verb](client, args)
     except Refused as exc:
         print(f"error: invalid argument\n{field_line(exc.field, exc.message)}", file=sys.stderr)

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -78,11 +79,25 @@ def workload_spec(
 class BrokerClient:
     """Calls to one broker (``host:port``) as the holder of ``token``."""
 
-    def __init__(self, target: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.enable_retries", 1), ("grpc.service_config", RETRY_CONFIG)],
-        )
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca: str | Path | None = None,
+        tls: bool = False,
+    ) -> None:
+        """``ca``: a PEM bundle to trust (TLS; e.g. the deployment's development authority);
+        ``tls`` alone: TLS with the system's trusted authorities. Neither: plaintext (loopback
+        development only: the token would cross the network in clear)."""
+        options = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_CONFIG)]
+        if ca is not None or tls:
+            roots = Path(ca).read_bytes() if ca is not None else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = broker_pb2_grpc.BrokerStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout

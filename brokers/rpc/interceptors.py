@@ -6,8 +6,8 @@ API (``registry.services.user_for_token``) and aborts UNAUTHENTICATED otherwise;
 reflection are open. ``ErrorInterceptor`` is the one place that maps domain errors to gRPC
 status codes with details, for unary and streaming methods alike. Both also prepare the call's
 environment: Django connections fit for this thread, the request id, the remaining deadline.
-``MetricsInterceptor``, outermost, records every ``Broker`` call's duration and final status
-code in ``interconnect_grpc_request_duration_seconds`` (a stream until its last item).
+``rpckit.interceptors.MetricsInterceptor``, outermost, records every call's duration and final
+status code in ``interconnect_grpc_request_duration_seconds`` (a stream until its last item).
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from brokers.ledger import deadline_at
-from interconnect.metrics import GRPC_LATENCY
 from registry.context import new_request_id, request_id_var
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
+from rpckit.auth import bearer_from_header
+from rpckit.interceptors import Drain, wrap
+from rpckit.server import OPEN_SERVICES
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,6 @@ def close_handler_connections() -> None:
             conn.connection = None
 
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # A token is looked up in the database at most this often per process (seconds): a revoked
 # token keeps working that long on a broker that saw it, in exchange for one query less per call.
 AUTH_CACHE_SECONDS = 5.0
@@ -81,9 +82,8 @@ _thread_state = threading.local()
 
 def authenticate(header: str) -> Any:
     """The user of an ``authorization`` header value, or None; cached briefly per process."""
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_from_header(header)
+    if token is None:
         return None
     key = hashlib.sha256(token.encode()).hexdigest()
     now = time.monotonic()
@@ -109,101 +109,6 @@ def _fit_connection() -> None:
     if now - getattr(_thread_state, "checked", 0.0) >= CONNECTION_CHECK_SECONDS:
         close_old_connections()
         _thread_state.checked = now
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler, around: Callable[[Callable[..., Any], Any, Any], Any]
-) -> grpc.RpcMethodHandler:
-    """A handler whose behaviour runs inside ``around`` (unary-unary and unary-stream)."""
-    if handler.unary_unary is not None:
-        inner = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(
-            lambda req, ctx: around(inner, req, ctx),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        inner = handler.unary_stream
-
-        def stream(req: Any, ctx: Any) -> Iterator[Any]:
-            # The generator runs after the handler returns: keep the context for every item.
-            yield from around(lambda r, c: _Drain(inner(r, c)), req, ctx)
-
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
-
-
-class _Drain(list[Any]):
-    """A response stream passed through ``around`` unconsumed: each layer wraps its iterator,
-    so context variables and error mapping also cover the items produced later."""
-
-    def __init__(self, iterator: Iterator[Any]) -> None:
-        super().__init__()
-        self.iterator = iterator
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iterator
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Duration and status code of every ``Broker`` call (health and reflection left out).
-
-    The code is the one the call ends with: OK, the code a handler or an inner interceptor
-    aborted with (UNAUTHENTICATED, a mapped domain error), or UNKNOWN for an exception that
-    escaped them. Requests gRPC could not deserialize never reach a handler and are not counted.
-    """
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-
-        def observe(context: grpc.ServicerContext, started: float, ended: str | None) -> None:
-            # ``ended``: None when the handler returned, else what to call an exception that
-            # left no status behind (UNKNOWN; CANCELLED for a stream the client closed).
-            code = context.code()  # type: ignore[attr-defined]  # grpcio >= 1.38; not in the stubs
-            name = code.name if isinstance(code, grpc.StatusCode) else (ended or "OK")
-            GRPC_LATENCY.labels(method=method, code=name).observe(time.perf_counter() - started)
-
-        def around(
-            behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
-        ) -> Any:
-            started = time.perf_counter()
-            try:
-                result = behaviour(request, context)
-            except BaseException:
-                observe(context, started, "UNKNOWN")
-                raise
-            if isinstance(result, _Drain):
-                return _Drain(_timed(result.iterator, lambda e: observe(context, started, e)))
-            observe(context, started, None)
-            return result
-
-        return _wrap(handler, around)
-
-
-def _timed(iterator: Iterator[Any], done: Callable[[str | None], None]) -> Iterator[Any]:
-    """Iterate a response stream; ``done`` once it ends (None), fails or is closed."""
-    ended: str | None = None
-    try:
-        yield from iterator
-    except GeneratorExit:
-        ended = "CANCELLED"
-        raise
-    except BaseException:
-        ended = "UNKNOWN"
-        raise
-    finally:
-        done(ended)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -241,8 +146,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             )
             try:
                 result = behaviour(request, context)
-                if isinstance(result, _Drain):
-                    return _Drain(_with_vars(result.iterator, user, request_id))
+                if isinstance(result, Drain):
+                    return Drain(_with_vars(result.iterator, user, request_id))
                 return result
             finally:
                 _remember_connection()
@@ -250,7 +155,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 request_id_var.reset(tokens[1])
                 deadline_at.reset(tokens[2])
 
-        return _wrap(handler, around)
+        return wrap(handler, around)
 
 
 def _with_vars(iterator: Iterator[Any], user: Any, request_id: str) -> Iterator[Any]:
@@ -301,11 +206,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     raise
                 abort(context, exc)
                 raise  # unreachable: abort raises
-            if isinstance(result, _Drain):
-                return _Drain(_mapped(result.iterator, context, abort))
+            if isinstance(result, Drain):
+                return Drain(_mapped(result.iterator, context, abort))
             return result
 
-        return _wrap(handler, around)
+        return wrap(handler, around)
 
 
 class AbortedCall(Exception):

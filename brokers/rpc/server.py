@@ -9,7 +9,11 @@ thread: ``WatchBooking`` waits on the booking's database notification (``brokers
 turns ``abort`` into the aio call's status.
 
 ``build_server(address)`` builds and starts it and returns a :class:`BrokerRuntime` (port 0
-picks a free port, for tests). Several processes may serve one port (``SO_REUSEPORT``): each
+picks a free port, for tests); with ``tls_files`` it serves TLS (``run_broker --tls-cert
+--tls-key``; renewed files are served from the next connection on). Being an aio server, it is
+built here rather than by the synchronous builder of the telemetry server and the agent
+(``rpckit.server``), with the same interceptors, limits, health, reflection and credentials.
+Several processes may serve one port (``SO_REUSEPORT``): each
 must build its own server after ``fork()``, never inherit one (gRPC objects do not survive a
 fork).
 """
@@ -36,11 +40,13 @@ from brokers.rpc.interceptors import (
     AbortedCall,
     AuthInterceptor,
     ErrorInterceptor,
-    MetricsInterceptor,
     close_handler_connections,
 )
 from brokers.rpc.servicer import BrokerServicer, watch_booking
+from interconnect.metrics import observe_grpc_call
 from protos import broker_pb2, broker_pb2_grpc
+from rpckit.interceptors import MetricsInterceptor
+from rpckit.tls import CertFiles, ReloadingServerCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +120,11 @@ class _AsyncBroker(grpc.GenericRpcHandler):
     def __init__(self, executor: futures.ThreadPoolExecutor) -> None:
         self.executor = executor
         self.handlers = _sync_handlers()
-        self.interceptors = [MetricsInterceptor(), AuthInterceptor(), ErrorInterceptor()]
+        self.interceptors = [
+            MetricsInterceptor(observe_grpc_call),
+            AuthInterceptor(),
+            ErrorInterceptor(),
+        ]
 
     def _intercepted(self, details: _Details) -> grpc.RpcMethodHandler | None:
         def step(i: int) -> Callable[[Any], Any]:
@@ -237,9 +247,17 @@ class BrokerRuntime:
 
 
 def build_server(
-    address: str, *, max_workers: int | None = None, reuse_port: bool = False
+    address: str,
+    *,
+    max_workers: int | None = None,
+    reuse_port: bool = False,
+    tls_files: CertFiles | None = None,
 ) -> BrokerRuntime:
-    """Build and start the broker on ``address`` (port 0 picks a free port)."""
+    """Build and start the broker on ``address`` (port 0 picks a free port); TLS with
+    ``tls_files`` (its certificate and key, re-read when renewed: ``rpckit.tls``)."""
+    credentials = (
+        ReloadingServerCredentials(tls_files, require_client_auth=False) if tls_files else None
+    )
     limit = int(settings.BROKER_GRPC_MAX_MESSAGE_BYTES)
     workers = max_workers or int(settings.BROKER_GRPC_WORKERS)
     streams = int(getattr(settings, "BROKER_GRPC_MAX_STREAMS", 10_000))
@@ -272,7 +290,10 @@ def build_server(
             ),
             server,
         )
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials.credentials)
         if port == 0:
             raise OSError(f"cannot bind the broker's gRPC server to {address}")
         await server.start()
@@ -296,10 +317,18 @@ def create_server(address: str, *, max_workers: int | None = None) -> tuple[Any,
     return runtime, runtime.port
 
 
-def serve(address: str, *, max_workers: int | None = None, reuse_port: bool = False) -> None:
+def serve(
+    address: str,
+    *,
+    max_workers: int | None = None,
+    reuse_port: bool = False,
+    tls_files: CertFiles | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    runtime = build_server(address, max_workers=max_workers, reuse_port=reuse_port)
-    print(f"broker listening on port {runtime.port}", flush=True)
+    runtime = build_server(
+        address, max_workers=max_workers, reuse_port=reuse_port, tls_files=tls_files
+    )
+    print(f"broker listening on port {runtime.port}{' (TLS)' if tls_files else ''}", flush=True)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -268,6 +268,36 @@ class PoolWriteSerializer(serializers.ModelSerializer):
             self.fields["center"].read_only = True
 
 
+class CertificateRequestSerializer(serializers.Serializer):
+    csr = serializers.CharField(
+        max_length=16 * 1024, trim_whitespace=False, help_text="PEM certificate signing request"
+    )
+
+
+class CertificateRevokeSerializer(serializers.Serializer):
+    serial = serializers.RegexField(r"^[0-9a-f]{1,40}$", help_text="hex serial of the certificate")
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class AgentCertificateSerializer(serializers.Serializer):
+    center = serializers.CharField(source="center.national_id")
+    serial = serializers.CharField()
+    identity = serializers.SerializerMethodField()
+    fingerprint_sha256 = serializers.CharField()
+    not_before = serializers.DateTimeField()
+    not_after = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    revocation_reason = serializers.CharField()
+    certificate = serializers.CharField(source="certificate_pem")
+
+    def get_identity(self, obj: Any) -> str:
+        return f"spiffe://interconnect.cn/center/{obj.center.national_id}"
+
+
+class IssuedCertificateSerializer(AgentCertificateSerializer):
+    ca = serializers.CharField(help_text="the authority's bundle to trust (PEM)")
+
+
 class TransitionSerializer(serializers.Serializer):
     to = serializers.ChoiceField(choices=Status.choices)
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")

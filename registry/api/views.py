@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -14,7 +15,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from registry import selectors, services, webhooks
+from registry import certificates, selectors, services, webhooks
 from registry.api import serializers as s
 from registry.api.permissions import OperatorWritePermission, OrgAdminPermission
 from registry.choices import Door
@@ -158,6 +159,41 @@ class CenterViewSet(viewsets.ModelViewSet):
             center=self.get_object(), actor=request.user, door=DOOR, **ser.validated_data
         )
         return self._render(center)
+
+    @extend_schema(
+        request=s.CertificateRequestSerializer, responses={201: s.IssuedCertificateSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def certificate(self, request: Request, national_id: str) -> Response:
+        """Issue (or renew) the center's agent certificate from a CSR; the key stays with the
+        agent. Answers the certificate and the authority's bundle (docs/tls.md)."""
+        center = self.get_object()
+        ser = s.CertificateRequestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        try:
+            row, bundle = certificates.center_certificate_issue(
+                center=center, actor=request.user, csr_pem=ser.validated_data["csr"], door=DOOR
+            )
+        except ImproperlyConfigured:
+            return Response(
+                {"detail": "This platform issues no certificates (no authority configured)."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        row.ca = bundle.decode()
+        return Response(s.IssuedCertificateSerializer(row).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.CertificateRevokeSerializer, responses=s.AgentCertificateSerializer)
+    @action(detail=True, methods=["post"], url_path="revoke-certificate")
+    def revoke_certificate(self, request: Request, national_id: str) -> Response:
+        """Revoke one of the center's agent certificates by serial."""
+        center = self.get_object()
+        ser = s.CertificateRevokeSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        row = get_object_or_404(center.certificates.all(), serial=ser.validated_data["serial"])
+        row = certificates.certificate_revoke(
+            certificate=row, actor=request.user, reason=ser.validated_data["reason"], door=DOOR
+        )
+        return Response(s.AgentCertificateSerializer(row).data)
 
 
 class PoolViewSet(viewsets.ModelViewSet):

@@ -2,6 +2,7 @@
 
 from .catalog import A100_BF16_DENSE_TFLOPS, Accelerator, Trait
 from .centers import Center, Pool
+from .certificates import AgentCertificate
 from .changes import ChangeRecord, LifecycleTransition
 from .orgs import ApiToken, Membership, Organization
 from .topology import Cluster, Hub, HubLink
@@ -11,6 +12,7 @@ __all__ = [
     "A100_BF16_DENSE_TFLOPS",
     "WEBHOOK_EVENTS",
     "Accelerator",
+    "AgentCertificate",
     "ApiToken",
     "Center",
     "ChangeRecord",

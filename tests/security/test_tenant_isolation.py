@@ -767,6 +767,166 @@ def run_grpc(w: World, t: Tally, broker_port: int, telemetry_port: int) -> None:
     t.methods.add("grpc:telemetry")
 
 
+# --- mutual TLS (issue 12) -------------------------------------------------------------------
+
+# Agent methods: a request each (an existing workload id, acme's pool key).
+AGENT_REQUESTS: dict[str, Callable[[], Any]] = {
+    "GetInventory": lambda: agent_pb2.GetInventoryRequest(),
+    "RunBenchmark": lambda: agent_pb2.RunBenchmarkRequest(
+        n=8, dtype=agent_pb2.DTYPE_FLOAT32, steps=1, challenge_id="s1", devices=[]
+    ),
+    "OpenBenchmark": lambda: agent_pb2.OpenBenchmarkRequest(challenge_id="s1"),
+    "StartWorkload": lambda: agent_pb2.StartWorkloadRequest(
+        workload_id="s1-probe", pool_key="nvidia-a100-80g", accelerators=1, duration_seconds=60
+    ),
+    "GetWorkload": lambda: agent_pb2.GetWorkloadRequest(workload_id="s1-acme"),
+    "StopWorkload": lambda: agent_pb2.StopWorkloadRequest(workload_id="s1-acme", reason="s1"),
+    "WatchWorkload": lambda: agent_pb2.WatchWorkloadRequest(workload_id="s1-acme"),
+}
+
+
+@dataclass
+class MtlsDoor:
+    telemetry_port: int
+    agent_port: int
+    agent: Any  # acme's agent runtime
+    files: dict[str, Any]  # actor -> the certificate files it holds (its own center's)
+    acme_files: Any
+
+
+@pytest.fixture
+def mtls_door(world: World, tmp_path: Any, settings: Any, rival: Any) -> Iterator[MtlsDoor]:
+    """A platform authority, acme's agent serving mutual TLS with acme's certificate, a mutual
+    TLS telemetry server, and a certificate of its own organization's center for each actor."""
+    from agent.certificate import make_request, store
+    from agent.config import AgentConfig, PoolConfig
+    from agent.server import build_server as build_agent
+    from agent.workloads import WorkloadSpec
+    from registry import certificates
+    from rpckit.tls import CertFiles
+    from tests.factories import CenterFactory
+    from verification.rpc.telemetry import build_telemetry_server
+
+    settings.PLATFORM_TLS_DIR = str(tmp_path / "platform")
+    settings.PLATFORM_CA_KEY_FILE = settings.PLATFORM_CA_CERT_FILE = ""
+    certificates.ensure_development_tls(tmp_path / "platform")
+
+    def issue(center: Center, name: str) -> Any:
+        key_pem, csr = make_request(center.national_id)
+        row, bundle = certificates.center_certificate_issue(
+            center=center, actor=None, csr_pem=csr.decode(), door="api"
+        )
+        store(
+            tmp_path / name, key_pem=key_pem, cert_pem=row.certificate_pem.encode(), ca_pem=bundle
+        )
+        return CertFiles.in_dir(tmp_path / name, "agent")
+
+    acme_files = issue(world.active.center, "acme")
+    own = {"carol": issue(CenterFactory(operator=rival), "rival")}
+    own["rita"] = own["carol"]
+    own["dave"] = own["carol"]  # an AI firm has no center: it could only steal one
+    agent = build_agent(
+        "127.0.0.1:0",
+        agent_config=AgentConfig(
+            agent_id="s1-acme",
+            port=0,
+            pools=(PoolConfig(key="nvidia-a100-80g", accelerator_model="nvidia-a100-80g"),),
+            workload_startup_seconds=0.0,
+            grace_seconds=0.0,
+            tls_dir=str(tmp_path / "acme"),
+        ),
+    )
+    agent.workloads.start(WorkloadSpec("s1-acme", "nvidia-a100-80g", 1, "", "", 3600))
+    telemetry = build_telemetry_server("127.0.0.1:0", max_workers=4)
+    yield MtlsDoor(telemetry.port, agent.port, agent, own, acme_files)
+    agent.stop(grace=0).wait()
+    telemetry.stop(grace=0).wait()
+
+
+def run_mtls(w: World, t: Tally, door: MtlsDoor) -> None:
+    """The mutual TLS door: each foreign actor holds a certificate of its own organization's
+    center (and its own token) and tries acme's heartbeats and acme's agent. Heartbeats for
+    acme's pools with a foreign center's certificate are PERMISSION_DENIED (the certificate's
+    center is not the pool's), whoever the token belongs to; every Agent method called with a
+    center's certificate is PERMISSION_DENIED (only the platform may call an agent)."""
+    from rpckit.tls import PLATFORM_DNS_NAME, center_dns_name, channel_credentials, name_options
+
+    tokens = {
+        name: registry_services.token_create(user=w.users[name], name="s1-mtls")[1]
+        for name in ("alice", "carol", "rita", "dave")
+    }
+    actors = {"other_admin": "carol", "other_member": "rita", "cross": "dave"}
+    for role, actor in actors.items():
+        credentials = channel_credentials(door.files[actor])
+        with grpc.secure_channel(
+            f"127.0.0.1:{door.telemetry_port}", credentials, options=name_options(PLATFORM_DNS_NAME)
+        ) as channel:
+            stub = agent_pb2_grpc.TelemetryStub(channel)
+            for pool in (w.draft, w.active):
+                request = agent_pb2.SendHeartbeatRequest(
+                    agent_id="probe",
+                    pools=[
+                        agent_pb2.PoolHeartbeat(
+                            pool_national_id=pool.national_id,
+                            utilization=0.9,
+                            accelerators_healthy=1,
+                            accelerators_busy=1,
+                        )
+                    ],
+                )
+                # With the actor's own token, and with acme's (a stolen token is not enough).
+                for token in (tokens[actor], tokens["alice"]):
+                    t.case("mtls", "heartbeat", "Telemetry.SendHeartbeat")
+                    before = snapshot()
+                    code, answer = _grpc_call(stub, "SendHeartbeat", request, token)
+                    changed = _diff(before, snapshot())
+                    where = f"mTLS Telemetry {pool.national_id} as {actor} ({role})"
+                    if changed:
+                        t.mutated.append(f"{where}: {changed}")
+                    if code != grpc.StatusCode.PERMISSION_DENIED:
+                        t.leaked.append(f"{where}: {code} {answer}")
+                    elif not changed:
+                        t.refused += 1
+        acme_center = w.active.center.national_id
+        with grpc.secure_channel(
+            f"127.0.0.1:{door.agent_port}",
+            credentials,
+            options=name_options(center_dns_name(acme_center)),
+        ) as channel:
+            stub = agent_pb2_grpc.AgentStub(channel)
+            for method in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods:
+                if method.name not in AGENT_REQUESTS:
+                    t.unlisted.append(f"gRPC Agent.{method.name}")
+                    continue
+                t.case("mtls", "agent", f"Agent.{method.name}")
+                code, answer = _grpc_call(stub, method.name, AGENT_REQUESTS[method.name](), None)
+                where = f"mTLS Agent.{method.name} of {acme_center} as {actor} ({role})"
+                if code != grpc.StatusCode.PERMISSION_DENIED:
+                    t.leaked.append(f"{where}: {code} {answer}")
+                else:
+                    t.refused += 1
+    # Positive controls: acme's own certificate and token; the platform calling acme's agent.
+    with grpc.secure_channel(
+        f"127.0.0.1:{door.telemetry_port}",
+        channel_credentials(door.acme_files),
+        options=name_options(PLATFORM_DNS_NAME),
+    ) as channel:
+        request = agent_pb2.SendHeartbeatRequest(
+            agent_id="s1-acme",
+            pools=[
+                agent_pb2.PoolHeartbeat(
+                    pool_national_id=w.active.national_id, accelerators_healthy=1
+                )
+            ],
+        )
+        code, _ = _grpc_call(
+            agent_pb2_grpc.TelemetryStub(channel), "SendHeartbeat", request, tokens["alice"]
+        )
+        assert code == grpc.StatusCode.OK, code
+    assert door.agent.workloads.get("s1-acme").spec.workload_id == "s1-acme"
+    assert door.agent.workloads.busy("nvidia-a100-80g") == 1  # nobody stopped or started one
+
+
 # --- portal -----------------------------------------------------------------------------------
 
 
@@ -902,15 +1062,18 @@ def run_host_writes(w: World, t: Tally, broker_port: int) -> None:
 # --- the matrix -------------------------------------------------------------------------------
 
 
-def test_tenant_isolation_matrix(world: World, grpc_servers: tuple[int, int]) -> None:
+def test_tenant_isolation_matrix(
+    world: World, grpc_servers: tuple[int, int], mtls_door: MtlsDoor
+) -> None:
     tally = Tally()
     run_rest(world, tally)
     run_grpc(world, tally, *grpc_servers)
     run_host_writes(world, tally, grpc_servers[0])
+    run_mtls(world, tally, mtls_door)
     run_portal(world, tally)
     figure(
         "S1.tenant_matrix",
-        doors=3,
+        doors=4,
         objects=len(tally.objects),
         methods=len(tally.methods),
         actors=4,

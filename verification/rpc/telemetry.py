@@ -12,7 +12,6 @@ one place, :func:`_abort_for`:
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +19,18 @@ import grpc
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from interconnect.metrics import observe_grpc_call
 from protos import agent_pb2, agent_pb2_grpc
 from protos.errors import ERRORS
+from registry import certificates
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
+from rpckit.auth import bearer_from_metadata
+from rpckit.interceptors import MetricsInterceptor
+from rpckit.server import Runtime, ServerTls, Service, build_server
+from rpckit.tls import CertFiles, center_of, peer_pem
 from verification import services
 from verification.errors import UnknownPool
 
@@ -46,14 +49,6 @@ def _abort_for(context: grpc.ServicerContext, exc: Exception) -> None:
     context.abort(ERRORS["internal"].grpc_code, "internal error")
 
 
-def _bearer(context: grpc.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
-
-
 def beats_from_pb(request: agent_pb2.SendHeartbeatRequest) -> list[services.PoolBeat]:
     """The heartbeat's pool entries as domain values."""
     return [
@@ -68,7 +63,28 @@ def beats_from_pb(request: agent_pb2.SendHeartbeatRequest) -> list[services.Pool
 
 
 class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
-    """Receives agents' heartbeats for the pools their operator owns."""
+    """Receives agents' heartbeats for the pools their operator owns.
+
+    With ``mutual_tls`` the caller's certificate (checked by the handshake: the platform's
+    authority, not expired) must also be known to the registry and not revoked, and the
+    heartbeat may only name pools of the center the certificate names. The bearer token stays
+    the second factor: the certificate says which center's machine speaks, the token which
+    operator account acts (and is revoked alone, at once, when a person leaves).
+    """
+
+    def __init__(self, *, mutual_tls: bool = False) -> None:
+        self.mutual_tls = mutual_tls
+
+    def _certified_center(self, context: grpc.ServicerContext) -> str | None:
+        if not self.mutual_tls:
+            return None
+        pem = peer_pem(context)
+        center = center_of(pem)
+        problem = certificates.refusal(pem) if center else "the certificate names no center"
+        if problem:
+            logger.warning("telemetry refused a certificate: %s", problem)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        return center
 
     def SendHeartbeat(
         self, request: agent_pb2.SendHeartbeatRequest, context: grpc.ServicerContext
@@ -78,7 +94,8 @@ class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
         # that are too old or broken before and after, as Django does around a request.
         close_old_connections()
         try:
-            token = _bearer(context)
+            certified = self._certified_center(context)
+            token = bearer_from_metadata(context.invocation_metadata())
             user = user_for_token(token) if token else None
             if user is None:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
@@ -92,6 +109,7 @@ class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
                     sent_at=sent_at,
                     pools=beats_from_pb(request),
                     center_national_id=request.center_national_id,
+                    certified_center=certified,
                 )
             except (ValidationError, UnknownPool, PermissionDenied) as exc:
                 _abort_for(context, exc)
@@ -102,45 +120,54 @@ class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
             close_old_connections()
 
 
-def register_telemetry(server: grpc.Server) -> None:
+def register_telemetry(server: grpc.Server, *, mutual_tls: bool = False) -> None:
     """Add the Telemetry servicer to a server (ours, or the broker's)."""
-    agent_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(), server)
+    agent_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(mutual_tls=mutual_tls), server)
 
 
-def create_telemetry_server(address: str, *, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Build and start a server with Telemetry, health and reflection; returns it and its port
-    (port 0 picks a free one)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="telemetry"),
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+def build_telemetry_server(
+    address: str, *, max_workers: int = 16, tls_files: CertFiles | None = None
+) -> Runtime:
+    """Build and start the Telemetry server (health, reflection, metrics: ``rpckit.server``).
+
+    With ``tls_files`` (the platform's certificate and the authority's bundle) it speaks mutual
+    TLS only: agents present their center's certificate. Without, and with the platform's
+    certificate configured (``PLATFORM_TLS_DIR``), it uses those; plaintext otherwise.
+    """
+    if tls_files is None and certificates.mutual_tls():
+        tls_files = certificates.platform_files()
+    return build_server(
+        address,
+        name="telemetry",
+        services=[
+            Service(
+                TELEMETRY_SERVICE,
+                agent_pb2_grpc.add_TelemetryServicer_to_server,
+                TelemetryServicer(mutual_tls=tls_files is not None),
+            )
         ],
+        max_workers=max_workers,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        interceptors=[MetricsInterceptor(observe_grpc_call)],
+        tls=ServerTls(tls_files, require_client_auth=True) if tls_files is not None else None,
     )
-    register_telemetry(server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", TELEMETRY_SERVICE):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            TELEMETRY_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind the telemetry server to {address}")
-    server.start()
-    server.health_servicer = health_servicer  # type: ignore[attr-defined]
-    return server, port
+
+
+def create_telemetry_server(
+    address: str, *, max_workers: int = 16, tls_files: CertFiles | None = None
+) -> tuple[grpc.Server, int]:
+    """Build and start the Telemetry server; returns it and its port (port 0 picks a free
+    one). Stop it with :func:`stop_telemetry_server`."""
+    runtime = build_telemetry_server(address, max_workers=max_workers, tls_files=tls_files)
+    server = runtime.server
+    server.runtime = runtime  # type: ignore[attr-defined]
+    return server, runtime.port
 
 
 def stop_telemetry_server(server: Any, grace: float = 5.0) -> None:
     """Report NOT_SERVING, then stop, letting in-flight calls finish for ``grace`` seconds."""
-    health_servicer = getattr(server, "health_servicer", None)
-    if health_servicer is not None:
-        health_servicer.enter_graceful_shutdown()
-    server.stop(grace).wait()
+    runtime = getattr(server, "runtime", None)
+    if runtime is not None:
+        runtime.stop(grace).wait()
+    else:
+        server.stop(grace).wait()

@@ -1,4 +1,5 @@
-"""``python manage.py run_broker --port 50051 --processes N``: the gRPC broker.
+"""``python manage.py run_broker --port 50051 --processes N [--tls-cert PEM --tls-key PEM]``:
+the gRPC broker (TLS with a certificate and key; renewed files are served without a restart).
 
 With several processes, the parent forks N children that each build their own server on the
 same port with ``SO_REUSEPORT`` (the kernel spreads connections); the parent does no gRPC work
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -28,6 +30,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=50051)
         parser.add_argument("--processes", type=int, default=1)
         parser.add_argument("--workers", type=int, default=None, help="threads per process")
+        parser.add_argument("--tls-cert", help="serve TLS with this certificate (PEM chain)")
+        parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port, processes = options["host"], options["port"], options["processes"]
@@ -40,10 +44,23 @@ class Command(BaseCommand):
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         from brokers.rpc.server import serve
         from interconnect.metrics import start_metrics_server
+        from rpckit.tls import CertFiles, TlsError
+
+        tls_files = None
+        if bool(options["tls_cert"]) != bool(options["tls_key"]):
+            self.stderr.write("--tls-cert and --tls-key go together")
+            sys.exit(2)
+        if options["tls_cert"]:
+            tls_files = CertFiles(cert=Path(options["tls_cert"]), key=Path(options["tls_key"]))
+            try:
+                tls_files.read()
+            except TlsError as exc:
+                self.stderr.write(f"cannot serve TLS: {exc}")
+                sys.exit(2)
 
         if processes == 1:
             start_metrics_server()
-            serve(address, max_workers=options["workers"])
+            serve(address, max_workers=options["workers"], tls_files=tls_files)
             return
         connections.close_all()  # no inherited database sockets in the children
         children: list[int] = []
@@ -51,7 +68,12 @@ class Command(BaseCommand):
             pid = os.fork()
             if pid == 0:
                 try:
-                    serve(address, max_workers=options["workers"], reuse_port=True)
+                    serve(
+                        address,
+                        max_workers=options["workers"],
+                        reuse_port=True,
+                        tls_files=tls_files,
+                    )
                 finally:
                     os._exit(0)
             children.append(pid)

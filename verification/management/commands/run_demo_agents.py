@@ -2,7 +2,9 @@
 
 Each agent serves the center's declared ``agent_endpoint`` port, simulates its pools honestly (or
 in the mode given with ``--mode OPERATOR=MODE``), and sends heartbeats to the Telemetry service
-with its operator's demo token from ``var/demo-tokens.json``. SIGTERM or SIGINT stops them all.
+with its operator's demo token from ``var/demo-tokens.json``. With the platform's certificate
+configured (``PLATFORM_TLS_DIR``, as ``make run`` does), each agent gets its center's certificate
+and speaks mutual TLS only. SIGTERM or SIGINT stops them all.
 """
 
 import json
@@ -10,20 +12,30 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from registry import certificates
 from registry.choices import Status
 from registry.data import demo
+from registry.management.commands.agent_certificate import current, issue_into
 from registry.models import Center
 
 
 def agent_command(
-    center: Center, *, mode: str, time_scale: float, platform: str, token: str
+    center: Center,
+    *,
+    mode: str,
+    time_scale: float,
+    platform: str,
+    token: str,
+    tls_dir: str = "",
 ) -> list[str]:
-    """The ``python -m agent`` command line that simulates ``center``'s pools."""
+    """The ``python -m agent`` command line that simulates ``center``'s pools (mutual TLS with
+    the certificate in ``tls_dir`` when given)."""
     host, _, port = center.agent_endpoint.rpartition(":")
     pools = list(center.pools.exclude(status=Status.RETIRED).select_related("accelerator"))
     if len(pools) != 1:
@@ -52,11 +64,22 @@ def agent_command(
         center.national_id,
         "--pool-id",
         f"{pool.accelerator.slug}={pool.national_id}",
+        *(["--tls-dir", tls_dir] if tls_dir else []),
     ]
 
 
 class Command(BaseCommand):
     help = "Run a simulated site agent for every demo center (honest unless --mode says so)."
+
+    def _certificate(self, center: Center) -> str:
+        """With mutual TLS on, the demo agent's certificate (issued here when missing or due):
+        the platform's launcher plays the operator who ran ``python -m agent certificate``."""
+        if not certificates.mutual_tls():
+            return ""
+        directory = Path(settings.PLATFORM_TLS_DIR) / "agents" / center.national_id
+        if not current(directory):
+            issue_into(center, directory)
+        return str(directory)
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--time-scale", type=float, default=settings.VERIFICATION_TIME_SCALE)
@@ -87,6 +110,7 @@ class Command(BaseCommand):
                 time_scale=options["time_scale"],
                 platform=options["platform"],
                 token=tokens[spec["operator"]],
+                tls_dir=self._certificate(center),
             )
             children.append(subprocess.Popen(command))
         stopping = threading.Event()

@@ -1,5 +1,6 @@
 """Serve the platform's Telemetry gRPC service (agents' heartbeats) until SIGTERM or SIGINT;
-its metrics on ``METRICS_PORT`` when set."""
+its metrics on ``METRICS_PORT`` when set. Mutual TLS when the platform's certificate is
+configured (``PLATFORM_TLS_DIR``, docs/tls.md): agents present their center's certificate."""
 
 import signal
 import threading
@@ -8,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from interconnect.metrics import start_metrics_server
+from registry import certificates
 from verification.rpc.telemetry import create_telemetry_server, stop_telemetry_server
 
 
@@ -25,7 +27,8 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stopping.set())
         server, port = create_telemetry_server(f"{options['host']}:{options['port']}")
         start_metrics_server()
-        self.stdout.write(f"telemetry listening on {options['host']}:{port}")
+        mode = " (mutual TLS)" if certificates.mutual_tls() else ""
+        self.stdout.write(f"telemetry listening on {options['host']}:{port}{mode}")
         self.stdout.flush()
         stopping.wait()
         stop_telemetry_server(server, options["grace"])

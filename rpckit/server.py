@@ -1,0 +1,200 @@
+"""The one way every gRPC server of the project is built, started and stopped.
+
+``build_server`` serves the given services with the standard health service (``""`` and each
+service SERVING) and server reflection, explicit message limits, the caller's interceptors, an
+optional cap on calls in flight, and plaintext, TLS or mutual TLS credentials that reload renewed
+certificate files (:mod:`rpckit.tls`). ``Runtime.stop`` is the graceful stop: NOT_SERVING first
+(load balancers drain), new calls refused, in-flight ones given ``grace`` seconds, then the
+owner's ``on_stopped`` callbacks.
+
+Used by the broker (``brokers/rpc/server.py``), the telemetry server
+(``verification/rpc/telemetry.py``) and the site agent (``agent/server.py``). No Django.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rpckit.tls import CertFiles, ReloadingServerCredentials, identity_of, peer_pem
+
+logger = logging.getLogger(__name__)
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass(frozen=True)
+class Service:
+    """A servicer and the generated function that adds it to a server."""
+
+    name: str  # full name, e.g. interconnect.broker.v1.Broker
+    add: Callable[[Any, grpc.Server], None]
+    servicer: Any
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a server: its certificate files; ``require_client_auth`` for mutual TLS (the
+    caller must present a certificate of the authority in ``files.ca``)."""
+
+    files: CertFiles
+    require_client_auth: bool = False
+
+
+@dataclass
+class Runtime:
+    """A started server and what its owner needs to stop it gracefully."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    grace_seconds: float = 5.0
+    credentials: ReloadingServerCredentials | None = None
+    on_stopped: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` seconds;
+        returns the event set once the server has stopped (several stop in parallel)."""
+        self.health.enter_graceful_shutdown()
+        stopped = self.server.stop(self.grace_seconds if grace is None else grace)
+        if self.on_stopped:
+            threading.Thread(target=self._after, args=(stopped,), daemon=True).start()
+        return stopped
+
+    def _after(self, stopped: threading.Event) -> None:
+        stopped.wait()
+        for callback in self.on_stopped:
+            callback()
+
+
+def build_server(
+    address: str,
+    *,
+    name: str,
+    services: Sequence[Service],
+    max_workers: int,
+    max_message_bytes: int,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    maximum_concurrent_rpcs: int | None = None,
+    reuse_port: bool = False,
+    tls: ServerTls | None = None,
+    health_servicer: health.HealthServicer | None = None,
+    grace_seconds: float = 5.0,
+) -> Runtime:
+    """Build and start a server on ``address`` (port 0 picks a free port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+    )
+    for service in services:
+        service.add(service.servicer, server)
+    health_servicer = health_servicer or health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service_name in ("", *(s.name for s in services)):  # "" is the whole server
+        health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
+    credentials = None
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = ReloadingServerCredentials(
+            tls.files, require_client_auth=tls.require_client_auth
+        )
+        port = server.add_secure_port(address, credentials.credentials)
+    if port == 0:
+        raise OSError(f"cannot bind the {name} gRPC server to {address}")
+    server.start()
+    mode = "plaintext" if tls is None else ("mutual TLS" if tls.require_client_auth else "TLS")
+    logger.info("%s listening on port %d (%s)", name, port, mode)
+    return Runtime(
+        server=server,
+        port=port,
+        health=health_servicer,
+        grace_seconds=grace_seconds,
+        credentials=credentials,
+    )
+
+
+def guard_handler(
+    handler: grpc.RpcMethodHandler, check: Callable[[grpc.ServicerContext], None]
+) -> grpc.RpcMethodHandler:
+    """A handler that runs ``check(context)`` (which may abort) before the method, for unary
+    and server-streaming methods."""
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: (check(context), unary(request, context))[1],
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda request, context: (check(context), stream(request, context))[1],
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class PeerIdentityInterceptor(grpc.ServerInterceptor):
+    """PERMISSION_DENIED unless the caller's certificate (mutual TLS) names ``allowed``.
+
+    The handshake has already checked that the certificate is the authority's and not expired;
+    this checks *who* it names: the agent serves the platform only, never another center's agent
+    holding a certificate of the same authority. Health and reflection stay open to any holder
+    of a certificate. ``is_revoked(pem)`` may refuse a listed certificate (UNAUTHENTICATED).
+    """
+
+    def __init__(
+        self, allowed: str, *, is_revoked: Callable[[bytes], str | None] | None = None
+    ) -> None:
+        self.allowed = allowed
+        self.is_revoked = is_revoked
+
+    def check(self, context: grpc.ServicerContext) -> None:
+        pem = peer_pem(context)
+        if pem is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        assert pem is not None
+        identity = identity_of(pem)
+        if identity != self.allowed:
+            logger.warning("refused a caller whose certificate names %s", identity or "nothing")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the caller's certificate names {identity or 'no identity'}, not {self.allowed}",
+            )
+        refused = self.is_revoked(pem) if self.is_revoked else None
+        if refused:
+            logger.warning("refused a revoked certificate: %s", refused)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, refused)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        return guard_handler(handler, self.check)

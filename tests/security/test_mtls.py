@@ -1,0 +1,409 @@
+"""Mutual TLS between the platform and site agents, on real TLS sockets on loopback (issue 12).
+
+A fresh authority per test (``registry.certificates``); agents get their certificates the way
+``python -m agent certificate`` does (a key made on the agent's side, a CSR signed by the
+platform). Every defence is attacked: an agent holding another center's certificate, an
+impostor platform (another authority; a center's certificate of the right authority), expired
+and revoked certificates, heartbeats from one center's certificate for another center's pools,
+and a rotation under heartbeat load that must lose no heartbeat.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.certificate import make_request, store
+from agent.config import AgentConfig, CenterConfig, HeartbeatConfig, PoolConfig
+from agent.heartbeat import HeartbeatSender
+from agent.server import AgentRuntime, build_server
+from agent.workloads import WorkloadRunner
+from brokers.client.client import BrokerClient
+from brokers.rpc.server import build_server as build_broker
+from protos import agent_pb2, agent_pb2_grpc, broker_pb2
+from registry import certificates
+from registry import services as registry_services
+from registry.choices import Status
+from registry.models import Accelerator, Center, Pool
+from rpckit.tls import (
+    PLATFORM_DNS_NAME,
+    CertFiles,
+    center_dns_name,
+    channel_credentials,
+    name_options,
+)
+from tests.conftest import force_status
+from tests.factories import CenterFactory, PoolFactory
+from tests.verification.conftest import A100_TFLOPS, agent_config, verifier_settings  # noqa: F401
+from verification import services
+from verification.choices import RunState, Trigger
+from verification.models import Heartbeat
+from verification.rpc.telemetry import build_telemetry_server
+
+__all__ = ["verifier_settings"]
+
+
+# --- the authority and the certificates -------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path, settings: Any) -> Path:
+    """A new authority and platform certificate in ``tmp_path/platform`` (the platform speaks
+    mutual TLS from now on)."""
+    directory = tmp_path / "platform"
+    settings.PLATFORM_TLS_DIR = str(directory)
+    settings.PLATFORM_CA_KEY_FILE = ""
+    settings.PLATFORM_CA_CERT_FILE = ""
+    certificates.ensure_development_tls(directory)
+    assert certificates.mutual_tls()
+    return directory
+
+
+def issue(center: Center, directory: Path, **kwargs: Any) -> Any:
+    """What ``python -m agent certificate`` does, without HTTP: key here, CSR signed there."""
+    key_pem, csr_pem = make_request(center.national_id)
+    row, bundle = certificates.center_certificate_issue(
+        center=center, actor=None, csr_pem=csr_pem.decode(), door="api", **kwargs
+    )
+    store(directory, key_pem=key_pem, cert_pem=row.certificate_pem.encode(), ca_pem=bundle)
+    return row
+
+
+def impostor_files(tmp_path: Path, settings: Any, real_ca: Path) -> CertFiles:
+    """A 'platform' certificate of another authority (it trusts the real bundle, which is
+    public, so it can verify the agent: only its own certificate is wrong)."""
+    real = settings.PLATFORM_TLS_DIR
+    other = tmp_path / "impostor"
+    settings.PLATFORM_TLS_DIR = str(other)
+    certificates.ensure_development_tls(other)
+    settings.PLATFORM_TLS_DIR = real
+    return CertFiles(cert=other / "platform.pem", key=other / "platform.key", ca=real_ca)
+
+
+def one_pool_config(directory: Path | None, **kwargs: Any) -> AgentConfig:
+    config = agent_config(nodes=1, **kwargs)
+    return AgentConfig(
+        **{
+            **{f: getattr(config, f) for f in config.__dataclass_fields__},
+            "tls_dir": str(directory) if directory else "",
+        }
+    )
+
+
+@pytest.fixture
+def start_agent() -> Iterator[Callable[[AgentConfig], AgentRuntime]]:
+    runtimes: list[AgentRuntime] = []
+
+    def start(config: AgentConfig) -> AgentRuntime:
+        runtime = build_server("127.0.0.1:0", agent_config=config)
+        runtimes.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in runtimes:
+        runtime.stop(grace=0).wait()
+
+
+def a100_pool(operator: Any, endpoint: str = "") -> Pool:
+    center = CenterFactory(operator=operator, agent_endpoint=endpoint)
+    return PoolFactory(
+        center=center,
+        accelerator=Accelerator.objects.get(slug="nvidia-a100-80g"),
+        accelerators_per_node=8,
+        nodes=1,
+        declared_tflops_per_accelerator=A100_TFLOPS,
+    )
+
+
+def verify(pool: Pool) -> Any:
+    run, _ = services.verification_request(
+        pool=force_status(pool, Status.SUBMITTED),
+        trigger=Trigger.SUBMITTED,
+        actor=None,
+        door="worker",
+    )
+    services.verification_run(run_id=str(run.run_id), final_attempt=True)
+    run.refresh_from_db()
+    return run
+
+
+# --- the verifier dials the center's agent, and only it --------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_verifier_accepts_only_the_agent_of_that_center(
+    pki: Path, tmp_path: Path, acme: Any, start_agent: Any
+) -> None:
+    other = a100_pool(acme)
+    # The agent at A's endpoint holds B's certificate (the same authority's, current).
+    issue(other.center, tmp_path / "b")
+    runtime = start_agent(one_pool_config(tmp_path / "b"))
+    pool = a100_pool(acme, f"127.0.0.1:{runtime.port}")
+
+    run = verify(pool)
+
+    assert run.state == RunState.FAILED
+    assert run.verdict_reason.startswith("agent identity"), run.verdict_reason
+    assert other.center.national_id in run.verdict_reason
+    assert pool.center.national_id in run.verdict_reason
+    pool.refresh_from_db()
+    assert pool.status == Status.FAILED
+
+    # Positive control: the same agent with A's certificate passes, over mutual TLS.
+    issue(pool.center, tmp_path / "b")  # renewal in place: the running server reloads it
+    assert verify(pool).state == RunState.PASSED
+    assert runtime.rpc is not None and runtime.rpc.credentials is not None
+    assert runtime.rpc.credentials.reloads == 1
+
+
+@pytest.mark.django_db
+def test_expired_and_revoked_agent_certificates_are_refused_by_the_verifier(
+    pki: Path, tmp_path: Path, acme: Any, start_agent: Any
+) -> None:
+    pool = a100_pool(acme)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    issue(pool.center, tmp_path / "a", not_before=long_ago, days=1)
+    runtime = start_agent(one_pool_config(tmp_path / "a"))
+    Center.objects.filter(pk=pool.center.pk).update(agent_endpoint=f"127.0.0.1:{runtime.port}")
+    pool.refresh_from_db()
+
+    run = verify(pool)
+    assert run.state == RunState.FAILED
+    assert "agent identity" in run.verdict_reason
+    assert "expired" in run.verdict_reason, run.verdict_reason
+
+    row = issue(pool.center, tmp_path / "a")
+    certificates.certificate_revoke(certificate=row, actor=None, reason="key stolen", door="api")
+    run = verify(pool)
+    assert run.state == RunState.FAILED
+    assert "revoked" in run.verdict_reason and "key stolen" in run.verdict_reason
+
+
+# --- the agent serves the platform, and only it ----------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_agent_refuses_an_impostor_platform(
+    pki: Path, tmp_path: Path, acme: Any, rival: Any, settings: Any, start_agent: Any
+) -> None:
+    pool, foreign = a100_pool(acme), a100_pool(rival)
+    issue(pool.center, tmp_path / "a")
+    issue(foreign.center, tmp_path / "b")
+    runtime = start_agent(one_pool_config(tmp_path / "a"))
+    address = f"127.0.0.1:{runtime.port}"
+    request = agent_pb2.StartWorkloadRequest(
+        workload_id="impostor-1", pool_key="nvidia-a100-80g", accelerators=1, duration_seconds=60
+    )
+
+    def start_as(files: CertFiles | None) -> grpc.StatusCode:
+        if files is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            channel = grpc.secure_channel(
+                address,
+                channel_credentials(files),
+                options=name_options(center_dns_name(pool.center.national_id)),
+            )
+        with channel:
+            try:
+                agent_pb2_grpc.AgentStub(channel).StartWorkload(request, timeout=5)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[attr-defined, no-any-return]
+        return grpc.StatusCode.OK
+
+    # Plaintext, another authority's "platform", and a center's certificate of the right
+    # authority (another center's agent trying to send workloads): all refused.
+    assert start_as(None) == grpc.StatusCode.UNAVAILABLE
+    assert start_as(impostor_files(tmp_path, settings, pki / "ca.pem")) == (
+        grpc.StatusCode.UNAVAILABLE
+    )
+    assert start_as(CertFiles.in_dir(tmp_path / "b", "agent")) == grpc.StatusCode.PERMISSION_DENIED
+    assert runtime.workloads.busy("nvidia-a100-80g") == 0
+    # Positive control: the platform's certificate.
+    assert start_as(certificates.platform_files()) == grpc.StatusCode.OK
+
+
+# --- telemetry: the certificate's center, and only its pools ---------------------------------
+
+
+@pytest.fixture
+def telemetry(pki: Path) -> Iterator[Any]:
+    runtime = build_telemetry_server("127.0.0.1:0", max_workers=8)
+    yield runtime
+    runtime.stop(grace=0).wait()
+
+
+def beat(pool: Pool, center: str = "") -> agent_pb2.SendHeartbeatRequest:
+    return agent_pb2.SendHeartbeatRequest(
+        agent_id="mtls-test",
+        center_national_id=center,
+        pools=[
+            agent_pb2.PoolHeartbeat(
+                pool_national_id=pool.national_id,
+                utilization=0.0,
+                accelerators_healthy=1,
+                accelerators_busy=0,
+            )
+        ],
+    )
+
+
+def send(port: int, files: CertFiles | None, request: Any, token: str | None) -> grpc.StatusCode:
+    address = f"127.0.0.1:{port}"
+    channel = (
+        grpc.insecure_channel(address)
+        if files is None
+        else grpc.secure_channel(
+            address, channel_credentials(files), options=name_options(PLATFORM_DNS_NAME)
+        )
+    )
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with channel:
+        try:
+            agent_pb2_grpc.TelemetryStub(channel).SendHeartbeat(
+                request, metadata=metadata, timeout=5
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[attr-defined, no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.django_db(transaction=True)
+def test_telemetry_accepts_heartbeats_only_for_the_certificates_center(
+    telemetry: Any, tmp_path: Path, acme: Any, rival: Any, alice: Any
+) -> None:
+    mine, sibling, foreign = a100_pool(acme), a100_pool(acme), a100_pool(rival)
+    for pool in (mine, sibling, foreign):
+        force_status(pool, Status.ACTIVE)
+    issue(mine.center, tmp_path / "a")
+    files = CertFiles.in_dir(tmp_path / "a", "agent")
+    token = registry_services.token_create(user=alice, name="mtls")[1]
+    port = telemetry.port
+
+    assert send(port, files, beat(mine, mine.center.national_id), token) == grpc.StatusCode.OK
+    # Center A's certificate for another center's pool: the same operator's, or another's.
+    assert send(port, files, beat(sibling), token) == grpc.StatusCode.PERMISSION_DENIED
+    assert send(port, files, beat(foreign), token) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        send(port, files, beat(mine, sibling.center.national_id), token)
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    # The token stays the second factor; no certificate (plaintext) is no connection.
+    assert send(port, files, beat(mine), None) == grpc.StatusCode.UNAUTHENTICATED
+    assert send(port, None, beat(mine), token) == grpc.StatusCode.UNAVAILABLE
+    assert Heartbeat.objects.filter(pool__in=[sibling, foreign]).count() == 0
+    assert Heartbeat.objects.filter(pool=mine).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_telemetry_refuses_expired_and_revoked_certificates(
+    telemetry: Any, tmp_path: Path, acme: Any, alice: Any, caplog: Any
+) -> None:
+    pool = force_status(a100_pool(acme), Status.ACTIVE)
+    token = registry_services.token_create(user=alice, name="mtls")[1]
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    issue(pool.center, tmp_path / "old", not_before=long_ago, days=1)
+    # Expired: the handshake itself refuses it (no call reaches the service).
+    assert (
+        send(telemetry.port, CertFiles.in_dir(tmp_path / "old", "agent"), beat(pool), token)
+        == grpc.StatusCode.UNAVAILABLE
+    )
+    row = issue(pool.center, tmp_path / "new")
+    files = CertFiles.in_dir(tmp_path / "new", "agent")
+    assert send(telemetry.port, files, beat(pool), token) == grpc.StatusCode.OK
+    certificates.certificate_revoke(
+        certificate=row, actor=None, reason="decommissioned", door="api"
+    )
+    assert send(telemetry.port, files, beat(pool), token) == grpc.StatusCode.UNAUTHENTICATED
+    assert any("revoked" in r.getMessage() for r in caplog.records)
+    assert Heartbeat.objects.filter(pool=pool).count() == 1
+
+
+# --- rotation without downtime ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_under_heartbeat_load_loses_no_heartbeat(
+    telemetry: Any, pki: Path, tmp_path: Path, acme: Any, alice: Any
+) -> None:
+    token = registry_services.token_create(user=alice, name="mtls")[1]
+    senders: list[HeartbeatSender] = []
+    pools = [force_status(a100_pool(acme), Status.ACTIVE) for _ in range(3)]
+    for i, pool in enumerate(pools):
+        directory = tmp_path / f"agent{i}"
+        issue(pool.center, directory)
+        config = AgentConfig(
+            agent_id=f"rotating-{i}",
+            pools=(
+                PoolConfig(
+                    key="a100", accelerator_model="nvidia-a100-80g", national_id=pool.national_id
+                ),
+            ),
+            center=CenterConfig(national_id=pool.center.national_id),
+            heartbeat=HeartbeatConfig(
+                platform=f"127.0.0.1:{telemetry.port}", token=token, interval_seconds=0.1
+            ),
+            tls_dir=str(directory),
+        )
+        senders.append(HeartbeatSender(config, WorkloadRunner(config.pools)))
+    for sender in senders:
+        sender.start()
+    try:
+        deadline = time.monotonic() + 20
+        while min(s.sent for s in senders) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = [s.sent for s in senders]
+        # Rotate everything at once: the platform's certificate (the telemetry server reloads
+        # it at the next connection) and every agent's (each reconnects between two beats).
+        certificates.issue_platform_certificate(pki)
+        for i, pool in enumerate(pools):
+            issue(pool.center, tmp_path / f"agent{i}")
+        deadline = time.monotonic() + 20
+        while (
+            any(s.sent < b + 10 for s, b in zip(senders, before, strict=True))
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    finally:
+        for sender in senders:
+            sender.stop()
+    assert [s.failed for s in senders] == [0, 0, 0]
+    assert all(s.sent >= b + 10 for s, b in zip(senders, before, strict=True))
+    assert all(s.connections == 2 for s in senders)  # one reconnection each, with the new files
+    assert telemetry.credentials.reloads == 1
+    assert Heartbeat.objects.count() == sum(s.sent for s in senders)
+
+
+# --- TLS for programs: the broker -------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_broker_serves_tls_to_a_client_that_trusts_the_ca(pki: Path, dave: Any) -> None:
+    token = registry_services.token_create(user=dave, name="tls")[1]
+    files = CertFiles(cert=pki / "platform.pem", key=pki / "platform.key")
+    runtime = build_broker("127.0.0.1:0", max_workers=4, tls_files=files)
+    try:
+        with BrokerClient(f"localhost:{runtime.port}", token, ca=pki / "ca.pem") as client:
+            assert (
+                client.stub.QueryCapacity(
+                    broker_pb2.QueryCapacityRequest(page_size=1),
+                    metadata=client.metadata,
+                    timeout=10,
+                )
+                is not None
+            )
+        # A client that does not speak TLS, or does not trust the authority, gets nowhere.
+        with BrokerClient(f"localhost:{runtime.port}", token, timeout=3) as plain:
+            with pytest.raises(grpc.RpcError) as refused:
+                plain.stub.QueryCapacity(
+                    broker_pb2.QueryCapacityRequest(page_size=1), metadata=plain.metadata, timeout=3
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    finally:
+        runtime.stop(grace=0).wait()

@@ -87,7 +87,7 @@ class AgentIdentityError(grpc.RpcError):
         return f"agent identity: {self.reason}"
 
 
-def agent_stub(endpoint: str, center: str = "") -> agent_pb2_grpc.AgentStub:
+def agent_stub(endpoint: str, center: str) -> agent_pb2_grpc.AgentStub:
     """A stub on a channel to the address the outbound guard (``registry.netguard``) checked
     just now: the name is resolved and checked on every call, so a DNS answer changed to a
     private address is refused (``GuardRefused``), never dialled. Channels are made in this
@@ -361,7 +361,7 @@ def _hold(allocation: Allocation, booking: Booking) -> agent_pb2.HoldCapacityRes
     endpoint = allocation.pool.center.agent_endpoint
     if not endpoint:
         raise grpc.RpcError("the center has no agent endpoint")
-    stub = agent_stub(endpoint)
+    stub = agent_stub(endpoint, allocation.pool.center.national_id)
     start, end = Timestamp(), Timestamp()
     start.FromDatetime(booking.window_start)
     end.FromDatetime(booking.window_end)
@@ -428,7 +428,7 @@ def _release_holds(allocations: list[Allocation], reason: str) -> None:
         if not endpoint:
             continue
         try:
-            agent_stub(endpoint).ReleaseCapacity(
+            agent_stub(endpoint, allocation.pool.center.national_id).ReleaseCapacity(
                 agent_pb2.ReleaseCapacityRequest(
                     hold_id=f"{allocation.booking.national_id}-{allocation.pk}", reason=reason
                 ),

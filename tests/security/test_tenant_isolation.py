@@ -782,6 +782,10 @@ AGENT_REQUESTS: dict[str, Callable[[], Any]] = {
     "GetWorkload": lambda: agent_pb2.GetWorkloadRequest(workload_id="s1-acme"),
     "StopWorkload": lambda: agent_pb2.StopWorkloadRequest(workload_id="s1-acme", reason="s1"),
     "WatchWorkload": lambda: agent_pb2.WatchWorkloadRequest(workload_id="s1-acme"),
+    "HoldCapacity": lambda: agent_pb2.HoldCapacityRequest(
+        hold_id="s1-probe", pool_key="nvidia-a100-80g", accelerators=1
+    ),
+    "ReleaseCapacity": lambda: agent_pb2.ReleaseCapacityRequest(hold_id="s1-acme", reason="s1"),
 }
 
 

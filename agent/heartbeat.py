@@ -147,8 +147,8 @@ class HeartbeatSender:
             logger.warning(
                 "heartbeat to %s failed: %s %s",
                 self.config.heartbeat.platform,
-                exc.code(),  # type: ignore[attr-defined]
-                exc.details(),  # type: ignore[attr-defined]
+                exc.code(),
+                exc.details(),
             )
         else:
             self.sent += 1

@@ -40,7 +40,8 @@ POLL_SECONDS = 0.2
 RELAY_BATCH = 500
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
-_channels: dict[tuple[int, str, str], grpc.Channel] = {}
+# (pid, endpoint, checked address, center, platform certificate files' stamp) -> channel
+_channels: dict[tuple[object, ...], grpc.Channel] = {}
 _pool_keys: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 

@@ -142,15 +142,25 @@ def guard_handler(
     and server-streaming methods."""
     if handler.unary_unary is not None:
         unary = handler.unary_unary
+
+        def checked_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return unary(request, context)
+
         return grpc.unary_unary_rpc_method_handler(
-            lambda request, context: (check(context), unary(request, context))[1],
+            checked_unary,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         stream = handler.unary_stream
+
+        def checked_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return stream(request, context)
+
         return grpc.unary_stream_rpc_method_handler(
-            lambda request, context: (check(context), stream(request, context))[1],
+            checked_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

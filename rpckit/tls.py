@@ -28,7 +28,6 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtensionOID
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +64,7 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 def uri_names(certificate: x509.Certificate) -> list[str]:
     """The certificate's URI subject alternative names."""
     try:
-        extension = certificate.extensions.get_extension_for_oid(
-            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-        )
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return list(extension.value.get_values_for_type(x509.UniformResourceIdentifier))
@@ -95,8 +92,10 @@ def center_of(pem: bytes | str | None) -> str | None:
 
 def peer_pem(context: grpc.ServicerContext) -> bytes | None:
     """The PEM of the certificate the caller presented (mutual TLS), or None."""
-    values = (context.auth_context() or {}).get("x509_pem_cert") or []
-    return values[0] if values else None
+    values: bytes | list[bytes] = (context.auth_context() or {}).get("x509_pem_cert") or []
+    if isinstance(values, bytes):
+        return values
+    return bytes(values[0]) if values else None
 
 
 def describe(certificate: x509.Certificate) -> str:
@@ -198,7 +197,7 @@ class ReloadingServerCredentials:
         self.material = files.read()
         self.credentials = grpc.dynamic_ssl_server_credentials(
             self._configuration(self.material),
-            self._fetch,
+            self._fetch,  # type: ignore[arg-type]  # None means "no change" (gRPC's docs)
             require_client_authentication=require_client_auth,
         )
 

@@ -179,8 +179,8 @@ class CenterViewSet(viewsets.ModelViewSet):
                 {"detail": "This platform issues no certificates (no authority configured)."},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        row.ca = bundle.decode()
-        return Response(s.IssuedCertificateSerializer(row).data, status=status.HTTP_201_CREATED)
+        data = {**s.AgentCertificateSerializer(row).data, "ca": bundle.decode()}
+        return Response(data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.CertificateRevokeSerializer, responses=s.AgentCertificateSerializer)
     @action(detail=True, methods=["post"], url_path="revoke-certificate")

@@ -623,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.token:
         print("error: give --token or set INTERCONNECT_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    if args.ca and not os.access(args.ca, os.R_OK):
+        print(f"error: --ca: cannot read the CA bundle {args.ca}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with BrokerClient(
             args.broker, args.token, timeout=args.timeout, ca=args.ca, tls=args.tls

@@ -24,6 +24,7 @@ from agent.config import AgentConfig, CenterConfig, HeartbeatConfig, PoolConfig
 from agent.heartbeat import HeartbeatSender
 from agent.server import AgentRuntime, build_server
 from agent.workloads import WorkloadRunner
+from brokers.client import cli
 from brokers.client.client import BrokerClient
 from brokers.rpc.server import build_server as build_broker
 from protos import agent_pb2, agent_pb2_grpc, broker_pb2
@@ -411,6 +412,10 @@ def test_the_broker_serves_tls_to_a_client_that_trusts_the_ca(pki: Path, dave: A
                     broker_pb2.QueryCapacityRequest(page_size=1), metadata=plain.metadata, timeout=3
                 )
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        # The command line: --ca, and a bundle it cannot read (a usage error, nothing dialled).
+        broker = ["--broker", f"localhost:{runtime.port}", "--token", token]
+        assert cli.main([*broker, "--ca", str(pki / "ca.pem"), "capacity"]) == 0
+        assert cli.main([*broker, "--ca", str(pki / "missing.pem"), "capacity"]) == 2
     finally:
         runtime.stop(grace=0).wait()
 

@@ -21,6 +21,7 @@ finished at least one run.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import os
 import threading
@@ -143,9 +144,15 @@ class Ledger:
                 self.refused += 1
 
 
+@functools.cache
+def _this_hour() -> dt.datetime:
+    # Once per run: a key replayed across the top of an hour asks the same window (a key sent
+    # again with another request is refused).
+    return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def start_time(slot: int) -> dt.datetime:
-    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    return now + dt.timedelta(hours=2, minutes=30 * slot)  # windows of 1 h that overlap
+    return _this_hour() + dt.timedelta(hours=2, minutes=30 * slot)  # windows of 1 h that overlap
 
 
 def book_grpc(

@@ -7,8 +7,9 @@ certificate files (:mod:`rpckit.tls`). ``Runtime.stop`` is the graceful stop: NO
 (load balancers drain), new calls refused, in-flight ones given ``grace`` seconds, then the
 owner's ``on_stopped`` callbacks.
 
-Used by the broker (``brokers/rpc/server.py``), the telemetry server
-(``verification/rpc/telemetry.py``) and the site agent (``agent/server.py``). No Django.
+Used by the telemetry server (``verification/rpc/telemetry.py``) and the site agent
+(``agent/server.py``); the broker (``brokers/rpc/server.py``) is a ``grpc.aio`` server and shares
+the interceptors (``rpckit.interceptors``) and credentials (``rpckit.tls``). No Django.
 """
 
 from __future__ import annotations

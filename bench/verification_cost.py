@@ -133,9 +133,11 @@ def _plan(name: str, n: int, gflops: float) -> Any:
     from django.conf import settings
 
     from registry.models import Accelerator, Pool
-    from verification.services import plan_challenge
+    from verification import services
 
     saved = (settings.VERIFICATION_MATRIX_SIZE, settings.VERIFICATION_MAX_MATRIX_SIZE)
+    saved_min = services.MIN_MATRIX_SIZE
+    services.MIN_MATRIX_SIZE = n  # n pinned: the plan neither halves nor doubles it
     saved_scale, saved_sample = settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES
     settings.VERIFICATION_MATRIX_SIZE = settings.VERIFICATION_MAX_MATRIX_SIZE = n
     settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES = 1.0, 1
@@ -147,8 +149,9 @@ def _plan(name: str, n: int, gflops: float) -> Any:
             declared_tflops_per_accelerator=gflops / 1000.0,
             declared_precision=name,
         )
-        return plan_challenge(pool)
+        return services.plan_challenge(pool)
     finally:
+        services.MIN_MATRIX_SIZE = saved_min
         settings.VERIFICATION_MATRIX_SIZE, settings.VERIFICATION_MAX_MATRIX_SIZE = saved
         settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES = (
             saved_scale,
@@ -161,7 +164,7 @@ def chain_cost(name: str, n: int, k: int) -> Cost:
     from verification import services
 
     x, b = input_matrix(3, 0, n, name), input_matrix(3, 1, n, name)
-    one = min(_timed(lambda: multiply(x, b, name)) for _ in range(2))
+    one = sorted(_timed(lambda: multiply(x, b, name)) for _ in range(3))[1]  # the median
     plan = _plan(name, n, flops(n) / one / 1e9)
     seed = next(iter(plan.devices.values()))
     wall, cpu = time.perf_counter(), time.process_time()

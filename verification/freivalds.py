@@ -51,9 +51,11 @@ import numpy.typing as npt
 from agent.challenge import Matrix, precision
 
 try:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # a virtualenv built before the dependency: same results, more CPU time
-    threadpool_limits = None
+    ThreadpoolController = None
+
+_controller: Any = None  # found once per process (inspecting the loaded libraries costs ~1 ms)
 
 # Hoeffding's factor: an honest component is refused with probability <= 2 exp(-LAMBDA^2 / 2).
 LAMBDA = 7.0
@@ -70,10 +72,13 @@ def one_blas_thread(n: int) -> Iterator[None]:
     OpenBLAS thread added nothing but spinning, which doubled the verifier's CPU time in
     ``bench/verification_cost.py``. Larger matrices keep every thread (more memory bandwidth
     on a large host; not measured here)."""
-    if threadpool_limits is None or n > ONE_THREAD_MAX_N:
+    global _controller
+    if ThreadpoolController is None or n > ONE_THREAD_MAX_N:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    if _controller is None:
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
         yield
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import flops, inputs, next_input
+from agent.challenge import boundary_shift, flops, inputs, next_input
 from agent.challenge import step as step_product
 from agent.config import PoolConfig
 from agent.errors import FailedPrecondition, InvalidArgument
@@ -125,7 +125,13 @@ class TorchBackend:
             thread = threading.Thread(target=sink.commit, args=(step, host), daemon=True)
             thread.start()
             hashing.append(thread)
-            x = (product * scale).t().contiguous().to(self._dtypes[name])
+            scaled = product * scale
+            # The committed step's power of two (agent.challenge.boundary_shift): exact.
+            peak = float(torch.maximum(scaled.max(), -scaled.min()))
+            shift = boundary_shift(peak)
+            if shift:
+                scaled = scaled * (2.0**-shift)
+            x = scaled.t().contiguous().to(self._dtypes[name])
         for thread in hashing:
             thread.join()
         return DeviceReport(index, self.describe(index))

@@ -6,7 +6,7 @@ of ``steps`` matrix products in one precision (``bf16``, ``fp16``, ``fp32`` or `
     A, B      = inputs(seed, n, precision)       # zero-mean, unit variance, exactly representable
     X_0  = A
     C_t  = X_{t-1} @ B        # accumulated in the precision's accumulator
-    X_t  = next_input(C_t)    # (C_t / sqrt(n)) transposed, rounded to the input type
+    X_t  = next_input(C_t)    # (C_t / sqrt(n)) 2^-k transposed, rounded to the input type
 
 Each step needs the whole previous product (the transpose mixes every row into every row of the
 next step), so the chain cannot be computed faster than its steps one after another, and it
@@ -116,12 +116,44 @@ def chain_scale(n: int, name: str) -> np.generic:
     return precision(name).accumulator.type(1.0 / math.sqrt(n))
 
 
-def scaled_rounded(product: Matrix, name: str) -> Matrix:
-    """(C_t / sqrt(n)) rounded to the input type, held in the accumulator type, *not*
-    transposed: X_t is its transpose. The verifier uses it as is (``.T`` is a view), which saves
-    the transposing copy :func:`next_input` makes for the agent's next product."""
+# At each committed step the next input is brought back to a maximum in [4, 8) by a power of
+# two (see ``boundary_shift``).
+BOUNDARY_EXPONENT = 3
+
+
+def boundary_shift(peak: float) -> int:
+    """k such that ``peak * 2**-k`` lies in [2^(BOUNDARY_EXPONENT - 1), 2^BOUNDARY_EXPONENT).
+
+    Why: X -> (X B / sqrt(n))^T grows or shrinks by the spectral radius of B / sqrt(n) per
+    product, close to 1 but not 1 (a few % a product at n = 256), so a chain of thousands of
+    products overflows FP16 or fades to zero. Scaling by a power of two is exact, and ``peak``
+    (the largest |entry| of the scaled committed product) is read from bits both sides have, so
+    the agent and the verifier shift alike. 0 for a healthy chain at n >= 1024; 0 for a
+    non-finite or zero peak (such a product fails the check anyway).
+    """
+    if not math.isfinite(peak) or peak <= 0.0:
+        return 0
+    return math.frexp(peak)[1] - BOUNDARY_EXPONENT
+
+
+def _scaled_at_boundary(product: Matrix, name: str) -> Matrix:
+    """s C_t in the accumulator type, times 2^-k (``boundary_shift``): exact, no rounding."""
     p = precision(name)
-    scaled: Matrix = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    scaled: Any = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    peak = float(max(scaled.max(), -scaled.min())) if scaled.size else 0.0
+    shift = boundary_shift(peak)
+    if shift:
+        scaled *= p.accumulator.type(2.0**-shift)  # in place: a fresh array, exact
+    result: Matrix = scaled
+    return result
+
+
+def scaled_rounded(product: Matrix, name: str) -> Matrix:
+    """The committed C_t turned into the next step's input, rounded to the input type, held in
+    the accumulator type, *not* transposed: X_t is its transpose. The verifier uses it as is
+    (``.T`` is a view), which saves the transposing copy :func:`next_input` makes."""
+    p = precision(name)
+    scaled = _scaled_at_boundary(product, name)
     if p.input == p.accumulator:
         return scaled
     rounded: Matrix = scaled.astype(p.input).astype(p.accumulator)  # exact: input fits in acc
@@ -129,11 +161,20 @@ def scaled_rounded(product: Matrix, name: str) -> Matrix:
 
 
 def next_input(product: Matrix, name: str) -> Matrix:
-    """X_t from C_t: scaled by 1/sqrt(n) in the accumulator type, transposed, rounded.
+    """X_t from the committed C_t: scaled by 1/sqrt(n) in the accumulator type and by the power
+    of two of :func:`boundary_shift`, transposed, rounded to the input type.
 
     Multiplication and rounding are IEEE round-to-nearest-even on every backend (numpy,
     ml_dtypes and torch alike), so both sides derive the same X_t from the same C_t bits.
     """
+    p = precision(name)
+    return np.ascontiguousarray(_scaled_at_boundary(product, name).T).astype(p.input)
+
+
+def link_input(product: Matrix, name: str) -> Matrix:
+    """The input of the next product *inside* a committed step (``step``, ``inner`` > 1):
+    scaled by 1/sqrt(n) only (the verifier checks the step through these linear maps, without
+    seeing the products), transposed, rounded."""
     p = precision(name)
     scaled = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
     return np.ascontiguousarray(scaled.T).astype(p.input)
@@ -155,7 +196,7 @@ def step(x: Matrix, b: Matrix, name: str, inner: int = 1) -> Matrix:
     """
     y = x
     for _ in range(inner - 1):
-        y = next_input(multiply(y, b, name), name)
+        y = link_input(multiply(y, b, name), name)
     return multiply(y, b, name)
 
 

@@ -62,6 +62,10 @@ HEARTBEAT_REASON = "no heartbeat"
 BENCHMARK_DEADLINE_SLACK = 3.0
 # Smallest product a challenge uses, however slow the device.
 MIN_MATRIX_SIZE = 64
+# Products behind one FP16 commitment, at most: inside a step the chain is scaled by 1/sqrt(n)
+# only, and drifts by the spectral radius of B / sqrt(n) per product (a few % at small n); FP16
+# overflows at 65504 (256 products at n = 64 overflowed in 5 of 6 seeds, 64 did not).
+FP16_MAX_INNER = 32
 # Reasons of drift verdicts start with this, so a later pass only undoes its own degradation.
 DRIFT_REASON = "drift"
 # Deliveries of one run beyond the retries before it is declared a poison message.
@@ -385,6 +389,10 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
         low, high = int(settings.VERIFICATION_MIN_STEPS), int(settings.VERIFICATION_MAX_STEPS)
         return min(max(math.ceil(value), low), high)
 
+    max_inner = int(settings.VERIFICATION_MAX_INNER)
+    if pool.declared_precision == "fp16":
+        max_inner = min(max_inner, FP16_MAX_INNER)
+
     def inner_at(size: int) -> int:
         # Products behind each commitment, so that a step lasts VERIFICATION_MIN_STEP_SECONDS
         # at the declared speed (hashing and copying a product must stay small next to it),
@@ -395,7 +403,7 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
             math.ceil(float(settings.VERIFICATION_MIN_STEP_SECONDS) / one),
             math.ceil(steps_at(size) / int(settings.VERIFICATION_MAX_STEPS)),
         )
-        return min(max(wanted, 1), int(settings.VERIFICATION_MAX_INNER))
+        return min(max(wanted, 1), max_inner)
 
     inner = inner_at(n)
     steps = clamp(steps_at(n) / inner)

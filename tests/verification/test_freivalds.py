@@ -10,7 +10,17 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from agent.challenge import inputs, multiply, next_input, precision, step
+from agent.challenge import (
+    boundary_shift,
+    chain,
+    inputs,
+    link_input,
+    multiply,
+    next_input,
+    precision,
+    scaled_rounded,
+    step,
+)
 from tests.harness.figures import Figure
 from verification.freivalds import StepChecker, freivalds
 
@@ -136,7 +146,7 @@ def test_fp8_inside_a_composite_step_is_refused(name: str) -> None:
 
     y = a
     for _ in range(7):
-        y = next_input(fp8(y) @ fp8(b), name)
+        y = link_input(fp8(y) @ fp8(b), name)
     cheap = fp8(y) @ fp8(b)
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(2))
     assert not any(v.passed for v in checker.check(a, cheap, 8))
@@ -147,3 +157,17 @@ def test_a_composite_step_with_a_product_skipped_is_refused() -> None:
     short = step(a, b, "bf16", 7)
     checker = StepChecker(b, "bf16", k=8, rng=np.random.default_rng(3))
     assert not any(v.passed for v in checker.check(a, short, 8))
+
+
+def test_a_long_fp16_chain_keeps_its_size_and_passes() -> None:
+    # X -> (X B / sqrt(n))^T drifts by the spectral radius of B / sqrt(n) per product; the power
+    # of two at each committed step (boundary_shift) keeps 320 FP16 products finite.
+    products = list(chain(3, 128, "fp16", 40, 8))
+    assert all(np.isfinite(c).all() for c in products)
+    assert max(float(np.abs(c).max()) for c in products) < 1e4
+    b = inputs(3, 128, "fp16")[1]
+    checker = StepChecker(b, "fp16", k=8, rng=np.random.default_rng(4))
+    x = scaled_rounded(products[-2], "fp16").T
+    assert all(v.passed for v in checker.check(x, products[-1], 8))
+    assert boundary_shift(5.0) == 0 and boundary_shift(80.0) == 4 and boundary_shift(0.3) == -4
+    assert boundary_shift(float("nan")) == 0

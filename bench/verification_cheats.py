@@ -5,7 +5,8 @@ above the catalog's datasheet, is played ``--runs`` times against the real verif
 (``verification.services.verification_run``, in this process, as the tests' ``run_directly``)
 and a real simulated agent on a loopback gRPC server, at the tests' settings
 (``tests/verification/conftest.py``: ``WORKER_SETTINGS``, time scale 1e-7, n = 128, a chain
-sized for 1.5 s, one sampled node of 8 A100s, k = 8). Each row: how many runs the verifier
+sized for 1.5 s, one sampled node of 8 A100s, k = 8, ``VERIFICATION_OPEN_STEPS`` checked steps:
+the setting's default, 3). Each row: how many runs the verifier
 accepted (the false-acceptance rate of a cheat; the pass rate of honest) and the check that
 stopped the others (the prefix of the verdict's reason).
 

@@ -16,12 +16,11 @@ from django.db.models.functions import TruncMonth
 
 from brokers.models import Allocation, Booking, BookingEvent, UsageRecord
 from registry import selectors as registry_selectors
+from registry.actors import Actor
 from registry.choices import OrgKind
 
-User = Any
 
-
-def bookings_visible_to(user: User) -> QuerySet[Booking]:
+def bookings_visible_to(user: Actor) -> QuerySet[Booking]:
     """Bookings the user may read (see the module docstring)."""
     qs = Booking.objects.select_related("organization", "created_by")
     if registry_selectors.is_platform_staff(user):
@@ -35,7 +34,7 @@ def bookings_visible_to(user: User) -> QuerySet[Booking]:
     return qs.filter(organization=org)
 
 
-def bookings_cancellable_by(user: User) -> QuerySet[Booking]:
+def bookings_cancellable_by(user: Actor) -> QuerySet[Booking]:
     """Only the booking firm (and platform staff) may cancel."""
     qs = Booking.objects.select_related("organization")
     if registry_selectors.is_platform_staff(user):
@@ -44,7 +43,7 @@ def bookings_cancellable_by(user: User) -> QuerySet[Booking]:
     return qs.filter(organization=org) if org else qs.none()
 
 
-def may_see_spec(user: User, booking: Booking) -> bool:
+def may_see_spec(user: Actor | None, booking: Booking) -> bool:
     """The workload specification belongs to the firm (and the platform), not the operator."""
     if registry_selectors.is_platform_staff(user):
         return True

@@ -47,11 +47,12 @@ from interconnect.metrics import BOOKINGS, refusals_counted
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
 from registry import services as registry_services
-from registry.choices import ChangeAction, OrgKind, Status
+from registry.actors import Actor, signed_in
+from registry.choices import ChangeAction, Door, OrgKind, Status
 from registry.models import Organization, Pool
+from registry.queries import BOOKABLE_SQL, POOL_FROM_SQL
 from registry.webhooks import WEBHOOK_DELIVER_TASK, webhook_emit
 
-User = Any
 # Sent by name (interconnect.tasking): services never import task modules.
 DISPATCH_DUE_BOOKINGS_TASK = "brokers.tasks.dispatch_due_bookings"
 BOOKING_STOP_TASK = "brokers.tasks.booking_stop"
@@ -66,14 +67,14 @@ def _now() -> dt.datetime:
     return timezone.now()
 
 
-def _require_org(actor: User) -> Organization:
+def _require_org(actor: Actor) -> Organization:
     org = registry_selectors.organization_of(actor)
     if org is None:
         raise PermissionDenied("Authenticate as a member of an organization.")
     return org
 
 
-def _require_booker(actor: User) -> Organization:
+def _require_booker(actor: Actor) -> Organization:
     org = _require_org(actor)
     if org.kind not in (OrgKind.AI_FIRM, OrgKind.PLATFORM):
         raise PermissionDenied("Only AI firms book capacity.")
@@ -122,7 +123,7 @@ def _capacity_row(pool: Candidate, free: int, cluster: str) -> CapacityRow:
 
 def capacity_query(
     *,
-    actor: User,
+    actor: Actor,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
     accelerator_model: str = "",
@@ -171,7 +172,7 @@ def capacity_query(
     first, last = (
         connection.ops.adapt_datetimefield_value(x) for x in ledger.slot_bounds(start, end)
     )
-    where = ["p.status = 'active'", "c.status = 'active'", "p.national_id > %s"]
+    where = [BOOKABLE_SQL, "p.national_id > %s"]
     params: list[Any] = [page_token]
     for column, value in (("a.slug", accelerator_model), ("h.code", hub), ("cl.code", cluster)):
         if value:
@@ -190,10 +191,8 @@ def capacity_query(
         f"p.accelerators, p.accelerators - COALESCE({USED_SQL}, 0) AS free, "
         "p.price_per_accelerator_hour, p.currency, p.intra_node_interconnect, "
         f"p.inter_node_interconnect, c.green_power_share, {TFLOPS_SQL} AS tflops "
-        "FROM registry_pool p JOIN registry_center c ON c.id = p.center_id "
-        "JOIN registry_cluster cl ON cl.id = c.cluster_id JOIN registry_hub h ON h.id = cl.hub_id "
-        "JOIN registry_accelerator a ON a.id = p.accelerator_id "
-        f"WHERE {' AND '.join(where)}) q WHERE free >= %s ORDER BY national_id LIMIT %s"
+        f"{POOL_FROM_SQL}WHERE {' AND '.join(where)}) q "
+        "WHERE free >= %s ORDER BY national_id LIMIT %s"
     )
     from registry.models import A100_BF16_DENSE_TFLOPS
 
@@ -223,7 +222,7 @@ def capacity_query(
 
 
 def placement_preview(
-    *, spec: WorkloadSpec, actor: User, explain: bool = True, max_options: int = 5
+    *, spec: WorkloadSpec, actor: Actor, explain: bool = True, max_options: int = 5
 ) -> PlacementResult:
     """Ranked placement options for ``spec`` with every rejection explained; books nothing."""
     org = _require_org(actor)
@@ -249,7 +248,7 @@ WEBHOOK_FOR_STATUS: dict[str, str] = {
 
 
 def _event(
-    booking: Booking, kind: str, message: str = "", data: dict[str, Any] | None = None
+    booking: Booking, kind: EventKind, message: str = "", data: dict[str, Any] | None = None
 ) -> BookingEvent:
     """Record a booking event (the WatchBooking stream) and, in the same transaction, the
     webhook deliveries it triggers for the firm (sent after commit)."""
@@ -437,8 +436,8 @@ def bookings_due_for_dispatch(*, limit: int) -> tuple[list[int], list[int]]:
 def _book_option(
     *,
     org: Organization,
-    actor: User,
-    door: str,
+    actor: Actor | None,
+    door: Door,
     spec: WorkloadSpec,
     option: PlacementOption,
     idempotency_key: str,
@@ -464,7 +463,7 @@ def _book_option(
     booking = Booking.objects.create(
         national_id=_new_booking_id(),
         organization=org,
-        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        created_by=signed_in(actor),
         door=door,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
@@ -510,7 +509,7 @@ def _book_option(
 
 
 def option_from_parts(
-    *, spec: WorkloadSpec, parts: Sequence[tuple[str, int]], actor: User
+    *, spec: WorkloadSpec, parts: Sequence[tuple[str, int]], actor: Actor
 ) -> PlacementOption:
     """A placement option the client chose (pool national ids and counts), checked against what
     the client may see; capacity is checked by the ledger."""
@@ -716,8 +715,8 @@ def booking_create(
     *,
     spec: WorkloadSpec,
     idempotency_key: str,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     option: Sequence[tuple[str, int]] | None = None,
     hold: bool = False,
 ) -> Booking:
@@ -858,7 +857,7 @@ def _no_placement_detail(result: PlacementResult) -> str:
 
 
 def _set_status(
-    booking: Booking, *, allowed_from: AbstractSet[str], to: str, reason: str = ""
+    booking: Booking, *, allowed_from: AbstractSet[str], to: BookingStatus, reason: str = ""
 ) -> bool:
     """Compare-and-set of a booking's status; False if another writer moved it first."""
     updated = Booking.objects.filter(pk=booking.pk, status__in=allowed_from).update(
@@ -881,7 +880,7 @@ def _release(booking: Booking) -> None:
     ledger.release(parts, max(booking.window_start, now), booking.window_end)
 
 
-def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = "") -> Booking:
+def booking_cancel(*, booking: Booking, actor: Actor, door: Door, reason: str = "") -> Booking:
     """Cancel a booking and give its capacity back; cancelling a cancelled booking is a no-op.
 
     The status compare-and-set makes the release happen exactly once, whatever the number of
@@ -909,7 +908,7 @@ def booking_cancel(*, booking: Booking, actor: User, door: str, reason: str = ""
     return booking
 
 
-def booking_confirm(*, booking: Booking, actor: User, door: str) -> Booking:
+def booking_confirm(*, booking: Booking, actor: Actor, door: Door) -> Booking:
     """Confirm a held booking before its hold lapses (database time); it is then dispatched.
 
     Confirming a confirmed booking is a no-op; a lapsed hold is refused (``hold.expired``) and
@@ -992,7 +991,7 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
         new = _book_option(
             org=old.organization,
             actor=old.created_by,
-            door=old.door,
+            door=Door(old.door),
             spec=spec,
             option=result.options[0],
             idempotency_key=f"{old.idempotency_key}~r{old.pk}"[:100],
@@ -1030,9 +1029,9 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
 def booking_record(
     *,
     booking: Booking,
-    kind: str,
+    kind: EventKind,
     message: str,
-    to: str | None = None,
+    to: BookingStatus | None = None,
     allowed_from: AbstractSet[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> bool:
@@ -1133,8 +1132,8 @@ def usage_record(
 def quota_set(
     *,
     organization: Organization,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     max_concurrent_accelerators: int | None,
     max_accelerator_hours_per_month: int | None,
 ) -> Quota:

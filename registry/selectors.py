@@ -7,10 +7,11 @@ so that its existence does not leak.
 
 from typing import Any
 
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
+from registry.actors import Actor, signed_in
 from registry.choices import LISTED_STATUSES, OrgKind, Role, Status
 from registry.models import (
     A100_BF16_DENSE_TFLOPS,
@@ -25,10 +26,8 @@ from registry.models import (
     WebhookSubscription,
 )
 
-User = Any  # django.contrib.auth user or AnonymousUser
 
-
-def organization_of(user: User) -> Organization | None:
+def organization_of(user: Actor | None) -> Organization | None:
     """The organization a user acts for, or None (anonymous, or no membership)."""
     if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated:
         return None
@@ -39,29 +38,29 @@ def organization_of(user: User) -> Organization | None:
     return organization
 
 
-def role_of(user: User) -> str | None:
-    if organization_of(user) is None:
+def role_of(user: Actor | None) -> str | None:
+    if organization_of(user) is None or not isinstance(user, User):
         return None
     role: str = user.membership.role
     return role
 
 
-def is_platform_staff(user: User) -> bool:
+def is_platform_staff(user: Actor | None) -> bool:
     org = organization_of(user)
     return bool(org and org.kind == OrgKind.PLATFORM) or bool(getattr(user, "is_superuser", False))
 
 
-def can_operate(user: User) -> bool:
+def can_operate(user: Actor | None) -> bool:
     """Operators (any role) and platform staff may register centers and pools."""
     org = organization_of(user)
     return org is not None and org.kind in (OrgKind.OPERATOR, OrgKind.PLATFORM)
 
 
-def is_org_admin(user: User) -> bool:
+def is_org_admin(user: Actor | None) -> bool:
     return role_of(user) == Role.ADMIN or is_platform_staff(user)
 
 
-def centers_visible_to(user: User) -> QuerySet[Center]:
+def centers_visible_to(user: Actor | None) -> QuerySet[Center]:
     """Listed centers for everyone; the operator's own in any state; all for the platform."""
     qs = Center.objects.select_related("operator", "cluster__hub")
     if is_platform_staff(user):
@@ -71,7 +70,7 @@ def centers_visible_to(user: User) -> QuerySet[Center]:
     return qs.filter(listed | Q(operator=org)) if org else qs.filter(listed)
 
 
-def centers_editable_by(user: User) -> QuerySet[Center]:
+def centers_editable_by(user: Actor | None) -> QuerySet[Center]:
     qs = Center.objects.select_related("operator", "cluster__hub")
     if is_platform_staff(user):
         return qs
@@ -80,7 +79,7 @@ def centers_editable_by(user: User) -> QuerySet[Center]:
     return qs.filter(operator=organization_of(user))
 
 
-def pools_visible_to(user: User) -> QuerySet[Pool]:
+def pools_visible_to(user: Actor | None) -> QuerySet[Pool]:
     """Listed pools (in listed centers) for everyone; own pools in any state; all for staff."""
     qs = Pool.objects.select_related("center__operator", "center__cluster__hub", "accelerator")
     if is_platform_staff(user):
@@ -90,7 +89,7 @@ def pools_visible_to(user: User) -> QuerySet[Pool]:
     return qs.filter(listed | Q(center__operator=org)) if org else qs.filter(listed)
 
 
-def pools_editable_by(user: User) -> QuerySet[Pool]:
+def pools_editable_by(user: Actor | None) -> QuerySet[Pool]:
     qs = Pool.objects.select_related("center__operator", "center__cluster__hub", "accelerator")
     if is_platform_staff(user):
         return qs
@@ -99,14 +98,14 @@ def pools_editable_by(user: User) -> QuerySet[Pool]:
     return qs.filter(center__operator=organization_of(user))
 
 
-def organizations_visible_to(user: User) -> QuerySet[Organization]:
+def organizations_visible_to(user: Actor | None) -> QuerySet[Organization]:
     if is_platform_staff(user):
         return Organization.objects.all()
     org = organization_of(user)
     return Organization.objects.filter(pk=org.pk) if org else Organization.objects.none()
 
 
-def changes_visible_to(user: User) -> QuerySet[ChangeRecord]:
+def changes_visible_to(user: Actor | None) -> QuerySet[ChangeRecord]:
     qs = ChangeRecord.objects.select_related("actor")
     if is_platform_staff(user):
         return qs
@@ -114,10 +113,11 @@ def changes_visible_to(user: User) -> QuerySet[ChangeRecord]:
     return qs.filter(owner=org) if org else qs.none()
 
 
-def tokens_of(user: User) -> QuerySet[ApiToken]:
-    if organization_of(user) is None and not getattr(user, "is_authenticated", False):
+def tokens_of(user: Actor | None) -> QuerySet[ApiToken]:
+    owner = signed_in(user)
+    if owner is None:
         return ApiToken.objects.none()
-    return ApiToken.objects.filter(user=user)
+    return ApiToken.objects.filter(user=owner)
 
 
 def _capacity_by(field: str, listed: QuerySet[Pool]) -> list[dict[str, Any]]:
@@ -208,17 +208,10 @@ def national_summary() -> dict[str, Any]:
 
 
 def tflops_per_accelerator() -> Coalesce:
-    """Throughput one accelerator of a pool counts for: measured once verified, else the datasheet
-    (BF16, else FP16), else the operator's declaration (as ``Pool.a100_equivalents`` and
-    ``national_summary`` count it)."""
-    return Coalesce(
-        F("measured_tflops_per_accelerator"),
-        F("accelerator__bf16_dense_tflops"),
-        F("accelerator__fp16_dense_tflops"),
-        F("declared_tflops_per_accelerator"),
-        Value(0.0),
-        output_field=FloatField(),
-    )
+    """Throughput one accelerator of a pool counts for (``registry.queries.TFLOPS_RULE``)."""
+    from registry.queries import tflops_expression
+
+    return tflops_expression()
 
 
 def pools_with_a100_equivalents(qs: QuerySet[Pool]) -> QuerySet[Pool]:
@@ -315,7 +308,7 @@ def national_capacity() -> dict[str, Any]:
     }
 
 
-def members_of(user: User) -> QuerySet[Membership]:
+def members_of(user: Actor | None) -> QuerySet[Membership]:
     """The members of the user's organization (nobody's for a user without one)."""
     org = organization_of(user)
     if org is None:
@@ -323,7 +316,7 @@ def members_of(user: User) -> QuerySet[Membership]:
     return Membership.objects.filter(organization=org).select_related("user")
 
 
-def webhooks_of(user: User) -> QuerySet[WebhookSubscription]:
+def webhooks_of(user: Actor | None) -> QuerySet[WebhookSubscription]:
     org = organization_of(user)
     return (
         WebhookSubscription.objects.filter(organization=org)
@@ -332,7 +325,7 @@ def webhooks_of(user: User) -> QuerySet[WebhookSubscription]:
     )
 
 
-def webhook_deliveries_of(user: User) -> QuerySet[WebhookDelivery]:
+def webhook_deliveries_of(user: Actor | None) -> QuerySet[WebhookDelivery]:
     org = organization_of(user)
     if org is None:
         return WebhookDelivery.objects.none()

@@ -15,11 +15,13 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from registry import selectors
+from registry.actors import Actor, signed_in
 from registry.choices import (
     ALLOWED_TRANSITIONS,
     EDITABLE_STATUSES,
     OPERATOR_TRANSITIONS,
     ChangeAction,
+    Door,
     Role,
     Status,
 )
@@ -41,7 +43,6 @@ from registry.models.orgs import hash_token_secret
 from registry.netguard import resolve_public
 from registry.signals import pool_submitted, status_changed
 
-User = Any
 _Listed = TypeVar("_Listed", Center, Pool)
 
 # Fields of a pool that describe the hardware: changing them invalidates a verification.
@@ -120,14 +121,14 @@ def change_record(
     *,
     obj: models.Model,
     action: str,
-    actor: User | None,
-    door: str,
+    actor: Actor | None,
+    door: Door,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     object_id: int | None = None,
 ) -> ChangeRecord:
     """Write one change-log row. Call inside the transaction that made the change."""
-    actor_user = actor if getattr(actor, "is_authenticated", False) else None
+    actor_user = signed_in(actor)
     return ChangeRecord.objects.create(
         actor=actor_user,
         owner=_owner_of(obj),
@@ -151,8 +152,8 @@ def lifecycle_transition(
     obj: _Listed,
     to: str,
     reason: str,
-    actor: User | None,
-    door: str,
+    actor: Actor | None,
+    door: Door,
     as_operator: bool = False,
 ) -> _Listed:
     """Move a center or pool to ``to``: the only writer of ``status``.
@@ -194,7 +195,7 @@ def lifecycle_transition(
             from_status=old,
             to_status=to,
             reason=reason[:500],
-            actor=actor if getattr(actor, "is_authenticated", False) else None,
+            actor=signed_in(actor),
             door=door,
         )
         change_record(
@@ -238,7 +239,7 @@ def _check_version(obj: Center | Pool, expected_version: int | None) -> None:
         raise StaleVersion(obj.version)
 
 
-def _require_operator(actor: User) -> Organization:
+def _require_operator(actor: Actor) -> Organization:
     if not selectors.can_operate(actor):
         raise PermissionDenied("Only center operators register compute capacity.")
     org = selectors.organization_of(actor)
@@ -262,7 +263,7 @@ def _check_agent_endpoint(endpoint: str) -> None:
 
 
 @transaction.atomic
-def center_register(*, actor: User, door: str, data: dict[str, Any]) -> Center:
+def center_register(*, actor: Actor, door: Door, data: dict[str, Any]) -> Center:
     """Register a new center (``draft``) for the actor's organization and give it its national
     identifier ``CN-<hub>-<cluster>-<nnnn>``."""
     operator = _require_operator(actor)
@@ -298,8 +299,8 @@ def center_register(*, actor: User, door: str, data: dict[str, Any]) -> Center:
 def center_update(
     *,
     center: Center,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     data: dict[str, Any],
     expected_version: int | None = None,
 ) -> Center:
@@ -340,7 +341,7 @@ def center_update(
     return center
 
 
-def _require_admin_to_delete(actor: User, operator: Organization) -> None:
+def _require_admin_to_delete(actor: Actor, operator: Organization) -> None:
     """Deleting is for the owning organization's admins (or platform staff), at every door."""
     if not selectors.is_platform_staff(actor) and not (
         selectors.is_org_admin(actor) and selectors.organization_of(actor) == operator
@@ -349,7 +350,7 @@ def _require_admin_to_delete(actor: User, operator: Organization) -> None:
 
 
 @transaction.atomic
-def center_delete(*, center: Center, actor: User, door: str) -> None:
+def center_delete(*, center: Center, actor: Actor, door: Door) -> None:
     """Delete a draft center (with its draft pools). Anything past draft is retired instead."""
     center = (
         Center.objects.select_for_update(of=("self",)).select_related("operator").get(pk=center.pk)
@@ -373,7 +374,7 @@ def center_delete(*, center: Center, actor: User, door: str) -> None:
 
 
 @transaction.atomic
-def center_submit(*, center: Center, actor: User, door: str) -> Center:
+def center_submit(*, center: Center, actor: Actor, door: Door) -> Center:
     """Submit a draft center and its draft pools for verification."""
     center = Center.objects.select_for_update().get(pk=center.pk)
     drafts = list(center.pools.filter(status=Status.DRAFT))
@@ -409,7 +410,12 @@ def _set_traits(pool: Pool, slugs: list[str] | None) -> None:
 
 @transaction.atomic
 def pool_create(
-    *, actor: User, door: str, center: Center, data: dict[str, Any], traits: list[str] | None = None
+    *,
+    actor: Actor,
+    door: Door,
+    center: Center,
+    data: dict[str, Any],
+    traits: list[str] | None = None,
 ) -> Pool:
     """Declare a pool (``draft``) in one of the actor's centers; its identifier is the center's
     plus ``-P<nn>``."""
@@ -447,8 +453,8 @@ def pool_create(
 def pool_update(
     *,
     pool: Pool,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     data: dict[str, Any],
     traits: list[str] | None = None,
     expected_version: int | None = None,
@@ -501,7 +507,7 @@ def pool_update(
 
 
 @transaction.atomic
-def pool_delete(*, pool: Pool, actor: User, door: str) -> None:
+def pool_delete(*, pool: Pool, actor: Actor, door: Door) -> None:
     """Delete a draft pool. A pool past draft keeps its history and is retired instead."""
     pool = (
         Pool.objects.select_for_update(of=("self",))
@@ -525,7 +531,7 @@ def pool_delete(*, pool: Pool, actor: User, door: str) -> None:
 
 
 @transaction.atomic
-def pool_submit(*, pool: Pool, actor: User, door: str) -> Pool:
+def pool_submit(*, pool: Pool, actor: Actor, door: Door) -> Pool:
     """Submit a pool for verification; verification is queued when the transaction commits.
 
     A pool cannot be verified before its center is known to the platform, so a draft center is
@@ -554,7 +560,7 @@ def pool_submit(*, pool: Pool, actor: User, door: str) -> Pool:
     return pool
 
 
-def pool_request_transition(*, pool: Pool, to: str, reason: str, actor: User, door: str) -> Pool:
+def pool_request_transition(*, pool: Pool, to: str, reason: str, actor: Actor, door: Door) -> Pool:
     """An operator's or platform staff's explicit lifecycle request (retire, withdraw, suspend)."""
     if to == Status.SUBMITTED:
         return pool_submit(pool=pool, actor=actor, door=door)
@@ -575,8 +581,8 @@ def pool_record_measurement(
     pool: Pool,
     measured_tflops_per_accelerator: float,
     verified_at: dt.datetime,
-    actor: User | None,
-    door: str,
+    actor: Actor | None,
+    door: Door,
 ) -> Pool:
     """Record what verification measured on a pool: throughput per accelerator, and when.
 
@@ -609,7 +615,7 @@ def pool_record_measurement(
 
 
 def center_request_transition(
-    *, center: Center, to: str, reason: str, actor: User, door: str
+    *, center: Center, to: str, reason: str, actor: Actor, door: Door
 ) -> Center:
     if to == Status.SUBMITTED:
         return center_submit(center=center, actor=actor, door=door)
@@ -637,15 +643,18 @@ def center_request_transition(
 
 
 @transaction.atomic
-def token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
+def token_create(*, user: Actor, name: str) -> tuple[ApiToken, str]:
     """Create an API token; the returned plain token is shown once and never stored."""
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": ["A token needs a name."]})
     if len(name) > 100:
         raise ValidationError({"name": ["At most 100 characters."]})
+    owner = signed_in(user)
+    if owner is None:
+        raise PermissionDenied("Sign in to create a token.")
     token, key_id, digest = ApiToken.generate()
-    row = ApiToken.objects.create(user=user, name=name, key_id=key_id, digest=digest)
+    row = ApiToken.objects.create(user=owner, name=name, key_id=key_id, digest=digest)
     return row, token
 
 
@@ -657,7 +666,7 @@ def token_revoke(*, token: ApiToken) -> ApiToken:
     return token
 
 
-def user_for_token(raw: str) -> User | None:
+def user_for_token(raw: str) -> Actor | None:
     """The active user behind a bearer token, or None (unknown, revoked, malformed).
 
     Used by the REST API, the gRPC broker and the telemetry service alike.
@@ -688,7 +697,7 @@ def user_for_token(raw: str) -> User | None:
 
 @transaction.atomic
 def member_invite(
-    *, actor: User, door: str, username: str, email: str, role: str
+    *, actor: Actor, door: Door, username: str, email: str, role: str
 ) -> tuple[Any, str]:
     """An organization admin adds a member to their organization.
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F, Q
@@ -24,12 +23,11 @@ from django.utils import timezone
 from interconnect.metrics import WEBHOOK_DELIVERIES
 from interconnect.tasking import enqueue, enqueue_on_commit
 from registry import selectors
-from registry.choices import ChangeAction
+from registry.actors import Actor
+from registry.choices import ChangeAction, Door
 from registry.models import WEBHOOK_EVENTS, Organization, WebhookDelivery, WebhookSubscription
 from registry.netguard import OutboundRefused, outbound_post, resolve_public
 from registry.services import change_record, snapshot
-
-User = AbstractBaseUser | AnonymousUser
 
 DELIVERY_TIMEOUT_SECONDS = 5
 # Sent by name (interconnect.tasking): services never import task modules.
@@ -57,7 +55,7 @@ def _check_url(url: str) -> None:
     )
 
 
-def _require_admin_of(actor: User, organization: Organization) -> None:
+def _require_admin_of(actor: Actor, organization: Organization) -> None:
     """Webhooks are the organization's settings: its admins (or platform staff) only."""
     if not selectors.is_platform_staff(actor) and not (
         selectors.is_org_admin(actor) and selectors.organization_of(actor) == organization
@@ -77,8 +75,8 @@ def webhook_subscribe(
     *,
     organization: Organization,
     url: str,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     events: list[str] | None = None,
 ) -> WebhookSubscription:
     """Subscribe ``organization`` to events at ``url`` (its admins only), with a change record."""
@@ -102,7 +100,7 @@ def webhook_subscribe(
 
 
 @transaction.atomic
-def webhook_delete(*, subscription: WebhookSubscription, actor: User, door: str) -> None:
+def webhook_delete(*, subscription: WebhookSubscription, actor: Actor, door: Door) -> None:
     """Delete a subscription (and its delivery log) of the actor's organization: its admins
     only, whatever the door; the change log keeps what was deleted (without the secret)."""
     sub = (
@@ -176,7 +174,7 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
-        "User-Agent": "compute-interconnect-webhooks/1",
+        "Actor-Agent": "compute-interconnect-webhooks/1",
         "X-Interconnect-Event": delivery.event,
         "X-Interconnect-Delivery": str(delivery.event_id),
         "X-Interconnect-Timestamp": timestamp,

@@ -13,12 +13,11 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from registry import selectors as registry_selectors
+from registry.actors import Actor
 from registry.choices import Status
 from registry.models import LifecycleTransition, Pool
 from verification.choices import RunState
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
-
-User = Any
 
 # A pool is known to be up while active, known to be down while offline. Degraded means "silent
 # for a while, not yet judged": neither, so it counts in no denominator.
@@ -26,7 +25,7 @@ UP_STATUSES = frozenset({Status.ACTIVE})
 KNOWN_STATUSES = frozenset({Status.ACTIVE, Status.OFFLINE})
 
 
-def runs_visible_to(user: User) -> QuerySet[VerificationRun]:
+def runs_visible_to(user: Actor) -> QuerySet[VerificationRun]:
     """Runs of the pools the user operates (platform staff: all). Evidence is the operator's."""
     pools = registry_selectors.pools_editable_by(user).values("pk")
     return VerificationRun.objects.select_related("pool").filter(pool__in=pools)
@@ -81,13 +80,13 @@ def run_trend_of(pool: Pool, *, runs: int) -> list[VerificationRun]:
     return list(rows)[::-1]
 
 
-def heartbeats_visible_to(user: User) -> QuerySet[Heartbeat]:
+def heartbeats_visible_to(user: Actor) -> QuerySet[Heartbeat]:
     """Heartbeats of the pools the user operates (platform staff: all)."""
     pools = registry_selectors.pools_editable_by(user).values("pk")
     return Heartbeat.objects.select_related("pool").filter(pool__in=pools)
 
 
-def downtimes_visible_to(user: User) -> QuerySet[ScheduledDowntime]:
+def downtimes_visible_to(user: Actor) -> QuerySet[ScheduledDowntime]:
     """Downtimes of the pools and centers the user operates (platform staff: all)."""
     pools = registry_selectors.pools_editable_by(user).values("pk")
     centers = registry_selectors.centers_editable_by(user).values("pk")

@@ -34,6 +34,7 @@ from interconnect.tasking import enqueue_on_commit
 from registry import certificates
 from registry import selectors as registry_selectors
 from registry import services as registry_services
+from registry.actors import Actor, signed_in
 from registry.choices import ChangeAction, Door, Status
 from registry.clock import db_now
 from registry.errors import IllegalTransition
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 # Sent by name (interconnect.tasking): services never import task modules.
 POOL_VERIFY_TASK = "verification.tasks.pool_verify"
-User = Any
 
 # Pools a verification may run on. An offline pool is re-submitted first (offline -> submitted).
 VERIFIABLE_STATUSES = frozenset(
@@ -76,7 +76,7 @@ EXTRA_DELIVERIES = 3
 
 
 def verification_request(
-    *, pool: Pool, trigger: str, actor: User | None, door: str
+    *, pool: Pool, trigger: Trigger, actor: Actor | None, door: Door
 ) -> tuple[VerificationRun, bool]:
     """Queue a verification run of ``pool``; returns the run and whether it is new.
 
@@ -90,7 +90,7 @@ def verification_request(
         )
     if trigger not in Trigger.values:
         raise ValidationError({"trigger": [f"Unknown trigger {trigger!r}."]})
-    requester = actor if getattr(actor, "is_authenticated", False) else None
+    requester = signed_in(actor)
     try:
         with transaction.atomic():
             run = VerificationRun.objects.create(
@@ -815,7 +815,7 @@ class PoolBeat:
 
 def heartbeat_record(
     *,
-    actor: User,
+    actor: Actor,
     agent_id: str,
     sent_at: dt.datetime | None,
     pools: Sequence[PoolBeat],
@@ -992,8 +992,8 @@ def reverify_sweep(*, now: dt.datetime | None = None) -> list[VerificationRun]:
 
 def downtime_declare(
     *,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     start: dt.datetime,
     end: dt.datetime,
     reason: str = "",
@@ -1016,7 +1016,7 @@ def downtime_declare(
             start=start,
             end=end,
             reason=reason,
-            declared_by=actor if getattr(actor, "is_authenticated", False) else None,
+            declared_by=signed_in(actor),
         )
         downtime.full_clean()
         downtime.save()
@@ -1031,7 +1031,7 @@ def downtime_declare(
     return downtime
 
 
-def downtime_delete(*, downtime: ScheduledDowntime, actor: User, door: str) -> None:
+def downtime_delete(*, downtime: ScheduledDowntime, actor: Actor, door: Door) -> None:
     """Withdraw an announced downtime."""
     with transaction.atomic():
         before, pk = registry_services.snapshot(downtime), downtime.pk

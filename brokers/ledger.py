@@ -45,6 +45,7 @@ from brokers.choices import RESERVING_STATUSES
 from brokers.errors import CapacityExhausted, RetryableConflict
 from protos.errors import ERRORS, Catalogued
 from registry.choices import Status
+from registry.queries import CENTER_TABLE, POOL_TABLE
 
 _T = TypeVar("_T")
 
@@ -141,7 +142,7 @@ def lock_bookable_pools(pool_ids: Iterable[int]) -> dict[int, tuple[int, str]]:
         # One statement, rows in pool id order: the global lock order.
         cur.execute(
             "SELECT p.id, p.national_id, p.status, c.status, p.accelerators "
-            "FROM registry_pool p JOIN registry_center c ON c.id = p.center_id "
+            f"FROM {POOL_TABLE} p JOIN {CENTER_TABLE} c ON c.id = p.center_id "
             f"WHERE p.id IN ({marks}) ORDER BY p.id{lock}",
             ids,
         )
@@ -272,7 +273,7 @@ WITH e AS (
 s AS (SELECT pool_id, t, SUM(d) AS d FROM e GROUP BY pool_id, t),
 r AS (SELECT pool_id, SUM(d) OVER (PARTITION BY pool_id ORDER BY t) AS used FROM s)
 SELECT r.pool_id, MAX(r.used) - p.accelerators AS over
-FROM r JOIN registry_pool p ON p.id = r.pool_id
+FROM r JOIN {POOL_TABLE} p ON p.id = r.pool_id
 GROUP BY r.pool_id, p.accelerators
 HAVING MAX(r.used) > p.accelerators
 """
@@ -288,5 +289,5 @@ def oversold_pools() -> dict[int, int]:
     statuses = sorted(RESERVING_STATUSES)
     marks = ",".join(["%s"] * len(statuses))
     with connection.cursor() as cur:
-        cur.execute(OVERSELL_SQL.format(marks=marks), statuses * 2)
+        cur.execute(OVERSELL_SQL.format(marks=marks, POOL_TABLE=POOL_TABLE), statuses * 2)
         return {pool_id: int(over) for pool_id, over in cur.fetchall()}

@@ -26,11 +26,17 @@ from brokers.placement.filters import hubs_within_reach
 from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models import A100_BF16_DENSE_TFLOPS
-
-TFLOPS_SQL = (
-    "COALESCE(p.measured_tflops_per_accelerator, a.bf16_dense_tflops, a.fp16_dense_tflops, "
-    "p.declared_tflops_per_accelerator, 0)"
+from registry.queries import (
+    ACCELERATOR_TABLE,
+    BOOKABLE_SQL,
+    LISTED_SQL,
+    POOL_FROM_SQL,
+    POOL_TRAITS_TABLE,
+    TRAIT_TABLE,
+    tflops_sql,
 )
+
+TFLOPS_SQL = tflops_sql()
 # The most reserved slot of the window: an index probe on (pool_id, slot_start) per pool.
 USED_SQL = (
     "(SELECT MAX(s.reserved) FROM brokers_poolslot s WHERE s.pool_id = p.id "
@@ -38,13 +44,7 @@ USED_SQL = (
 )
 # With fewer candidates than this among the cheapest pools, every pool is examined.
 MIN_CANDIDATES = 8
-FROM_SQL = (
-    "FROM registry_pool p "
-    "JOIN registry_center c ON c.id = p.center_id "
-    "JOIN registry_cluster cl ON cl.id = c.cluster_id "
-    "JOIN registry_hub h ON h.id = cl.hub_id "
-    "JOIN registry_accelerator a ON a.id = p.accelerator_id "
-)
+FROM_SQL = POOL_FROM_SQL
 
 
 def aware_utc(value: object) -> dt.datetime | None:
@@ -86,14 +86,14 @@ def model_ids(slug: str = "") -> list[int]:
     outlive its row."""
     with connection.cursor() as cur:
         if slug:
-            cur.execute("SELECT id FROM registry_accelerator WHERE slug = %s", [slug])
+            cur.execute(f"SELECT id FROM {ACCELERATOR_TABLE} WHERE slug = %s", [slug])
         else:
-            cur.execute("SELECT id FROM registry_accelerator ORDER BY id")
+            cur.execute(f"SELECT id FROM {ACCELERATOR_TABLE} ORDER BY id")
         return [row[0] for row in cur.fetchall()]
 
 
 TRAIT_SQL = (
-    "EXISTS (SELECT 1 FROM registry_pool_traits pt JOIN registry_trait t "
+    f"EXISTS (SELECT 1 FROM {POOL_TRAITS_TABLE} pt JOIN {TRAIT_TABLE} t "
     "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s)"
 )
 
@@ -178,7 +178,7 @@ def static_conditions(spec: WorkloadSpec) -> list[tuple[str, str, list[Any]]]:
 def _filters(spec: WorkloadSpec, exclude: Collection[int] = ()) -> tuple[list[str], list[Any]]:
     """Conditions shared by every model's branch (the model itself is per branch): bookable,
     every static filter of the spec, and not among the pools already proposed (``exclude``)."""
-    where = ["p.status = 'active'", "c.status = 'active'"]
+    where = [BOOKABLE_SQL]
     params: list[Any] = []
     for _, cond, cond_params in static_conditions(spec):
         where.append(cond)
@@ -271,7 +271,7 @@ def fetch_candidates(
             pool_ids = [row[0] for row in rows]
             if pool_ids:
                 cur.execute(
-                    "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt JOIN registry_trait t "
+                    f"SELECT pt.pool_id, t.slug FROM {POOL_TRAITS_TABLE} pt JOIN {TRAIT_TABLE} t "
                     f"ON t.id = pt.trait_id WHERE pt.pool_id IN ({_in(pool_ids)})",
                     pool_ids,
                 )
@@ -325,9 +325,9 @@ def prefilter_counts(spec: WorkloadSpec) -> dict[str, int]:
     first, last = (
         connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(spec.start, spec.end)
     )
-    cases: list[str] = ["WHEN p.status <> 'active' OR c.status <> 'active' THEN 'pool.not_active'"]
+    cases: list[str] = [f"WHEN NOT ({BOOKABLE_SQL}) THEN 'pool.not_active'"]
     params: list[Any] = []
-    scope = "p.status IN ('active', 'degraded', 'offline')"
+    scope = LISTED_SQL
     scope_params: list[Any] = []
     if spec.accelerator_model:
         # Only pools of the requested model are explained: the index keeps this cheap, and

@@ -35,19 +35,25 @@ from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
 from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
+from registry.queries import (
+    BOOKABLE_SQL,
+    CENTER_TABLE,
+    LISTED_SQL,
+    POOL_FROM_SQL,
+    POOL_TABLE,
+    POOL_TRAITS_TABLE,
+    TRAIT_TABLE,
+    tflops_sql,
+)
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_SQL = (
     "SELECT p.id, p.national_id, c.id, c.national_id, c.operator_id, h.code, a.slug, "
     "p.accelerators, p.accelerators_per_node, p.price_per_accelerator_hour, p.currency, "
-    "COALESCE(p.measured_tflops_per_accelerator, a.bf16_dense_tflops, a.fp16_dense_tflops, "
-    "p.declared_tflops_per_accelerator, 0), a.memory_gb, p.intra_node_interconnect, "
+    f"{tflops_sql()}, a.memory_gb, p.intra_node_interconnect, "
     "p.inter_node_interconnect, c.green_power_share, p.verified_at, cl.code "
-    "FROM registry_pool p JOIN registry_center c ON c.id = p.center_id "
-    "JOIN registry_cluster cl ON cl.id = c.cluster_id JOIN registry_hub h ON h.id = cl.hub_id "
-    "JOIN registry_accelerator a ON a.id = p.accelerator_id "
-    "WHERE p.status = 'active' AND c.status = 'active'"
+    f"{POOL_FROM_SQL} WHERE {BOOKABLE_SQL}"
 )
 
 
@@ -143,14 +149,14 @@ def _candidates(
         ids = [r[0] for r in rows]
         if where:
             cur.execute(
-                "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
-                "JOIN registry_trait t ON t.id = pt.trait_id WHERE pt.pool_id = ANY(%s)",
+                f"SELECT pt.pool_id, t.slug FROM {POOL_TRAITS_TABLE} pt "
+                f"JOIN {TRAIT_TABLE} t ON t.id = pt.trait_id WHERE pt.pool_id = ANY(%s)",
                 [ids],
             )
         else:
             cur.execute(
-                "SELECT pt.pool_id, t.slug FROM registry_pool_traits pt "
-                "JOIN registry_trait t ON t.id = pt.trait_id"
+                f"SELECT pt.pool_id, t.slug FROM {POOL_TRAITS_TABLE} pt "
+                f"JOIN {TRAIT_TABLE} t ON t.id = pt.trait_id"
             )
         traits: dict[int, set[str]] = defaultdict(set)
         for pool_id, slug in cur.fetchall():
@@ -189,10 +195,8 @@ def _candidates(
 def _finish(snapshot: PoolCatalog) -> PoolCatalog:
     with connection.cursor() as cur:
         cur.execute(
-            "SELECT a.slug, COUNT(*) FROM registry_pool p JOIN registry_center c "
-            "ON c.id = p.center_id JOIN registry_accelerator a ON a.id = p.accelerator_id "
-            "WHERE p.status IN ('active', 'degraded', 'offline') "
-            "AND NOT (p.status = 'active' AND c.status = 'active') GROUP BY a.slug"
+            f"SELECT a.slug, COUNT(*) {POOL_FROM_SQL} "
+            f"WHERE {LISTED_SQL} AND NOT ({BOOKABLE_SQL}) GROUP BY a.slug"
         )
         snapshot.inactive = dict(cur.fetchall())
     # Hundreds of thousands of long-lived objects: keep them out of the cyclic collector's
@@ -485,9 +489,9 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
         cur.execute(
             "SELECT p.id, p.accelerators - COALESCE((SELECT MAX(s.reserved) FROM "
             "brokers_poolslot s WHERE s.pool_id = p.id AND s.slot_start >= %s "
-            "AND s.slot_start < %s), 0) FROM registry_pool p "
-            "JOIN registry_center c ON c.id = p.center_id "
-            f"WHERE {match} AND p.status = 'active' AND c.status = 'active'",
+            f"AND s.slot_start < %s), 0) FROM {POOL_TABLE} p "
+            f"JOIN {CENTER_TABLE} c ON c.id = p.center_id "
+            f"WHERE {match} AND {BOOKABLE_SQL}",
             params,
         )
         return {pool_id: max(0, int(n)) for pool_id, n in cur.fetchall()}

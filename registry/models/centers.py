@@ -165,14 +165,11 @@ class Pool(LifecycleMixin):
     def a100_equivalents(self) -> float | None:
         """Capacity in A100-equivalents: measured throughput if verified, else the datasheet
         (BF16, else FP16), else the operator's declaration. Mirrors ``national_summary``."""
+        from registry.queries import tflops_of
+
         from .catalog import A100_BF16_DENSE_TFLOPS
 
-        per = (
-            self.measured_tflops_per_accelerator
-            or self.accelerator.bf16_dense_tflops
-            or self.accelerator.fp16_dense_tflops
-            or self.declared_tflops_per_accelerator
-        )
+        per = tflops_of(self)
         if per is None:
             return None
         return round(self.accelerators * per / A100_BF16_DENSE_TFLOPS, 2)

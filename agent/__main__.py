@@ -8,7 +8,7 @@
 
 A simulation spec is ``MODE[:PORT][:KEY=VALUE...]`` with keys model, accelerators, nodes,
 declared-tflops, speed-factor, agent-id, center-id; a spec without a port uses ``--port``.
-See ``agent/README.md``.
+See ``docs/agent.md``.
 """
 
 from __future__ import annotations

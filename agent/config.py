@@ -169,7 +169,7 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """How a simulated center behaves; see ``agent/README.md`` for the timing model.
+    """How a simulated center behaves; see ``docs/agent.md`` for the timing model.
 
     ``time_scale`` shrinks simulated time: a simulated accelerator runs at
     ``declared TFLOPS * time_scale * speed_factor`` and a workload of ``d`` seconds lasts

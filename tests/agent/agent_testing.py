@@ -9,7 +9,7 @@ import grpc
 from agent.config import AgentConfig, PoolConfig, SimulationConfig, SimulationMode
 from agent.server import AgentRuntime
 
-# Small enough that the emulated H100 takes milliseconds per challenge (see agent/README.md).
+# Small enough that the emulated H100 takes milliseconds per challenge (see docs/agent.md).
 TIME_SCALE = 1e-5
 
 H100_POOL = PoolConfig(

@@ -1,10 +1,10 @@
-"""The README's command-line walk-through runs as printed on ``make run``'s demo data.
+"""The docs' command-line walk-through runs as printed on ``make run``'s demo data.
 
-The commands are read from README.md ("First query, placement and booking"), not copied here:
+The commands are read from docs/broker.md ("First query, placement and booking"), not copied here:
 ``seed_demo`` makes the demo tenants, centers, pools and tokens (in a private ``var/``), the
 demo pools are put where verification puts them (``active``: this test is about the broker, not
 the verifier), and each command runs through the installed ``interconnect`` entry point against
-a broker on loopback, in the README's order. ``BK-...`` stands for the booking the previous
+a broker on loopback, in the page's order. ``BK-...`` stands for the booking the previous
 commands made. ``book --watch`` follows its booking until it ends: the booking is cancelled
 once the command printed it, as a firm would from another terminal.
 """
@@ -33,8 +33,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def readme_commands() -> list[str]:
     """The shell lines of the walk-through's code block (continuations joined, comments cut)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### First query, placement and booking", 1)[1]
+    text = (ROOT / "docs" / "broker.md").read_text()
+    section = text.split("## First query, placement and booking", 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     lines: list[str] = []
     pending = ""

@@ -31,7 +31,7 @@ from verification.models import VerificationRun
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The verifier and the simulated agents share one time scale (agent/README.md, "Timing model").
+# The verifier and the simulated agents share one time scale (docs/agent.md, "Timing model").
 # At 1e-7 an A100 (312 TFLOPS) is emulated at ~31 MFLOPS per device: a chain of 128 x 128
 # products (4.2 MFLOP each) sized for 1.5 s has 12 steps of ~135 ms, far above numpy's real
 # cost (~1-3 ms a product on a busy 2-core machine), so honest agents keep up with all 8 devices

@@ -36,7 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry import selectors
-from registry.choices import ChangeAction
+from registry.choices import ChangeAction, Door
 from registry.models import AgentCertificate, Center
 from rpckit.tls import (
     PLATFORM_DNS_NAME,
@@ -309,7 +309,7 @@ def center_certificate_issue(
     center: Center,
     actor: User | None,
     csr_pem: str,
-    door: str,
+    door: Door,
     days: float | None = None,
     not_before: dt.datetime | None = None,
 ) -> tuple[AgentCertificate, bytes]:
@@ -362,7 +362,7 @@ def center_certificate_issue(
 
 
 def certificate_revoke(
-    *, certificate: AgentCertificate, actor: User | None, reason: str, door: str
+    *, certificate: AgentCertificate, actor: User | None, reason: str, door: Door
 ) -> AgentCertificate:
     """Revoke a center's certificate (idempotent: a revoked one keeps its first revocation)."""
     from registry.services import change_record

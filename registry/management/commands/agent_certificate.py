@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agent.certificate import make_request, store
 from registry import certificates
+from registry.choices import Door
 from registry.models import AgentCertificate, Center
 from rpckit.tls import CertFiles, TlsError, expiry_warning
 
@@ -26,7 +27,7 @@ def issue_into(center: Center, directory: Path, *, days: float | None = None) ->
     """Issue ``center``'s certificate with a key made here, stored in ``directory``."""
     key_pem, csr_pem = make_request(center.national_id)
     row, bundle = certificates.center_certificate_issue(
-        center=center, actor=None, csr_pem=csr_pem.decode(), door="cli", days=days
+        center=center, actor=None, csr_pem=csr_pem.decode(), door=Door.CLI, days=days
     )
     store(directory, key_pem=key_pem, cert_pem=row.certificate_pem.encode(), ca_pem=bundle)
     return row
@@ -59,7 +60,7 @@ class Command(BaseCommand):
             if row is None:
                 raise CommandError(f"no certificate with serial {options['revoke']}")
             certificates.certificate_revoke(
-                certificate=row, actor=None, reason=options["reason"], door="cli"
+                certificate=row, actor=None, reason=options["reason"], door=Door.CLI
             )
             self.stdout.write(f"revoked {row.serial} of {row.center.national_id}")
             return

@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -77,18 +78,8 @@ class CapacityView(APIView):
             if "accelerator_model" in errors:
                 errors["accelerator"] = errors.pop("accelerator_model")
             raise DRFValidationError(errors) from None
-        return Response(
-            {
-                "results": [
-                    {
-                        k: (str(v) if isinstance(v, Decimal) else v)
-                        for k, v in dataclasses.asdict(r).items()
-                    }
-                    for r in rows
-                ],
-                "next_page_token": token,
-            }
-        )
+        page = {"results": [dataclasses.asdict(r) for r in rows], "next_page_token": token}
+        return Response(s.CapacityPageSerializer(page).data)
 
     def _query(self, request: Request, p: dict[str, Any]) -> tuple[list[Any], str]:
         return services.capacity_query(
@@ -224,17 +215,9 @@ class UsageView(APIView):
         if slug and registry_selectors.is_platform_staff(request.user):
             org = Organization.objects.filter(slug=slug).first()
         if org is None:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            raise NotFound
         rows = selectors.usage_by_month(organization_id=org.pk)
-        return Response(
-            {
-                "organization": org.slug,
-                "months": [
-                    {**r, "accelerator_hours": str(r["accelerator_hours"]), "cost": str(r["cost"])}
-                    for r in rows
-                ],
-            }
-        )
+        return Response(s.UsageSerializer({"organization": org.slug, "months": rows}).data)
 
 
 class QuotaView(APIView):
@@ -255,18 +238,17 @@ class QuotaView(APIView):
 
         org = self._org(request, slug)
         if org is None:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            raise NotFound
         quota = Quota.objects.filter(organization=org).first()
-        if quota is None:
-            empty = {"max_concurrent_accelerators": None, "max_accelerator_hours_per_month": None}
-            return Response({"organization": slug, **empty})
+        if quota is None:  # no quota: no limits
+            quota = Quota(organization=org)
         return Response(s.QuotaSerializer(quota).data)
 
     @extend_schema(request=s.QuotaSerializer, responses=s.QuotaSerializer)
     def put(self, request: Request, slug: str) -> Response:
         org = self._org(request, slug)
         if org is None:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            raise NotFound
         ser = s.QuotaSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         quota = services.quota_set(

@@ -158,3 +158,17 @@ def test_usage_is_summed_per_month(dave: Any, acme: Any, api_as: Any, active_poo
     assert months == [
         {"month": "2026-11", "currency": "CNY", "accelerator_hours": "8.0000", "cost": "80.00"}
     ]
+
+
+def test_a_firm_without_a_quota_reads_no_limits_from_the_serializer(
+    dave: Any, deepai: Any, api_as: Any
+) -> None:
+    """Responses come from serializers (issue 16): the same fields whether a row exists or not."""
+    answer = api_as(dave).get("/api/v1/quotas/deepai/")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "organization": "deepai",
+        "max_concurrent_accelerators": None,
+        "max_accelerator_hours_per_month": None,
+    }
+    assert api_as(dave).get("/api/v1/usage/").json() == {"organization": "deepai", "months": []}

@@ -973,15 +973,17 @@ def _spy_summary(raw: Path, top: int = 14) -> str:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";")]
+        if all(f.startswith("process ") for f in frames):
+            continue  # a process sampled outside Python (the supervising parent's wait)
+        total += n
         own[frames[-1]] += n
         for frame in set(frames):
             if "/site-packages/" not in frame and "/lib/python" not in frame:
                 inclusive[frame] += n  # our own code, including what it calls
     if not total:
         return "  (no samples)"
-    lines = [f"  {total} samples (CPU, every thread of both broker processes)"]
+    lines = [f"  {total} samples (CPU, every thread of the serving broker processes)"]
     lines.append("  own time, top functions:")
     lines += [f"    {n / total:6.1%}  {frame}" for frame, n in own.most_common(top)]
     lines.append("  inclusive time, the project's functions:")
@@ -1020,7 +1022,10 @@ def profile_grpc_booking(
     time.sleep(1.0)
     result = grpc_booking(target, "spread", tokens, pools, start, seconds)
     for r in recorders:
-        r.wait(60)
+        try:
+            r.wait(600)  # writing the flame graph takes minutes on a loaded machine
+        except subprocess.TimeoutExpired:
+            r.kill()
     summary = _spy_summary(raw) if raw.exists() else "  (py-spy wrote nothing)"
     text = (
         f"profiled spread run ({result['ok']:.0f} bookings/s under py-spy); flame graph "

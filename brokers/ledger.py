@@ -23,6 +23,11 @@ it touched (multi-pool bookings are all-or-nothing). Deadlocks and serialization
 retried by :func:`in_fresh_transactions`, each attempt in a NEW transaction (a retry inside the
 failed one is how OpenStack Placement oversold, RELIABILITY 1.1).
 
+On PostgreSQL a booking from ``services.booking_create`` runs these same two steps, in this
+order and with this guard, inside the ``broker_book`` function (``brokers.booking_sql``,
+migration 0006), together with the booking's own rows, in one round trip; :func:`reserve` is
+the path of re-placement, of firms with a quota and of SQLite.
+
 Raw SQL is used where the ORM cannot say it (``ON CONFLICT``, affected row counts with a
 guarded increment, ordered row locks); it runs on PostgreSQL and on SQLite (``make run``), where
 IMMEDIATE transactions serialize writers and row locks are not needed.

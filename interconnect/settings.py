@@ -349,3 +349,7 @@ BROKER_DISPATCH = env.bool("BROKER_DISPATCH", default=True)
 # gRPC server: worker threads per process and the message size limit both ways.
 BROKER_GRPC_WORKERS = env.int("BROKER_GRPC_WORKERS", default=16)
 BROKER_GRPC_MAX_MESSAGE_BYTES = env.int("BROKER_GRPC_MAX_MESSAGE_BYTES", default=4 * 1024 * 1024)
+# WatchBooking streams one broker process may hold open (coroutines, not threads).
+BROKER_GRPC_MAX_STREAMS = env.int("BROKER_GRPC_MAX_STREAMS", default=10_000)
+# Book in one round trip (the broker_book function, PostgreSQL); 0: the Python path only.
+BROKER_BOOK_FUNCTION = env.bool("BROKER_BOOK_FUNCTION", default=True)

@@ -4,7 +4,9 @@ This is the scheduler cache of RELIABILITY 1.2, used the way that section allows
 *proposes* candidates. What may be stale here (price, hub, size, traits, for at most
 ``BROKER_PLACEMENT_CACHE_SECONDS``) never decides a booking: status and free capacity of every
 proposed pool are read fresh from the database, and the ledger checks both again under lock when
-booking. A pool activated a moment ago appears at the next refresh.
+booking. A pool inserted or changed by any writer reaches the snapshot within moments: the
+database notifies the changed ids (``brokers.notify``) and a refresher thread patches the
+snapshot (:func:`changed`); the refresh period is a safety net.
 
 Pools are kept per model and per (model, hub), sorted by price, so a request walks the cheapest
 pools that can fit and stops: its cost follows the number of candidates, not the number of

@@ -123,14 +123,7 @@ def tokens_of(user: Actor | None) -> QuerySet[ApiToken]:
 def _capacity_by(field: str, listed: QuerySet[Pool]) -> list[dict[str, Any]]:
     """Accelerators, A100-equivalents and the verified share grouped by one field."""
     active = Q(status=Status.ACTIVE)
-    per_acc = Coalesce(
-        F("measured_tflops_per_accelerator"),
-        F("accelerator__bf16_dense_tflops"),
-        F("accelerator__fp16_dense_tflops"),
-        F("declared_tflops_per_accelerator"),
-        Value(0.0),
-        output_field=FloatField(),
-    )
+    per_acc = tflops_per_accelerator()
     rows = (
         listed.values(field)
         .annotate(

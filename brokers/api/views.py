@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,41 +21,10 @@ from brokers import selectors, services
 from brokers.api import serializers as s
 from brokers.filtersets import BookingFilterSet
 from brokers.models import Booking
-from brokers.placement import PlacementResult
 from registry.api.exceptions import validation_detail
 from registry.choices import Door
 
 DOOR = Door.API
-
-
-def placement_to_dict(result: PlacementResult) -> dict[str, Any]:
-    def jsonable(obj: Any) -> Any:
-        if isinstance(obj, Decimal):
-            return str(obj)
-        if isinstance(obj, list):
-            return [jsonable(x) for x in obj]
-        if isinstance(obj, dict):
-            return {k: jsonable(v) for k, v in obj.items()}
-        return obj
-
-    return {
-        "options": [
-            jsonable(
-                {
-                    **{k: v for k, v in dataclasses.asdict(o).items() if k != "parts"},
-                    "accelerators": o.accelerators,
-                    "parts": [
-                        {k: v for k, v in dataclasses.asdict(p).items() if k != "pool_id"}
-                        for p in o.parts
-                    ],
-                }
-            )
-            for o in result.options
-        ],
-        "rejections": [dataclasses.asdict(r) for r in result.rejections],
-        "prefiltered": result.prefiltered,
-        "candidates_considered": result.candidates_considered,
-    }
 
 
 class CapacityView(APIView):
@@ -110,7 +78,7 @@ class PlacementView(APIView):
         result = services.placement_preview(
             spec=ser.to_spec(), actor=request.user, explain=explain, max_options=max_options
         )
-        return Response(placement_to_dict(result))
+        return Response(s.PlacementSerializer(result).data)
 
 
 class BookingViewSet(

@@ -57,6 +57,9 @@ VERIFIABLE_STATUSES = frozenset(
 )
 # Status reasons written by the heartbeat sweeper start with this, so it only undoes its own moves.
 HEARTBEAT_REASON = "no heartbeat"
+# The reason a pool is degraded while its agent reports fewer healthy accelerators than it
+# has (a node drained or down in the center's scheduler).
+HEALTH_REASON = "unhealthy accelerators"
 # Seconds the verifier waits for a chain beyond 1.5x what the tolerance allows (start-up,
 # network, a busy host).
 BENCHMARK_DEADLINE_SLACK = 3.0
@@ -892,9 +895,35 @@ def heartbeat_record(
         )
         for beat in pools
     ]
-    recorded = Heartbeat.objects.bulk_create(rows)
+    # The beat and the status it implies become visible together.
+    with transaction.atomic():
+        recorded = Heartbeat.objects.bulk_create(rows)
+        for beat in pools:
+            _follow_health(owned[beat.national_id], beat.accelerators_healthy)
     HEARTBEATS.inc()
     return recorded
+
+
+def _follow_health(pool: Pool, healthy: int) -> None:
+    """An active pool whose agent reports fewer healthy accelerators than the pool has (a node
+    drained or down) is degraded, saying how many; back to active once all are healthy again,
+    but only from a degradation this rule set (an operator's or a verifier's reason stays)."""
+    if healthy < pool.accelerators and pool.status == Status.ACTIVE:
+        to, why = Status.DEGRADED, f"{HEALTH_REASON}: {healthy} of {pool.accelerators} healthy"
+    elif (
+        healthy >= pool.accelerators
+        and pool.status == Status.DEGRADED
+        and pool.status_reason.startswith(HEALTH_REASON)
+    ):
+        to, why = Status.ACTIVE, f"all {pool.accelerators} accelerators healthy again"
+    else:
+        return
+    try:
+        registry_services.lifecycle_transition(
+            obj=pool, to=to, reason=why, actor=None, door=Door.WORKER
+        )
+    except IllegalTransition:
+        pass  # moved meanwhile: the next heartbeat sees the new status
 
 
 def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:

@@ -94,6 +94,62 @@ def test_the_sweeper_leaves_unverified_and_foreign_reasons_alone(acme: Any) -> N
     assert degraded_by_verifier.status != Status.ACTIVE
 
 
+def _report(actor: Any, pool: Pool, healthy: int) -> None:
+    """A heartbeat through the service, as the telemetry server and the API record it."""
+    services.heartbeat_record(
+        actor=actor,
+        agent_id="agent-1",
+        sent_at=None,
+        pools=[
+            services.PoolBeat(
+                national_id=pool.national_id,
+                utilization=0.0,
+                accelerators_healthy=healthy,
+                accelerators_busy=0,
+            )
+        ],
+    )
+    pool.refresh_from_db()
+
+
+def test_a_pool_with_unhealthy_accelerators_is_degraded_until_all_are_back(
+    acme: Any, alice: Any
+) -> None:
+    pool = verified_pool(acme, T0)
+    _report(alice, pool, pool.accelerators)
+    assert pool.status == Status.ACTIVE
+
+    # A node drained or down in the center's scheduler: its accelerators leave the healthy count.
+    _report(alice, pool, pool.accelerators - 8)
+    assert pool.status == Status.DEGRADED
+    assert (
+        pool.status_reason
+        == f"unhealthy accelerators: {pool.accelerators - 8} of {pool.accelerators} healthy"
+    )
+    _report(alice, pool, pool.accelerators - 8)  # no second move, no error
+    assert (
+        LifecycleTransition.objects.filter(
+            object_key=pool.national_id, to_status="degraded"
+        ).count()
+        == 1
+    )
+
+    _report(alice, pool, pool.accelerators)
+    assert pool.status == Status.ACTIVE
+    assert pool.status_reason == f"all {pool.accelerators} accelerators healthy again"
+
+
+def test_full_health_does_not_lift_a_degradation_the_rule_did_not_set(
+    acme: Any, alice: Any
+) -> None:
+    pool = verified_pool(acme, T0)
+    force_status(pool, Status.DEGRADED)
+    Pool.objects.filter(pk=pool.pk).update(status_reason="measured 20% below its record")
+    _report(alice, pool, pool.accelerators)
+    assert pool.status == Status.DEGRADED
+    assert pool.status_reason == "measured 20% below its record"
+
+
 def test_running_the_sweep_twice_moves_a_pool_once(acme: Any) -> None:
     pool = verified_pool(acme, T0)
     now = T0 + dt.timedelta(seconds=60)
@@ -102,7 +158,9 @@ def test_running_the_sweep_twice_moves_a_pool_once(acme: Any) -> None:
     second = services.heartbeat_sweep(now=now)
 
     assert first["degraded"] == 1 and second["degraded"] == 0
-    transitions = LifecycleTransition.objects.filter(object_id=pool.pk, to_status="degraded")
+    transitions = LifecycleTransition.objects.filter(
+        object_key=pool.national_id, to_status="degraded"
+    )
     assert transitions.count() == 1
 
 

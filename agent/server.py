@@ -338,7 +338,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.StopWorkloadRequest, context: grpc.ServicerContext
     ) -> agent_pb2.StopWorkloadResponse:
         """Stop a workload; one that already ended is returned unchanged."""
-        workload = self.workloads.stop(request.workload_id, request.reason)
+        workload = self.workloads.stop(
+            request.workload_id, request.reason, grace_seconds=request.grace_seconds
+        )
         return agent_pb2.StopWorkloadResponse(workload=workload_to_pb(workload))
 
     @rpc_errors

@@ -165,11 +165,24 @@ class WorkloadRunner:
         with self._cond:
             return self._get_locked(workload_id)
 
-    def stop(self, workload_id: str, reason: str = "") -> Workload:
-        """Stop a workload; one that already ended is returned unchanged."""
+    def stop(self, workload_id: str, reason: str = "", grace_seconds: float = 0.0) -> Workload:
+        """Stop a workload; one that already ended is returned unchanged. With
+        ``grace_seconds`` (scaled like every simulated duration) a RUNNING workload goes on that
+        long, to save its state, and is stopped then (a pending one is stopped at once)."""
+        if grace_seconds < 0 or grace_seconds != grace_seconds:
+            raise InvalidArgument("grace_seconds", "must be >= 0")
         with self._cond:
             workload = self._get_locked(workload_id)
             if workload.state in TERMINAL_STATES:
+                return workload
+            if grace_seconds > 0 and workload.state is WorkloadState.RUNNING:
+                timer = threading.Timer(
+                    grace_seconds * self._time_scale,
+                    self.stop,
+                    args=(workload_id, f"{reason or 'stopped'} (after a grace period)"),
+                )
+                timer.daemon = True
+                timer.start()
                 return workload
             return self._transition(workload, WorkloadState.STOPPED, reason or "stopped")
 

@@ -9,7 +9,10 @@ class BookingStatus(models.TextChoices):
     ``held`` and ``confirmed`` reserve capacity before the workload runs; ``dispatching`` and
     ``running`` while the centers' agents have it; ``finished``, ``cancelled`` and ``failed`` are
     final; ``replaced`` means the broker moved the workload to other capacity (a new booking,
-    named in the ``replaced`` event) after a dispatch failure or a center going offline.
+    named in the ``replaced`` event) after a dispatch failure or a center going offline;
+    ``preempted`` means a spot booking gave its capacity to a reserved or priority booking
+    (named in the ``preempted`` event); ``sold`` means the firm resold the whole booking (the
+    buyer's booking, named in the ``sold`` event, holds its allocations now).
     """
 
     HELD = "held", "Held"
@@ -20,6 +23,8 @@ class BookingStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     FAILED = "failed", "Failed"
     REPLACED = "replaced", "Replaced"
+    PREEMPTED = "preempted", "Preempted"
+    SOLD = "sold", "Sold"
 
 
 # Statuses whose allocations hold capacity in the ledger (their slots are reserved).
@@ -38,6 +43,8 @@ FINAL_STATUSES: frozenset[str] = frozenset(
         BookingStatus.CANCELLED,
         BookingStatus.FAILED,
         BookingStatus.REPLACED,
+        BookingStatus.PREEMPTED,
+        BookingStatus.SOLD,
     }
 )
 # Statuses a client may cancel from (a running workload is stopped at its centers).
@@ -54,6 +61,29 @@ class EventKind(models.TextChoices):
     FLAGGED = "flagged", "A pool of the booking went degraded or offline"
     REPLACED = "replaced", "Moved to other capacity"
     ERROR = "error", "Error"
+    PREEMPTED = "preempted", "Preempted by a reserved or priority booking"
+    OFFERED = "offered", "Offered for resale"
+    WITHDRAWN = "withdrawn", "Resale offer withdrawn"
+    SOLD = "sold", "Resold to another firm"
+    BOUGHT = "bought", "Bought from another firm"
+
+
+class BookingClassSlug(models.TextChoices):
+    """The booking classes (rows of ``brokers.BookingClass``, made by migration 0005)."""
+
+    RESERVED = "reserved", "Reserved"
+    SPOT = "spot", "Spot"
+    PRIORITY = "priority", "Priority"
+
+
+class OfferStatus(models.TextChoices):
+    """Lifecycle of a resale offer; an ``open`` offer whose start has passed is expired
+    (the sweep writes ``expired``, every read checks the start itself)."""
+
+    OPEN = "open", "Open"
+    SOLD = "sold", "Sold"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+    EXPIRED = "expired", "Expired"
 
 
 class LatencyClass(models.TextChoices):

@@ -445,3 +445,68 @@ def stop(booking_id: int) -> None:
     if booking is None:
         return
     _stop_all(list(booking.allocations.select_related("booking", "pool__center")), "cancelled")
+
+
+def stop_preempted(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) -> bool:
+    """Ask the agents to stop a preempted booking's workloads after the grace period (the
+    workload keeps running meanwhile, to save its state), then follow them until they end and
+    record the usage each really had. True when every workload has ended (or never started)."""
+    from brokers.market import preemption_grace_seconds
+
+    booking = Booking.objects.filter(pk=booking_id).first()
+    if booking is None:
+        return True
+    allocations = list(booking.allocations.select_related("booking", "pool__center").order_by("pk"))
+    deadline = time.monotonic() + budget
+    grace = preemption_grace_seconds()
+    pending = []
+    for allocation in allocations:
+        endpoint = allocation.pool.center.agent_endpoint
+        if not endpoint:
+            continue
+        try:
+            agent_stub(endpoint).StopWorkload(
+                agent_pb2.StopWorkloadRequest(
+                    workload_id=workload_id(allocation),
+                    reason="preempted by a reserved or priority booking",
+                    grace_seconds=grace,
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.RpcError:
+            continue  # never started there, or the agent is gone: nothing runs to bill
+        pending.append(allocation)
+    while pending:
+        for allocation in list(pending):
+            try:
+                reply = agent_stub(allocation.pool.center.agent_endpoint).GetWorkload(
+                    agent_pb2.GetWorkloadRequest(workload_id=workload_id(allocation)),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.RpcError:
+                pending.remove(allocation)
+                continue
+            workload = reply.workload
+            state = _STATE_NAMES.get(workload.state, "pending")
+            if state not in _ENDED:
+                continue
+            pending.remove(allocation)
+            Allocation.objects.filter(pk=allocation.pk).update(workload_state=state)
+            if workload.HasField("started_at"):
+                services.usage_record(
+                    allocation=allocation,
+                    started_at=workload.started_at.ToDatetime(tzinfo=UTC),
+                    finished_at=workload.finished_at.ToDatetime(tzinfo=UTC),
+                )
+                services.booking_record(
+                    booking=booking,
+                    kind=EventKind.WORKLOAD,
+                    message=f"{allocation.pool.national_id}: {state} after the grace period; "
+                    "billed for what it ran",
+                    data={"pool": allocation.pool.national_id, "state": state},
+                )
+        if pending and time.monotonic() >= deadline:
+            return False
+        if pending:
+            time.sleep(POLL_SECONDS)
+    return True

@@ -14,6 +14,12 @@ bookings never wait on each other in a cycle):
    slot row's older figure; a missing slot row is created with ``n``), taking the rows in slot
    order, and compares the affected row count with the number of slots.
 
+Spot bookings (the ``spot`` class) count in ``reserved`` like every booking and also in
+``spot_reserved`` (``CHECK 0 <= spot_reserved <= reserved``): so the firm part ``reserved -
+spot_reserved`` never exceeds the capacity, and spot fills what firm bookings leave. A reserved
+or priority booking that does not fit may preempt spot bookings in its own transaction
+(``brokers.market``): they give their slots back, then it reserves as usual.
+
 A booking that ends (finished, failed, cancelled, replaced, lapsed) gives back the slots from
 its end on; the slots before stay counted (they were used), so ``reserved`` of a slot is the sum
 of the bookings that held it, never less.
@@ -167,8 +173,11 @@ def lock_bookable_pools(pool_ids: Iterable[int]) -> dict[int, tuple[int, str]]:
     return capacity
 
 
-def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None:
-    """Reserve every part over ``[start, end)`` or raise ``CapacityExhausted``.
+def reserve(
+    parts: Sequence[Part], start: dt.datetime, end: dt.datetime, *, spot: bool = False
+) -> None:
+    """Reserve every part over ``[start, end)`` or raise ``CapacityExhausted``; ``spot``
+    counts it in ``spot_reserved`` too (it may be preempted).
 
     Must run inside a transaction; on error the caller rolls it back whole.
     """
@@ -193,14 +202,15 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
             # order), so two bookings lock a pool's slots in the same order. "Fits" is measured
             # against the pool's size now (locked above), not the row's own ``capacity``, which
             # may date from when the pool was larger (a past slot); the row takes the new size.
-            values = ",".join(["(%s, %s, %s, %s)"] * len(slots))
+            values = ",".join(["(%s, %s, %s, %s, %s)"] * len(slots))
             params: list[int | str | None] = []
             for slot in slots:
-                params += [pool_id, slot, capacity, n]
+                params += [pool_id, slot, capacity, n, n if spot else 0]
             cur.execute(
-                "INSERT INTO brokers_poolslot (pool_id, slot_start, capacity, reserved) "
-                f"VALUES {values} ON CONFLICT (pool_id, slot_start) DO UPDATE "
+                "INSERT INTO brokers_poolslot (pool_id, slot_start, capacity, reserved, "
+                f"spot_reserved) VALUES {values} ON CONFLICT (pool_id, slot_start) DO UPDATE "
                 "SET reserved = brokers_poolslot.reserved + excluded.reserved, "
+                "spot_reserved = brokers_poolslot.spot_reserved + excluded.spot_reserved, "
                 "capacity = excluded.capacity "
                 "WHERE brokers_poolslot.reserved + excluded.reserved <= excluded.capacity",
                 params,
@@ -212,10 +222,12 @@ def reserve(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
                 )
 
 
-def release(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None:
+def release(
+    parts: Sequence[Part], start: dt.datetime, end: dt.datetime, *, spot: bool = False
+) -> None:
     """Give back what :func:`reserve` took for the same parts over the slots of ``[start, end)``
     (same lock order); ``start`` may be later than the booking's start, to give back only the
-    rest of its window.
+    rest of its window; ``spot`` as it was reserved.
 
     The caller makes sure it runs once per booking (a compare-and-set on the booking status).
     """
@@ -227,10 +239,12 @@ def release(parts: Sequence[Part], start: dt.datetime, end: dt.datetime) -> None
         merged[part.pool_id] = merged.get(part.pool_id, 0) + part.accelerators
     with connection.cursor() as cur:
         for pool_id in sorted(merged):
+            n = merged[pool_id]
             cur.execute(
-                "UPDATE brokers_poolslot SET reserved = reserved - %s "
+                "UPDATE brokers_poolslot SET reserved = reserved - %s, "
+                "spot_reserved = spot_reserved - %s "
                 "WHERE pool_id = %s AND slot_start >= %s AND slot_start < %s",
-                [merged[pool_id], pool_id, first, last],
+                [n, n if spot else 0, pool_id, first, last],
             )
 
 
@@ -269,11 +283,11 @@ OVERSELL_SQL = """
 WITH e AS (
     SELECT a.pool_id, a.start AS t, a.accelerators AS d
     FROM brokers_allocation a JOIN brokers_booking b ON b.id = a.booking_id
-    WHERE b.status IN ({marks})
+    WHERE b.status IN ({marks}){firm}
     UNION ALL
     SELECT a.pool_id, a."end" AS t, -a.accelerators AS d
     FROM brokers_allocation a JOIN brokers_booking b ON b.id = a.booking_id
-    WHERE b.status IN ({marks})
+    WHERE b.status IN ({marks}){firm}
 ),
 s AS (SELECT pool_id, t, SUM(d) AS d FROM e GROUP BY pool_id, t),
 r AS (SELECT pool_id, SUM(d) OVER (PARTITION BY pool_id ORDER BY t) AS used FROM s)
@@ -282,17 +296,39 @@ FROM r JOIN {POOL_TABLE} p ON p.id = r.pool_id
 GROUP BY r.pool_id, p.accelerators
 HAVING MAX(r.used) > p.accelerators
 """
+# Classes whose bookings may be preempted (their capacity is lent, not sold firmly).
+PREEMPTIBLE_CLASSES = ("spot",)
 
 
-def oversold_pools() -> dict[int, int]:
+def oversold_pools(*, firm_only: bool = False) -> dict[int, int]:
     """The oversell checker (RELIABILITY 1.7) over allocations: ``{pool_id: excess}`` for every
     pool where, at some instant, reserving bookings hold more accelerators than it has.
 
     It reads allocations, not slot counters, so it also catches rows written around the ledger.
-    Ends and starts at the same instant cancel first (a window is ``[start, end)``).
+    Ends and starts at the same instant cancel first (a window is ``[start, end)``). Spot
+    bookings count like every booking (the slots hold them too); ``firm_only`` counts only the
+    firm ones (reserved, priority), which must never exceed a pool even where spot is oversold.
     """
     statuses = sorted(RESERVING_STATUSES)
     marks = ",".join(["%s"] * len(statuses))
+    firm = ""
+    params: list[str] = list(statuses)
+    if firm_only:
+        firm = f" AND b.booking_class NOT IN ({','.join(['%s'] * len(PREEMPTIBLE_CLASSES))})"
+        params += PREEMPTIBLE_CLASSES
     with connection.cursor() as cur:
-        cur.execute(OVERSELL_SQL.format(marks=marks, POOL_TABLE=POOL_TABLE), statuses * 2)
+        cur.execute(OVERSELL_SQL.format(marks=marks, POOL_TABLE=POOL_TABLE, firm=firm), params * 2)
         return {pool_id: int(over) for pool_id, over in cur.fetchall()}
+
+
+# Placement asks "what is free if spot bookings were preempted?" while this is True: free
+# capacity is then measured on the firm part of each slot (``reserved - spot_reserved``).
+firm_view: contextvars.ContextVar[bool] = contextvars.ContextVar("firm_view", default=False)
+USED_ALL = "MAX(s.reserved)"
+USED_FIRM = "MAX(s.reserved - s.spot_reserved)"
+
+
+def used_expression(sql: str) -> str:
+    """``sql`` (a free-capacity subquery on ``brokers_poolslot s``) measured on the firm part
+    of the slots while :data:`firm_view` is set, else unchanged."""
+    return sql.replace(USED_ALL, USED_FIRM) if firm_view.get() else sql

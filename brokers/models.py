@@ -11,8 +11,55 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
-from brokers.choices import BookingStatus, EventKind
+from brokers.choices import BookingClassSlug, BookingStatus, EventKind, OfferStatus
 from registry.models import Organization, Pool
+
+
+class BookingClass(models.Model):
+    """A booking class: how a booking stands when capacity runs short (one row per class).
+
+    ``reserved`` (the default; never preempted), ``spot`` (``preemptible``: cheaper by the pool's
+    ``spot_discount_percent``, gives its capacity back when a ``preempts`` booking needs it) and
+    ``priority`` (``needs_grant``: only organizations platform staff granted a
+    :class:`PriorityGrant`, within its accelerator-hours). Made by migration 0005.
+    """
+
+    slug = models.SlugField(max_length=20, unique=True)
+    name = models.CharField(max_length=60)
+    description = models.CharField(max_length=300, blank=True)
+    preemptible = models.BooleanField(default=False)
+    preempts = models.BooleanField(default=False)
+    needs_grant = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "booking classes"
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class PriorityGrant(models.Model):
+    """Platform staff grant an organization (e.g. a national research programme) the
+    ``priority`` class, up to ``accelerator_hours`` over the bookings it makes in that class
+    (those that hold or held capacity: cancelled, preempted and lapsed ones give theirs back)."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="priority_grant"
+    )
+    accelerator_hours = models.PositiveIntegerField()
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"priority grant of {self.organization_id}"
+
+    @property
+    def change_log_owner(self) -> Organization:
+        return self.organization
 
 
 class Booking(models.Model):
@@ -53,6 +100,19 @@ class Booking(models.Model):
     replaced_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
     )
+    # The class (a ``BookingClass`` slug): reserved, spot or priority.
+    booking_class = models.ForeignKey(
+        BookingClass,
+        to_field="slug",
+        db_column="booking_class",
+        on_delete=models.PROTECT,
+        default=BookingClassSlug.RESERVED,
+        # Also in the database: the one-round-trip booking function writes reserved bookings.
+        db_default=BookingClassSlug.RESERVED.value,
+        related_name="+",
+    )
+    # A spot booking that is preempted is booked again elsewhere (``replaced_by``) if it asks.
+    replace_on_preemption = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -134,7 +194,10 @@ class PoolSlot(models.Model):
     pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="+")
     slot_start = models.DateTimeField()
     capacity = models.PositiveIntegerField()
+    # Everything reserved in the slot, firm (reserved, priority) and spot together.
     reserved = models.IntegerField(default=0)
+    # The spot part of ``reserved``: what a firm booking may take back by preemption.
+    spot_reserved = models.IntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["pool_id", "slot_start"]
@@ -148,6 +211,11 @@ class PoolSlot(models.Model):
                 condition=Q(reserved__gte=0) & Q(reserved__lte=F("capacity")),
                 name="poolslot_reserved_within_capacity",
                 violation_error_message="A pool cannot be reserved beyond its capacity.",
+            ),
+            models.CheckConstraint(
+                condition=Q(spot_reserved__gte=0) & Q(spot_reserved__lte=F("reserved")),
+                name="poolslot_spot_within_reserved",
+                violation_error_message="Spot bookings are a part of what a slot holds.",
             ),
         ]
 
@@ -216,3 +284,56 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"usage of {self.allocation_id}"
+
+
+class ResaleOffer(models.Model):
+    """A firm offers a confirmed booking that has not started (or its part from ``start`` on)
+    to other firms at ``price``; the first buyer takes its allocations over (``bought``).
+
+    An offer is open until sold, withdrawn, the booking leaves ``confirmed``, or the booking's
+    start passes (``expires_at``, database time). At most one open offer per booking.
+    """
+
+    national_id = models.CharField(max_length=32, unique=True, editable=False)
+    booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="offers")
+    seller = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    accelerators = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3, blank=True)
+    status = models.CharField(max_length=12, choices=OfferStatus.choices, default=OfferStatus.OPEN)
+    expires_at = models.DateTimeField()
+    buyer = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    bought = models.OneToOneField(
+        Booking, null=True, blank=True, on_delete=models.SET_NULL, related_name="bought_from"
+    )
+    sold_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["booking"],
+                condition=Q(status="open"),
+                name="resaleoffer_one_open_per_booking",
+                violation_error_message="This booking is already offered.",
+            ),
+            models.CheckConstraint(
+                condition=Q(price__gte=0),
+                name="resaleoffer_price_not_negative",
+                violation_error_message="A price must not be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(end__gt=F("start")),
+                name="resaleoffer_window_positive",
+                violation_error_message="An offer ends after it starts.",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"], name="offer_status_expiry_idx")]
+
+    def __str__(self) -> str:
+        return self.national_id

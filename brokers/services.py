@@ -28,6 +28,7 @@ from brokers import booking_sql, ledger, vocabulary
 from brokers.choices import (
     CANCELLABLE_STATUSES,
     RESERVING_STATUSES,
+    BookingClassSlug,
     BookingStatus,
     EventKind,
 )
@@ -101,6 +102,27 @@ class CapacityRow:
     inter_node_interconnect: str
     green_power_share: float
     a100_equivalent_per_accelerator: float
+    # What a spot booking pays here (the price less the pool's spot discount).
+    spot_price_per_accelerator_hour: Decimal | None = None
+
+
+def _with_spot_prices(rows: list[CapacityRow]) -> list[CapacityRow]:
+    from brokers import market
+
+    discounts = dict(
+        Pool.objects.filter(national_id__in=[r.pool for r in rows]).values_list(
+            "national_id", "spot_discount_percent"
+        )
+    )
+    return [
+        dataclasses.replace(
+            r,
+            spot_price_per_accelerator_hour=market.spot_price(
+                r.price_per_accelerator_hour, discounts.get(r.pool, Decimal(0))
+            ),
+        )
+        for r in rows
+    ]
 
 
 def _capacity_row(pool: Candidate, free: int, cluster: str) -> CapacityRow:
@@ -165,10 +187,12 @@ def capacity_query(
             page_size=page_size,
             page_token=page_token,
         )
-        return [
-            _capacity_row(pool, free, snapshot.clusters.get(pool.pool_id, ""))
-            for pool, free in page
-        ], token
+        return _with_spot_prices(
+            [
+                _capacity_row(pool, free, snapshot.clusters.get(pool.pool_id, ""))
+                for pool, free in page
+            ]
+        ), token
     first, last = (
         connection.ops.adapt_datetimefield_value(x) for x in ledger.slot_bounds(start, end)
     )
@@ -218,7 +242,7 @@ def capacity_query(
         for r in rows[:page_size]
     ]
     next_token = out[-1].pool if len(rows) > page_size else ""
-    return out, next_token
+    return _with_spot_prices(out), next_token
 
 
 def placement_preview(
@@ -228,7 +252,29 @@ def placement_preview(
     org = _require_org(actor)
     spec = spec.validated(now=_now())
     vocabulary.check_spec(spec)
-    return place(spec, organization_id=org.pk, explain=explain, max_options=max_options)
+    from brokers import market
+
+    result = _place(spec, organization_id=org.pk, explain=explain, max_options=max_options)
+    # Resale offers of other firms that fit, with their price (bought by offer id).
+    result.options += market.offer_options(spec, organization_id=org.pk)
+    return result
+
+
+def _place(
+    spec: WorkloadSpec, *, organization_id: int | None, explain: bool, max_options: int
+) -> PlacementResult:
+    """Placement for the spec's booking class: spot options at spot prices; a reserved or
+    priority spec that fits nowhere as things are gets the options that preempt spot bookings
+    (each says how many, on which pool)."""
+    from brokers import market
+
+    result = place(spec, organization_id=organization_id, explain=explain, max_options=max_options)
+    if not result.options and market.booking_class(spec.booking_class).preempts:
+        result.options = market.preemption_options(
+            spec, organization_id=organization_id, max_options=max_options
+        )
+    result.options = market.priced_for_class(result.options, spec)
+    return result
 
 
 # --- Bookings ----------------------------------------------------------------------------------
@@ -244,6 +290,7 @@ WEBHOOK_FOR_STATUS: dict[str, str] = {
     BookingStatus.FINISHED: "booking.finished",
     BookingStatus.REPLACED: "booking.replaced",
     BookingStatus.CANCELLED: "booking.cancelled",
+    BookingStatus.PREEMPTED: "booking.preempted",
 }
 
 
@@ -445,8 +492,12 @@ def _book_option(
     hold_seconds: float | None = None,
     hold_until: dt.datetime | None = None,
     fingerprint: str = "",
+    preempting: bool = False,
 ) -> Booking:
     """One attempt, inside the caller's transaction: booking, allocations, event, quota, ledger.
+
+    A reserved or priority booking that does not fit raises ``NeedsPreemption`` (the hot path
+    stays one upsert); the caller then tries once more with ``preempting``.
 
     ``hold_seconds`` books it held for that long (database time); ``hold_until`` books it held
     until that instant (a re-placed hold keeps the expiry the firm was given).
@@ -475,6 +526,8 @@ def _book_option(
         accelerators=total,
         estimated_cost=option.cost,
         currency=option.currency,
+        booking_class_id=spec.booking_class,
+        replace_on_preemption=spec.replace_on_preemption,
     )
     # Rows of this booking first, the shared locks last: quota row, then pools and their slot
     # counters, so the hottest locks (a busy pool's slots) are held only from the upsert to
@@ -502,7 +555,30 @@ def _book_option(
         },
     )
     _check_quota(org, start, end, total, exclude=booking.pk)
-    ledger.reserve([Part(p.pool_id, p.accelerators) for p in option.parts], start, end)
+    parts = [Part(p.pool_id, p.accelerators) for p in option.parts]
+    from brokers import market
+
+    cls = market.booking_class(spec.booking_class)
+    if cls.needs_grant:
+        market.check_priority(org, spec, lock=True)
+    if preempting and cls.preempts:
+        # Second attempt of a firm booking that did not fit: spot bookings give room back in
+        # this same transaction (rolled back with it if anything below refuses).
+        victims = market.reserve_preempting(booking, parts)
+        if victims:
+            _event(
+                booking,
+                EventKind.STATUS,
+                f"preempted {len(victims)} spot booking{'s' if len(victims) != 1 else ''}",
+                {"preempted": len(victims)},
+            )
+    else:
+        try:
+            ledger.reserve(parts, start, end, spot=cls.preemptible)
+        except CapacityExhausted as exc:
+            if cls.preempts and exc.code == "booking.capacity_exceeded":
+                raise market.NeedsPreemption(exc.detail) from exc
+            raise
     if not held:
         _dispatch_on_commit(booking)
     return booking
@@ -782,25 +858,23 @@ def _booking_create(
 ) -> Booking:
     spec = spec.validated(now=_now())
     vocabulary.check_spec(spec)
+    from brokers import market
+
+    market.check_priority(org, spec)
     hold_seconds = float(getattr(settings, "BROKER_HOLD_SECONDS", 300)) if hold else None
     chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
+    if chosen is not None:
+        chosen = market.priced_for_class([chosen], spec)[0]
 
     def book(option: PlacementOption) -> Booking:
         booked = None
-        if in_one_trip:
-            booked = _book_in_one_trip(
-                org=org,
-                actor=actor,
-                door=door,
-                spec=spec,
-                option=option,
-                idempotency_key=key,
-                hold_seconds=hold_seconds,
-                fingerprint=fingerprint,
-            )
-        if booked is None:
-            booked = ledger.in_fresh_transactions(
-                lambda: _book_option(
+        preempting = False
+        # The one-round-trip function books reserved capacity as things are; spot and
+        # priority bookings, and a reserved one that must preempt spot bookings, take the
+        # Python path (brokers.market).
+        if in_one_trip and spec.booking_class == BookingClassSlug.RESERVED:
+            try:
+                booked = _book_in_one_trip(
                     org=org,
                     actor=actor,
                     door=door,
@@ -810,7 +884,31 @@ def _booking_create(
                     hold_seconds=hold_seconds,
                     fingerprint=fingerprint,
                 )
-            )
+            except CapacityExhausted as exc:
+                if exc.code != "booking.capacity_exceeded":
+                    raise
+                preempting = True
+        if booked is None:
+
+            def attempt(preempting: bool) -> Booking:
+                return ledger.in_fresh_transactions(
+                    lambda: _book_option(
+                        org=org,
+                        actor=actor,
+                        door=door,
+                        spec=spec,
+                        option=option,
+                        idempotency_key=key,
+                        hold_seconds=hold_seconds,
+                        fingerprint=fingerprint,
+                        preempting=preempting,
+                    )
+                )
+
+            try:
+                booked = attempt(preempting)
+            except market.NeedsPreemption:
+                booked = attempt(True)
         BOOKINGS.labels(door=door).inc()
         return booked
 
@@ -819,7 +917,7 @@ def _booking_create(
         if chosen is not None:
             candidate = chosen
         else:
-            result = place(spec, organization_id=org.pk, explain=False, max_options=1)
+            result = _place(spec, organization_id=org.pk, explain=False, max_options=1)
             if not result.options:
                 # Explain the refusal (the full count is paid only when nothing fits).
                 result.prefiltered = explain_counts(spec)
@@ -877,7 +975,12 @@ def _release(booking: Booking) -> None:
     if now >= booking.window_end:
         return
     parts = [Part(a.pool_id, a.accelerators) for a in booking.allocations.all()]
-    ledger.release(parts, max(booking.window_start, now), booking.window_end)
+    ledger.release(
+        parts,
+        max(booking.window_start, now),
+        booking.window_end,
+        spot=booking.booking_class_id == BookingClassSlug.SPOT,
+    )
 
 
 def booking_cancel(*, booking: Booking, actor: Actor, door: Door, reason: str = "") -> Booking:
@@ -899,6 +1002,9 @@ def booking_cancel(*, booking: Booking, actor: Actor, door: Door, reason: str = 
         ):
             raise ValidationError({"status": [f"A {booking.status} booking cannot be cancelled."]})
         _release(booking)
+        from brokers import market
+
+        market.offers_close_for(booking)
         _event(booking, EventKind.STATUS, booking.status_reason, {"door": door})
         _holds_on_commit(booking)
         if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING) and getattr(
@@ -972,7 +1078,7 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
     spec = dataclasses.replace(
         spec, centers_excluded=excluded, earliest_start=start, latest_end=None
     )
-    result = place(spec, organization_id=booking.organization_id, explain=False, max_options=1)
+    result = _place(spec, organization_id=booking.organization_id, explain=False, max_options=1)
 
     def attempt() -> Booking | None:
         old = Booking.objects.select_for_update().get(pk=booking.pk)

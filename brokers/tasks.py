@@ -87,3 +87,21 @@ def bookings_expire_holds() -> int:
     """Periodic sweep (every minute, scheduled by migration 0004): lapsed holds give their
     capacity back. Idempotent: a hold lapses once."""
     return services.bookings_expire_holds()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_stop_preempted(booking_id: int) -> None:
+    """Stop a preempted booking's running workloads with the grace period, then record what
+    each really ran (it is billed for that only); follows again while a workload still runs."""
+    if not dispatch.stop_preempted(booking_id):
+        booking_stop_preempted.apply_async((booking_id,), countdown=FOLLOW_AGAIN_SECONDS)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_replace_preempted(booking_id: int) -> None:
+    """Book a preempted spot booking again elsewhere (it asked to be re-placed)."""
+    from brokers import market
+
+    booking = Booking.objects.filter(pk=booking_id).first()
+    if booking is not None:
+        market.replace_preempted(booking=booking)

@@ -73,6 +73,7 @@ POOL_FIELDS = (
     *sorted(POOL_HARDWARE_FIELDS),
     "price_per_accelerator_hour",
     "currency",
+    "spot_discount_percent",
 )
 
 

@@ -48,6 +48,13 @@ def _national_topology(request: pytest.FixtureRequest) -> None:
 
     if not Hub.objects.exists():
         call_command("seed_national_topology", verbosity=0)
+    from brokers.models import BookingClass
+
+    if not BookingClass.objects.exists():
+        # Rows of a data migration: a flush removes them too.
+        from brokers.market import ensure_classes
+
+        ensure_classes()
 
 
 @pytest.fixture

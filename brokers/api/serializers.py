@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from brokers import limits, selectors
-from brokers.choices import LatencyClass
+from brokers.choices import BookingClassSlug, LatencyClass, OfferStatus
 from brokers.models import Allocation, Booking, BookingEvent
 from brokers.placement import WorkloadSpec
 from brokers.placement.spec import past_start_error
@@ -73,6 +73,15 @@ class WorkloadSpecSerializer(serializers.Serializer):
     max_centers = serializers.IntegerField(min_value=1, max_value=64, required=False, default=1)
     image = serializers.CharField(max_length=200, required=False, allow_blank=True)
     command = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+    booking_class = serializers.ChoiceField(
+        choices=BookingClassSlug.choices,
+        required=False,
+        default=BookingClassSlug.RESERVED,
+        help_text="reserved (never preempted), spot (cheaper, may be preempted) or priority.",
+    )
+    replace_on_preemption = serializers.BooleanField(
+        required=False, default=False, help_text="Spot only: book it again if preempted."
+    )
 
     def validate_earliest_start(self, value: dt.datetime | None) -> dt.datetime | None:
         # The service's rule and message (WorkloadSpec.validated says the same).
@@ -161,6 +170,8 @@ class BookingSerializer(serializers.ModelSerializer):
             "currency",
             "flagged_reason",
             "hold_expires_at",
+            "booking_class",
+            "replace_on_preemption",
             "replaced_by",
             "idempotency_key",
             "spec",
@@ -218,11 +229,65 @@ class CapacityRowSerializer(serializers.Serializer):
     inter_node_interconnect = serializers.CharField(allow_blank=True)
     green_power_share = serializers.FloatField()
     a100_equivalent_per_accelerator = serializers.FloatField()
+    spot_price_per_accelerator_hour = serializers.CharField(allow_null=True)
+
+
+class OfferPartSerializer(serializers.Serializer):
+    pool = serializers.CharField()
+    accelerators = serializers.IntegerField()
+
+
+class OfferSerializer(serializers.Serializer):
+    """A resale offer as the caller may see it (``brokers.market.offer_view``)."""
+
+    offer_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=OfferStatus.choices)
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    accelerators = serializers.IntegerField()
+    price = serializers.DecimalField(max_digits=14, decimal_places=2)
+    currency = serializers.CharField(allow_blank=True)
+    expires_at = serializers.DateTimeField()
+    parts = OfferPartSerializer(many=True)
+    booking_id = serializers.CharField(allow_blank=True, help_text="Only for the seller.")
+    bought_booking_id = serializers.CharField(allow_blank=True, help_text="Only for the buyer.")
+    mine = serializers.BooleanField()
+
+
+class OfferCreateSerializer(serializers.Serializer):
+    price = serializers.DecimalField(
+        max_digits=14, decimal_places=2, min_value=0, max_value=999_999_999_999
+    )
+    start = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Offer only the part from here."
+    )
+
+
+class OfferBuySerializer(serializers.Serializer):
+    image = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    command = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class BookingClassSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    preemptible = serializers.BooleanField()
+    preempts = serializers.BooleanField()
+    needs_grant = serializers.BooleanField()
+
+
+class PriorityGrantSerializer(serializers.Serializer):
+    organization = serializers.CharField(read_only=True)
+    accelerator_hours = serializers.IntegerField(
+        min_value=0, max_value=1_000_000_000, allow_null=True
+    )
 
 
 class CapacityPageSerializer(serializers.Serializer):
     results = CapacityRowSerializer(many=True)
     next_page_token = serializers.CharField(allow_blank=True)
+    offers = OfferSerializer(many=True)
 
 
 class OptionPartOutSerializer(serializers.Serializer):
@@ -235,6 +300,12 @@ class OptionPartOutSerializer(serializers.Serializer):
     currency = serializers.CharField(allow_blank=True)
 
 
+class PreemptionSerializer(serializers.Serializer):
+    pool = serializers.CharField()
+    bookings = serializers.IntegerField()
+    accelerators = serializers.IntegerField()
+
+
 class PlacementOptionSerializer(serializers.Serializer):
     parts = OptionPartOutSerializer(many=True)
     accelerators = serializers.IntegerField()
@@ -244,6 +315,8 @@ class PlacementOptionSerializer(serializers.Serializer):
     transfer_seconds = serializers.FloatField()
     green_power_share = serializers.FloatField()
     explanation = serializers.ListField(child=serializers.CharField())
+    preemptions = PreemptionSerializer(many=True)
+    offer = serializers.CharField(allow_blank=True, help_text="A resale offer: buy it by id.")
 
 
 class RejectionSerializer(serializers.Serializer):

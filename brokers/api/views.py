@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -17,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from brokers import selectors, services
+from brokers import market, selectors, services
 from brokers.api import serializers as s
 from brokers.filtersets import BookingFilterSet
 from brokers.models import Booking
@@ -46,7 +48,21 @@ class CapacityView(APIView):
             if "accelerator_model" in errors:
                 errors["accelerator"] = errors.pop("accelerator_model")
             raise DRFValidationError(errors) from None
-        page = {"results": [dataclasses.asdict(r) for r in rows], "next_page_token": token}
+        offers = []
+        if not p["page_token"]:
+            start = p["start"] or timezone.now()
+            offers = market.offers_in_window(
+                request.user,
+                start=start,
+                end=p["end"] or start + dt.timedelta(hours=1),
+                accelerator_model=p["accelerator"],
+                hub=p["hub"],
+            )
+        page = {
+            "results": [dataclasses.asdict(r) for r in rows],
+            "next_page_token": token,
+            "offers": [market.offer_view(o, request.user) for o in offers],
+        }
         return Response(s.CapacityPageSerializer(page).data)
 
     def _query(self, request: Request, p: dict[str, Any]) -> tuple[list[Any], str]:
@@ -97,7 +113,7 @@ class BookingViewSet(
 
     def get_queryset(self) -> QuerySet[Booking]:
         qs = selectors.bookings_visible_to(self.request.user)
-        if self.action in ("cancel", "confirm"):
+        if self.action in ("cancel", "confirm", "offer"):
             qs = selectors.bookings_cancellable_by(self.request.user)
         return qs.select_related("replaced_by").prefetch_related("allocations__pool__center")
 
@@ -153,6 +169,25 @@ class BookingViewSet(
         )
         return self._render(booking)
 
+    @extend_schema(request=s.OfferCreateSerializer, responses={201: s.OfferSerializer})
+    @action(detail=True, methods=["post"])
+    def offer(self, request: Request, national_id: str) -> Response:
+        """Offer the booking (confirmed, reserved, not started; or its part from ``start``, a
+        slot boundary) to other firms at ``price``; the offer lapses at the booking's start."""
+        ser = s.OfferCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        offer = market.offer_create(
+            booking=self.get_object(),
+            actor=request.user,
+            door=DOOR,
+            price=ser.validated_data["price"],
+            start=ser.validated_data["start"],
+        )
+        return Response(
+            s.OfferSerializer(market.offer_view(offer, request.user)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
     @extend_schema(
         parameters=[s.EventsQuerySerializer], responses=s.BookingEventSerializer(many=True)
     )
@@ -165,6 +200,120 @@ class BookingViewSet(
         q.is_valid(raise_exception=True)
         events = selectors.booking_events_after(booking=booking, after_id=q.validated_data["after"])
         return Response(s.BookingEventSerializer(events, many=True).data)
+
+
+class OfferViewSet(viewsets.GenericViewSet):
+    """Resale offers: every open offer of other firms (without their bookings) and the
+    caller's own offers and purchases; buy one, or withdraw one of yours."""
+
+    permission_classes = [IsAuthenticated]
+    lookup_field = "national_id"
+    serializer_class = s.OfferSerializer
+
+    def get_queryset(self) -> QuerySet[Any]:
+        return market.offers_visible_to(self.request.user).order_by("-id")
+
+    def _one(self, offer: Any, code: int = status.HTTP_200_OK) -> Response:
+        return Response(s.OfferSerializer(market.offer_view(offer, self.request.user)).data, code)
+
+    @extend_schema(responses=s.OfferSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        items = page if page is not None else list(self.get_queryset()[:200])
+        data = s.OfferSerializer([market.offer_view(o, request.user) for o in items], many=True)
+        if page is not None:
+            return self.get_paginated_response(data.data)
+        return Response(data.data)
+
+    @extend_schema(responses=s.OfferSerializer)
+    def retrieve(self, request: Request, national_id: str) -> Response:
+        return self._one(self.get_object())
+
+    @extend_schema(request=s.OfferBuySerializer, responses={201: s.BookingSerializer})
+    @action(detail=True, methods=["post"])
+    def buy(self, request: Request, national_id: str) -> Response:
+        """Buy the offer: a new booking of yours takes its allocations over (one buyer wins;
+        the others get 409 ``offer.not_open``)."""
+        ser = s.OfferBuySerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        booking = market.offer_buy(
+            offer=self.get_object(), actor=request.user, door=DOOR, **ser.validated_data
+        )
+        booking = (
+            Booking.objects.select_related("organization", "replaced_by")
+            .prefetch_related("allocations__pool__center")
+            .get(pk=booking.pk)
+        )
+        return Response(
+            s.BookingSerializer(booking, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=None, responses=s.OfferSerializer)
+    @action(detail=True, methods=["post"])
+    def withdraw(self, request: Request, national_id: str) -> Response:
+        """Withdraw an open offer of your firm."""
+        offer = market.offer_withdraw(offer=self.get_object(), actor=request.user, door=DOOR)
+        return self._one(offer)
+
+
+class PriorityGrantView(APIView):
+    """The priority class granted to an organization (accelerator-hours): the firm reads its
+    own; platform staff read and set any (``PUT`` with ``accelerator_hours``, null withdraws)."""
+
+    permission_classes = [IsAuthenticated]
+
+    def _org(self, request: Request, slug: str) -> Any:
+        from registry import selectors as registry_selectors
+
+        return registry_selectors.organizations_visible_to(request.user).filter(slug=slug).first()
+
+    @extend_schema(responses=s.PriorityGrantSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        from brokers.models import PriorityGrant
+
+        org = self._org(request, slug)
+        if org is None:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        grant = PriorityGrant.objects.filter(organization=org).first()
+        hours = grant.accelerator_hours if grant else None
+        return Response({"organization": slug, "accelerator_hours": hours})
+
+    @extend_schema(request=s.PriorityGrantSerializer, responses=s.PriorityGrantSerializer)
+    def put(self, request: Request, slug: str) -> Response:
+        org = self._org(request, slug)
+        if org is None:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        ser = s.PriorityGrantSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        grant = market.priority_grant_set(
+            organization=org,
+            actor=request.user,
+            door=DOOR,
+            accelerator_hours=ser.validated_data["accelerator_hours"],
+        )
+        hours = grant.accelerator_hours if grant else None
+        return Response({"organization": slug, "accelerator_hours": hours})
+
+
+class BookingClassView(APIView):
+    """The booking classes (reserved, spot, priority) and what each may do."""
+
+    permission_classes = [IsAuthenticated]
+    # Not paginated: three rows.
+    pagination_class = None
+
+    @extend_schema(responses=s.BookingClassSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        from brokers.models import BookingClass
+
+        return Response(
+            list(
+                BookingClass.objects.values(
+                    "slug", "name", "description", "preemptible", "preempts", "needs_grant"
+                )
+            )
+        )
 
 
 class UsageView(APIView):

@@ -225,6 +225,9 @@ FLAGS = {
     "start": "--start",
     "end": "--end",
     "page_size": "--page-size",
+    "booking_class": "--class",
+    "replace_on_preemption": "--replace-on-preemption",
+    "price": "--price",
 }
 
 
@@ -253,6 +256,23 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 0:
             raise Refused(field, limits.NEGATIVE_MESSAGE)
+    g.add_argument(
+        "--class",
+        dest="booking_class",
+        choices=["reserved", "spot", "priority"],
+        default="reserved",
+        help="booking class (default reserved: never preempted)",
+    )
+    g.add_argument(
+        "--spot",
+        action="store_true",
+        help="book spot capacity: cheaper, may be preempted (same as --class spot)",
+    )
+    g.add_argument(
+        "--replace-on-preemption",
+        action="store_true",
+        help="spot: book it again elsewhere if it is preempted",
+    )
 
 
 def spec_from_args(args: argparse.Namespace) -> pb.WorkloadSpec:
@@ -280,6 +300,8 @@ def spec_from_args(args: argparse.Namespace) -> pb.WorkloadSpec:
         max_centers=args.max_centers,
         image=args.image,
         command=args.command,
+        booking_class="spot" if args.spot else args.booking_class,
+        replace_on_preemption=args.replace_on_preemption,
     )
     if args.latest_end is not None:
         spec.latest_end.CopyFrom(timestamp(args.latest_end))
@@ -294,6 +316,8 @@ def print_booking(booking: pb.Booking) -> None:
         f"{booking.window_end.ToDatetime():%H:%M} UTC, est. {booking.estimated_cost} "
         f"{booking.currency}"
     )
+    if booking.booking_class and booking.booking_class != "reserved":
+        print(f"  class: {booking.booking_class}")
     if booking.replaced_by:
         print(f"  replaced by {booking.replaced_by}")
     if booking.flagged_reason:
@@ -329,7 +353,7 @@ def cmd_capacity(client: BrokerClient, args: argparse.Namespace) -> None:
     entries = list(client.capacity_all(**filters))
     print(
         table(
-            ["pool", "hub", "model", "free", "of", "price/h", "green", "A100-eq"],
+            ["pool", "hub", "model", "free", "of", "price/h", "spot/h", "green", "A100-eq"],
             [
                 [
                     e.pool,
@@ -338,6 +362,9 @@ def cmd_capacity(client: BrokerClient, args: argparse.Namespace) -> None:
                     e.free,
                     e.accelerators,
                     f"{e.price_per_accelerator_hour} {e.currency}".strip(),
+                    f"{e.spot_price_per_accelerator_hour} {e.currency}".strip()
+                    if e.spot_price_per_accelerator_hour
+                    else "-",
                     f"{e.green_power_share:.0%}",
                     f"{e.a100_equivalent_per_accelerator:.2f}",
                 ]
@@ -347,6 +374,52 @@ def cmd_capacity(client: BrokerClient, args: argparse.Namespace) -> None:
     )
     free = sum(e.free for e in entries)
     print(f"{plural(len(entries), 'pool')}, {plural(free, 'accelerator')} free")
+    offers = client.capacity(**{**filters, "page_size": 1}).offers
+    if offers:
+        print("\nresale offers (buy with `interconnect buy OFFER`):")
+        print_offers(offers)
+
+
+def print_offers(offers: Sequence[pb.Offer]) -> None:
+    print(
+        table(
+            ["offer", "status", "accelerators", "pools", "start (UTC)", "end", "price"],
+            [
+                [
+                    o.offer_id,
+                    o.status,
+                    o.accelerators,
+                    ", ".join(f"{p.pool} x{p.accelerators}" for p in o.parts),
+                    f"{o.start.ToDatetime():%Y-%m-%d %H:%M}",
+                    f"{o.end.ToDatetime():%H:%M}",
+                    f"{o.price} {o.currency}",
+                ]
+                for o in offers
+            ],
+        )
+    )
+
+
+def cmd_offer(client: BrokerClient, args: argparse.Namespace) -> None:
+    """Offer a booking (or its part from --from) for resale."""
+    offer = client.offer(args.booking_id, price=args.price, start=args.start)
+    print(
+        f"offer {offer.offer_id}: {offer.status}, {offer.price} {offer.currency}, expires "
+        f"{offer.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC"
+    )
+    print_offers([offer])
+
+
+def cmd_offers(client: BrokerClient, args: argparse.Namespace) -> None:
+    print_offers(client.offers(page_size=args.page_size).offers)
+
+
+def cmd_buy(client: BrokerClient, args: argparse.Namespace) -> None:
+    print_booking(client.buy(args.offer_id, image=args.image, command=args.command))
+
+
+def cmd_withdraw(client: BrokerClient, args: argparse.Namespace) -> None:
+    print_offers([client.withdraw(args.offer_id)])
 
 
 def cmd_place(client: BrokerClient, args: argparse.Namespace) -> None:
@@ -354,6 +427,14 @@ def cmd_place(client: BrokerClient, args: argparse.Namespace) -> None:
     rows = []
     for rank, o in enumerate(result.options, 1):
         parts = " + ".join(f"{p.pool} x{p.accelerators}" for p in o.parts)
+        if o.offer:
+            parts = f"offer {o.offer}: {parts}"
+        elif o.preemptions:
+            parts += (
+                " (preempts "
+                + ", ".join(f"{x.bookings} spot on {x.pool}" for x in o.preemptions)
+                + ")"
+            )
         rows.append(
             [
                 rank,
@@ -446,6 +527,10 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "confirm": cmd_confirm,
     "watch": cmd_watch,
+    "offer": cmd_offer,
+    "offers": cmd_offers,
+    "buy": cmd_buy,
+    "withdraw": cmd_withdraw,
 }
 
 EPILOG = """examples:
@@ -554,6 +639,24 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="", help="kept with the booking")
     watch = sub.add_parser("watch", help="follow a booking live, with each event's time")
     watch.add_argument("booking_id", help="e.g. BK-20261123-1A2B3C4D")
+    offer = sub.add_parser("offer", help="offer a booking (or its later part) for resale")
+    offer.add_argument("booking_id", help="e.g. BK-20261123-1A2B3C4D")
+    offer.add_argument("--price", required=True, help="price for all of it, e.g. 120.00")
+    offer.add_argument(
+        "--from",
+        dest="start",
+        type=moment,
+        default=None,
+        help="offer only the part from this slot boundary on",
+    )
+    offers = sub.add_parser("offers", help="open resale offers, and yours")
+    offers.add_argument("--page-size", type=int, default=50, help="offers per page (default 50)")
+    buy = sub.add_parser("buy", help="buy a resale offer")
+    buy.add_argument("offer_id", help="e.g. OF-20261123-1A2B3C4D")
+    buy.add_argument("--image", default="", help="container image to run")
+    buy.add_argument("--command", default="", help="command to run in the image")
+    withdraw = sub.add_parser("withdraw", help="withdraw a resale offer of yours")
+    withdraw.add_argument("offer_id", help="e.g. OF-20261123-1A2B3C4D")
     return parser
 
 

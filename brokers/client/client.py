@@ -182,6 +182,31 @@ class BrokerClient:
             timeout=self.timeout,
         ).booking
 
+    def offer(self, booking_id: str, *, price: str, start: dt.datetime | None = None) -> pb.Offer:
+        request = pb.OfferBookingRequest(booking_id=booking_id, price=price)
+        if start is not None:
+            request.start.CopyFrom(timestamp(start))
+        return self.stub.OfferBooking(request, metadata=self.metadata, timeout=self.timeout).offer
+
+    def offers(self, *, page_size: int = 50, page_token: str = "") -> pb.ListOffersResponse:
+        return self.stub.ListOffers(
+            pb.ListOffersRequest(page_size=page_size, page_token=page_token),
+            metadata=self.metadata,
+            timeout=self.timeout,
+        )
+
+    def buy(self, offer_id: str, *, image: str = "", command: str = "") -> pb.Booking:
+        return self.stub.BuyOffer(
+            pb.BuyOfferRequest(offer_id=offer_id, image=image, command=command),
+            metadata=self.metadata,
+            timeout=self.timeout,
+        ).booking
+
+    def withdraw(self, offer_id: str) -> pb.Offer:
+        return self.stub.WithdrawOffer(
+            pb.WithdrawOfferRequest(offer_id=offer_id), metadata=self.metadata, timeout=self.timeout
+        ).offer
+
     def watch(self, booking_id: str, *, timeout: float = 3600.0) -> Iterator[pb.BookingEvent]:
         """Events of the booking until it ends (a long deadline: the stream lasts the run)."""
         for response in self.stub.WatchBooking(

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from brokers.ledger import slot_bounds
+from brokers.ledger import slot_bounds, used_expression
 from brokers.placement import catalog
 from brokers.placement.filters import hubs_within_reach
 from brokers.placement.network import current_network
@@ -226,7 +226,7 @@ def fetch_candidates(
     cond = cond.replace("free", "f.free").replace("tflops", "f.tflops")
     cap, cap_params = static_part(spec)
     per_model = limit if len(models) == 1 else max(8, limit // len(models) * 2)
-    used = USED_SQL.replace("p.id", "b.pool_id")
+    used = used_expression(USED_SQL.replace("p.id", "b.pool_id"))
 
     def statement(bound: int | None) -> tuple[str, list[Any]]:
         # Innermost: the cheapest pools of one model that pass the cheap filters, walked in

@@ -488,12 +488,16 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
         match = f"p.id IN ({','.join(['%s'] * len(pool_ids))})"
         params = [first, last, *pool_ids]
     with connection.cursor() as cur:
+        from brokers.ledger import used_expression
+
         cur.execute(
-            "SELECT p.id, p.accelerators - COALESCE((SELECT MAX(s.reserved) FROM "
-            "brokers_poolslot s WHERE s.pool_id = p.id AND s.slot_start >= %s "
-            f"AND s.slot_start < %s), 0) FROM {POOL_TABLE} p "
-            f"JOIN {CENTER_TABLE} c ON c.id = p.center_id "
-            f"WHERE {match} AND {BOOKABLE_SQL}",
+            used_expression(
+                "SELECT p.id, p.accelerators - COALESCE((SELECT MAX(s.reserved) FROM "
+                "brokers_poolslot s WHERE s.pool_id = p.id AND s.slot_start >= %s "
+                f"AND s.slot_start < %s), 0) FROM {POOL_TABLE} p "
+                f"JOIN {CENTER_TABLE} c ON c.id = p.center_id "
+                f"WHERE {match} AND {BOOKABLE_SQL}"
+            ),
             params,
         )
         return {pool_id: max(0, int(n)) for pool_id, n in cur.fetchall()}

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from brokers import limits
-from brokers.choices import LatencyClass
+from brokers.choices import BookingClassSlug, LatencyClass
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 
 MAX_WINDOW = dt.timedelta(seconds=limits.MAX_DURATION_SECONDS)
@@ -89,6 +89,10 @@ class WorkloadSpec:
     max_centers: int = 1
     image: str = ""
     command: str = ""
+    # The booking class (``brokers.BookingClass`` slug): reserved, spot or priority.
+    booking_class: str = "reserved"
+    # A spot booking that is preempted is booked again elsewhere.
+    replace_on_preemption: bool = False
 
     @property
     def start(self) -> dt.datetime:
@@ -161,6 +165,10 @@ class WorkloadSpec:
             errors["max_centers"] = [limits.AT_LEAST_ONE_MESSAGE]
         if set(self.hubs_allowed) & set(self.hubs_excluded):
             errors["hubs_excluded"] = ["A hub cannot be both allowed and excluded."]
+        if self.booking_class not in BookingClassSlug.values:
+            errors["booking_class"] = [f"One of {', '.join(BookingClassSlug.values)}."]
+        elif self.replace_on_preemption and self.booking_class != BookingClassSlug.SPOT:
+            errors["replace_on_preemption"] = ["Only spot bookings are preempted."]
         if errors:
             raise ValidationError(errors)
         # UTC from here on: PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows.
@@ -264,6 +272,16 @@ class OptionPart:
     currency: str
 
 
+@dataclass(frozen=True)
+class Preemption:
+    """``bookings`` spot bookings holding ``accelerators`` accelerators of ``pool`` that a
+    reserved or priority booking takes back."""
+
+    pool: str
+    bookings: int
+    accelerators: int
+
+
 @dataclass
 class PlacementOption:
     """A way to run the workload: one part per pool, with its cost and why it ranks here."""
@@ -275,6 +293,10 @@ class PlacementOption:
     transfer_seconds: float
     green_power_share: float
     explanation: list[str] = field(default_factory=list)
+    # Spot bookings this option would preempt, per pool (counts only: they are other firms').
+    preemptions: list[Preemption] = field(default_factory=list)
+    # A resale offer this option is (buy it with its national id instead of booking).
+    offer: str = ""
 
     @property
     def accelerators(self) -> int:

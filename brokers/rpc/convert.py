@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from brokers import limits
-from brokers.choices import BookingStatus, LatencyClass
+from brokers.choices import BookingClassSlug, BookingStatus, LatencyClass
 from brokers.models import Booking, BookingEvent
 from brokers.placement import PlacementResult, WorkloadSpec
 from brokers.placement.spec import OptionPart, check_start
@@ -31,6 +33,8 @@ STATUS_TO_PB: dict[str, pb.BookingStatus] = {
     BookingStatus.CANCELLED: pb.BOOKING_STATUS_CANCELLED,
     BookingStatus.FAILED: pb.BOOKING_STATUS_FAILED,
     BookingStatus.REPLACED: pb.BOOKING_STATUS_REPLACED,
+    BookingStatus.PREEMPTED: pb.BOOKING_STATUS_PREEMPTED,
+    BookingStatus.SOLD: pb.BOOKING_STATUS_SOLD,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 
@@ -72,7 +76,15 @@ def spec_from_pb(msg: pb.WorkloadSpec) -> WorkloadSpec:
     # 0 is proto3's "not set": the default hour. Anything else is held to the service's limits.
     if msg.duration_seconds and (error := limits.duration_error(msg.duration_seconds)):
         raise ValidationError({"duration_seconds": [error]})
-    for name in ("accelerator_model", "interconnect", "data_hub", "image", "command", "price_cap"):
+    for name in (
+        "accelerator_model",
+        "interconnect",
+        "data_hub",
+        "image",
+        "command",
+        "price_cap",
+        "booking_class",
+    ):
         if "\x00" in getattr(msg, name):
             raise ValidationError({name: ["NUL characters are not allowed."]})
     try:
@@ -107,10 +119,34 @@ def _spec(msg: pb.WorkloadSpec) -> WorkloadSpec:
         max_centers=msg.max_centers or 1,
         image=msg.image,
         command=msg.command,
+        booking_class=msg.booking_class or BookingClassSlug.RESERVED,
+        replace_on_preemption=msg.replace_on_preemption,
     )
 
 
-def capacity_to_pb(rows: list[CapacityRow], next_token: str) -> pb.QueryCapacityResponse:
+def offer_to_pb(view: dict[str, Any]) -> pb.Offer:
+    """An offer as ``brokers.market.offer_view`` shows it to the caller."""
+    return pb.Offer(
+        offer_id=view["offer_id"],
+        status=view["status"],
+        start=ts(view["start"]),
+        end=ts(view["end"]),
+        accelerators=view["accelerators"],
+        price=str(view["price"]),
+        currency=view["currency"],
+        expires_at=ts(view["expires_at"]),
+        parts=[
+            pb.OptionChoice(pool=p["pool"], accelerators=p["accelerators"]) for p in view["parts"]
+        ],
+        booking_id=view["booking_id"],
+        bought_booking_id=view["bought_booking_id"],
+        mine=view["mine"],
+    )
+
+
+def capacity_to_pb(
+    rows: list[CapacityRow], next_token: str, offers: Sequence[dict[str, Any]] = ()
+) -> pb.QueryCapacityResponse:
     return pb.QueryCapacityResponse(
         entries=[
             pb.CapacityEntry(
@@ -127,10 +163,12 @@ def capacity_to_pb(rows: list[CapacityRow], next_token: str) -> pb.QueryCapacity
                 inter_node_interconnect=r.inter_node_interconnect,
                 green_power_share=r.green_power_share,
                 a100_equivalent_per_accelerator=r.a100_equivalent_per_accelerator,
+                spot_price_per_accelerator_hour=_str(r.spot_price_per_accelerator_hour),
             )
             for r in rows
         ],
         next_page_token=next_token,
+        offers=[offer_to_pb(o) for o in offers],
     )
 
 
@@ -156,6 +194,11 @@ def placement_to_pb(result: PlacementResult) -> pb.PlaceResponse:
                 transfer_seconds=o.transfer_seconds,
                 green_power_share=o.green_power_share,
                 explanation=o.explanation,
+                preemptions=[
+                    pb.Preemption(pool=x.pool, bookings=x.bookings, accelerators=x.accelerators)
+                    for x in o.preemptions
+                ],
+                offer=o.offer,
             )
             for o in result.options
         ],
@@ -195,6 +238,7 @@ def booking_to_pb(booking: Booking) -> pb.Booking:
         ],
         created_at=ts(booking.created_at),
         hold_expires_at=ts(booking.hold_expires_at),
+        booking_class=booking.booking_class_id,
     )
 
 

@@ -7,6 +7,7 @@ Authentication and error mapping happen in ``brokers.rpc.interceptors``; tenancy
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,10 +17,11 @@ from typing import Any
 import grpc
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from brokers import notify, selectors, services
+from brokers import market, notify, selectors, services
 from brokers.choices import FINAL_STATUSES, BookingStatus
 from brokers.models import Booking, BookingEvent
 from brokers.rpc import convert
@@ -43,6 +45,7 @@ DOOR = Door.BROKER
 WATCH_POLL_SECONDS = 0.2
 # With notifications, a stream reads again when woken, or after this long regardless.
 WATCH_IDLE_SECONDS = 30.0
+_HOUR = dt.timedelta(hours=1)
 
 
 def _booking(booking_id: str) -> Booking:
@@ -74,7 +77,22 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             page_size=request.page_size or 100,
             page_token=request.page_token,
         )
-        return convert.capacity_to_pb(rows, token)
+        offers = []
+        if not request.page_token:
+            user = current_user.get()
+            start = convert.from_ts(request.start, request.HasField("start")) or timezone.now()
+            end = convert.from_ts(request.end, request.HasField("end")) or start + _HOUR
+            offers = [
+                market.offer_view(o, user)
+                for o in market.offers_in_window(
+                    user,
+                    start=start,
+                    end=end,
+                    accelerator_model=request.accelerator_model,
+                    hub=request.hub,
+                )
+            ]
+        return convert.capacity_to_pb(rows, token, offers)
 
     def Place(self, request: pb.PlaceRequest, context: grpc.ServicerContext) -> pb.PlaceResponse:
         """Ranked placement options with every rejection explained; books nothing."""
@@ -149,6 +167,61 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
         return pb.ConfirmBookingResponse(
             booking=convert.booking_to_pb(_booking(request.booking_id))
         )
+
+    def OfferBooking(
+        self, request: pb.OfferBookingRequest, context: grpc.ServicerContext
+    ) -> pb.OfferBookingResponse:
+        """Offer a booking of the caller's firm (or its part from ``start``) for resale."""
+        user = current_user.get()
+        booking = selectors.bookings_cancellable_by(user).get(national_id=request.booking_id)
+        price = convert.decimal_from_pb(request.price, "price")
+        if price is None:
+            raise ValidationError({"price": ["A price that is not negative, e.g. 120.00."]})
+        offer = market.offer_create(
+            booking=booking,
+            actor=user,
+            door=DOOR,
+            price=price,
+            start=convert.from_ts(request.start, request.HasField("start")),
+        )
+        return pb.OfferBookingResponse(offer=convert.offer_to_pb(market.offer_view(offer, user)))
+
+    def ListOffers(
+        self, request: pb.ListOffersRequest, context: grpc.ServicerContext
+    ) -> pb.ListOffersResponse:
+        """Open offers, and the caller's own offers and purchases, newest first, paged by id."""
+        user = current_user.get()
+        size = min(request.page_size or 50, 500)
+        qs = market.offers_visible_to(user).order_by("-id")
+        if request.page_token:
+            if not request.page_token.isdigit() or len(request.page_token) > 18:
+                raise ValidationError({"page_token": ["Not a page token from this server."]})
+            qs = qs.filter(id__lt=int(request.page_token))
+        page = list(qs[: size + 1])
+        return pb.ListOffersResponse(
+            offers=[convert.offer_to_pb(market.offer_view(o, user)) for o in page[:size]],
+            next_page_token=str(page[size - 1].pk) if len(page) > size else "",
+        )
+
+    def BuyOffer(
+        self, request: pb.BuyOfferRequest, context: grpc.ServicerContext
+    ) -> pb.BuyOfferResponse:
+        """Buy an open offer; exactly one buyer wins."""
+        user = current_user.get()
+        offer = market.offers_visible_to(user).get(national_id=request.offer_id)
+        booking = market.offer_buy(
+            offer=offer, actor=user, door=DOOR, image=request.image, command=request.command
+        )
+        return pb.BuyOfferResponse(booking=convert.booking_to_pb(_booking(booking.national_id)))
+
+    def WithdrawOffer(
+        self, request: pb.WithdrawOfferRequest, context: grpc.ServicerContext
+    ) -> pb.WithdrawOfferResponse:
+        """Withdraw an open offer of the caller's firm."""
+        user = current_user.get()
+        offer = market.offers_visible_to(user).get(national_id=request.offer_id)
+        offer = market.offer_withdraw(offer=offer, actor=user, door=DOOR)
+        return pb.WithdrawOfferResponse(offer=convert.offer_to_pb(market.offer_view(offer, user)))
 
 
 async def watch_booking(

@@ -115,6 +115,13 @@ class Pool(LifecycleMixin):
         max_digits=10, decimal_places=4, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     currency = models.CharField(max_length=3, blank=True, help_text="ISO 4217, e.g. CNY.")
+    spot_discount_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=0,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Spot bookings pay the price less this share (they may be preempted).",
+    )
     declared_tflops_per_accelerator = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.001)]
     )
@@ -150,6 +157,11 @@ class Pool(LifecycleMixin):
                 | (Q(price_per_accelerator_hour__gte=0) & ~Q(currency="")),
                 name="pool_price_has_currency",
                 violation_error_message="A price needs a currency and must not be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(spot_discount_percent__gte=0) & Q(spot_discount_percent__lte=100),
+                name="pool_spot_discount_percent",
+                violation_error_message="A spot discount is between 0 and 100 percent.",
             ),
         ]
 

@@ -17,6 +17,9 @@ WEBHOOK_EVENTS = (
     "booking.finished",
     "booking.replaced",
     "booking.cancelled",
+    "booking.preempted",
+    "booking.sold",
+    "booking.bought",
 )
 
 

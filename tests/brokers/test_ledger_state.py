@@ -10,7 +10,11 @@ with their windows, parts and statuses; after every step the database must agree
 - no slot from the current one on is reserved beyond the pool's size, and the oversell checker
   reports exactly the pools the model says are over (only a past window can be, after a shrink);
 - no booking starts before the time it was made;
-- a hold never becomes a booking that runs unless the firm confirmed it.
+- a hold never becomes a booking that runs unless the firm confirmed it;
+- spot bookings count in ``spot_reserved`` too, firm bookings never exceed a pool (the firm
+  oversell checker agrees), and a firm booking that does not fit preempts spot bookings that
+  make room, never one more than needed;
+- a resold booking (whole, or its later part) changes hands without moving a counter.
 
 ``make test`` runs a few derandomized examples on PostgreSQL and, in a subprocess, on SQLite
 (``make run``'s database). ``LEDGER_STATE_EXAMPLES=2000`` runs a long random search instead.
@@ -30,6 +34,7 @@ import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -47,7 +52,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from brokers import ledger, services
+from brokers import ledger, market, services
 from brokers.choices import RESERVING_STATUSES, BookingStatus, EventKind
 from brokers.errors import CapacityExhausted
 from brokers.models import Booking, PoolSlot
@@ -55,6 +60,7 @@ from brokers.placement import WorkloadSpec
 from registry.choices import Status
 from registry.models import Center, Pool
 from tests.brokers.conftest import next_hour
+from tests.factories import OrganizationFactory, UserFactory
 
 A100 = "nvidia-a100-80g"
 PER_NODE = 4
@@ -82,6 +88,7 @@ class Context:
     """What the machine needs from pytest: the firm's user, a pool maker, the clock."""
 
     actor: Any
+    buyer: Any
     operator: Any
     make_pool: Callable[..., Pool]
     clock: Clock
@@ -101,6 +108,8 @@ class Model:
     unconfirmed_hold: bool
     # When it stopped reserving: the slots from then on were given back.
     ended_at: dt.datetime | None = None
+    # A spot booking (counted in ``spot_reserved`` too; may be preempted).
+    spot: bool = False
 
     def slots(self) -> Iterator[dt.datetime]:
         """The slots this booking holds now."""
@@ -133,30 +142,72 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- the model's arithmetic ----------------------------------------------------------------
 
-    def counters(self) -> dict[tuple[int, dt.datetime], int]:
+    def counters(
+        self,
+        *,
+        spot_only: bool = False,
+        firm_only: bool = False,
+        without: frozenset[int] = frozenset(),
+    ) -> dict[tuple[int, dt.datetime], int]:
         out: dict[tuple[int, dt.datetime], int] = {}
         for b in self.bookings.values():
+            if (spot_only and not b.spot) or (firm_only and b.spot) or b.pk in without:
+                continue
             for slot in b.slots():
                 for pool_id, n in b.parts.items():
                     out[pool_id, slot] = out.get((pool_id, slot), 0) + n
         return out
 
-    def fits(self, parts: dict[int, int], start: dt.datetime, end: dt.datetime) -> bool:
-        counters = self.counters()
+    def fits(
+        self,
+        parts: dict[int, int],
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        firm_only: bool = False,
+        without: frozenset[int] = frozenset(),
+    ) -> bool:
+        counters = self.counters(firm_only=firm_only, without=without)
         return all(
             self.active[pool_id] and counters.get((pool_id, slot), 0) + n <= self.size[pool_id]
             for pool_id, n in parts.items()
             for slot in ledger.slot_starts(start, end)
         )
 
-    def oversold(self) -> dict[int, int]:
+    def take_preemptions(self, parts: dict[int, int], start: dt.datetime, end: dt.datetime) -> None:
+        """Spot bookings the broker preempted for a firm booking of ``parts``: they made the
+        room it needed, and each of them was needed (never more than needed)."""
+        gone = dict(Booking.objects.filter(pk__in=list(self.bookings)).values_list("pk", "status"))
+        victims = frozenset(
+            pk
+            for pk, b in self.bookings.items()
+            if gone[pk] == BookingStatus.PREEMPTED and b.status != BookingStatus.PREEMPTED
+        )
+        if not victims:
+            return
+        assert all(
+            self.bookings[pk].spot and self.bookings[pk].status in RESERVING_STATUSES
+            for pk in victims
+        ), "a firm booking was preempted"
+        assert not self.fits(parts, start, end), "preempted though it fitted"
+        assert self.fits(parts, start, end, without=victims), "preempted too little"
+        for pk in victims:
+            assert not self.fits(parts, start, end, without=victims - {pk}), (
+                "preempted more than needed"
+            )
+        for pk in victims:
+            self.end(self.bookings[pk], BookingStatus.PREEMPTED)
+
+    def oversold(self, *, firm_only: bool = False) -> dict[int, int]:
         """What the oversell checker must say: reserving bookings over a pool's size now."""
         out: dict[int, int] = {}
         for pool in self.pools:
             edges = sorted(
                 (t, sign * b.parts[pool.pk])
                 for b in self.bookings.values()
-                if b.status in RESERVING_STATUSES and pool.pk in b.parts
+                if b.status in RESERVING_STATUSES
+                and pool.pk in b.parts
+                and not (firm_only and b.spot)
                 for t, sign in ((b.start, 1), (b.end, -1))
             )
             used = peak = 0
@@ -184,6 +235,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (a.start, a.end) == (booking.window_start, booking.window_end)
             parts[a.pool_id] = parts.get(a.pool_id, 0) + a.accelerators
         assert sum(parts.values()) == booking.accelerators
+        if booking.booking_class_id != "spot":
+            self.take_preemptions(parts, booking.window_start, booking.window_end)
         assert self.fits(parts, booking.window_start, booking.window_end), "booked beyond room"
         b = Model(
             pk=booking.pk,
@@ -193,16 +246,20 @@ class LedgerMachine(RuleBasedStateMachine):
             status=booking.status,
             made_at=self.clock.now,
             unconfirmed_hold=unconfirmed_hold,
+            spot=booking.booking_class_id == "spot",
         )
         self.bookings[b.pk] = b
         return b
 
-    def spec(self, count: int, slots: int, minutes: int, duration: int) -> WorkloadSpec:
+    def spec(
+        self, count: int, slots: int, minutes: int, duration: int, klass: str = "reserved"
+    ) -> WorkloadSpec:
         return WorkloadSpec(
             accelerator_model=A100,
             count=count,
             earliest_start=self.clock.now + slots * SLOT + dt.timedelta(minutes=minutes),
             duration=dt.timedelta(minutes=duration),
+            booking_class=klass,
         )
 
     # --- rules ---------------------------------------------------------------------------------
@@ -212,6 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
         "minutes": st.sampled_from([0, 0, 7, 14]),
         "duration": st.sampled_from([15, 30, 60, 100]),
         "hold": st.booleans(),
+        "klass": st.sampled_from(["reserved", "reserved", "spot"]),
     }
 
     @rule(
@@ -229,12 +287,14 @@ class LedgerMachine(RuleBasedStateMachine):
         minutes: int,
         duration: int,
         hold: bool,
+        klass: str,
     ) -> None:
         parts = {self.pools[first].pk: n}
         if second is not None:
             parts[self.pools[(first + second[0]) % 3].pk] = second[1]
-        spec = self.spec(sum(parts.values()), slots, minutes, duration)
-        expected = self.fits(parts, spec.start, spec.end)
+        spec = self.spec(sum(parts.values()), slots, minutes, duration, klass)
+        # A firm booking fits where the firm part leaves room (spot bookings make way).
+        expected = self.fits(parts, spec.start, spec.end, firm_only=klass != "spot")
         nids = {p.pk: p.national_id for p in self.pools}
         try:
             booking = services.booking_create(
@@ -255,9 +315,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(count=st.integers(1, 12), **windows)
     def book_a_specification(
-        self, count: int, slots: int, minutes: int, duration: int, hold: bool
+        self, count: int, slots: int, minutes: int, duration: int, hold: bool, klass: str
     ) -> None:
-        spec = self.spec(count, slots, minutes, duration)
+        spec = self.spec(count, slots, minutes, duration, klass)
         try:
             booking = services.booking_create(
                 spec=spec,
@@ -423,24 +483,62 @@ class LedgerMachine(RuleBasedStateMachine):
         Pool.objects.filter(pk=pool.pk).update(status=Status.ACTIVE)
         self.active[pool.pk] = True
 
+    @precondition(
+        lambda self: any(b.status == BookingStatus.CONFIRMED for b in self.bookings.values())
+    )
+    @rule(index=st.integers(0, 99), later=st.integers(0, 3))
+    def resell(self, index: int, later: int) -> None:
+        """The firm offers a confirmed booking (or its part from a later slot) and another
+        firm buys it: the allocations change hands, the counters stay."""
+        b = self.pick(index, {BookingStatus.CONFIRMED})
+        assert b is not None
+        booking = Booking.objects.get(pk=b.pk)
+        start = b.start
+        if later:
+            start = ledger.slot_bounds(b.start, b.start)[0] + later * SLOT
+        try:
+            offer = market.offer_create(
+                booking=booking,
+                actor=self.ctx.actor,
+                door="api",
+                price=Decimal("7.50"),
+                start=None if not later else start,
+            )
+        except ValidationError:
+            assert b.spot or b.start <= self.clock.now or (later and not b.start < start < b.end)
+            return
+        assert not b.spot and b.start > self.clock.now
+        bought = market.offer_buy(offer=offer, actor=self.ctx.buyer, door="api")
+        if start == b.start:
+            b.status, b.ended_at = BookingStatus.SOLD, b.start
+        else:
+            b.end = start
+        self.adopt(bought, unconfirmed_hold=False)
+
     # --- invariants ----------------------------------------------------------------------------
 
     @invariant()
     def the_database_agrees_with_the_model(self) -> None:
         pool_ids = [p.pk for p in self.pools]
         rows = PoolSlot.objects.filter(pool_id__in=pool_ids).values_list(
-            "pool_id", "slot_start", "capacity", "reserved"
+            "pool_id", "slot_start", "capacity", "reserved", "spot_reserved"
         )
         counters = self.counters()
-        found = {(pk, slot): reserved for pk, slot, _, reserved in rows if reserved}
+        found = {(pk, slot): reserved for pk, slot, _, reserved, _ in rows if reserved}
         assert found == {k: n for k, n in counters.items() if n}, "slot counters drifted"
+        spot = {(pk, slot): n for pk, slot, _, _, n in rows if n}
+        assert spot == {k: n for k, n in self.counters(spot_only=True).items() if n}, (
+            "spot counters drifted"
+        )
         now_slot = ledger.slot_bounds(self.clock.now, self.clock.now)[0]
-        for pk, slot, capacity, reserved in rows:
-            assert 0 <= reserved <= capacity
+        for pk, slot, capacity, reserved, spot_reserved in rows:
+            assert 0 <= spot_reserved <= reserved <= capacity
             if slot >= now_slot:
                 assert reserved <= self.size[pk], f"pool {pk} over its size at {slot}"
         oversold = {pk: n for pk, n in ledger.oversold_pools().items() if pk in pool_ids}
         assert oversold == self.oversold()
+        firm = {pk: n for pk, n in ledger.oversold_pools(firm_only=True).items() if pk in pool_ids}
+        assert firm == self.oversold(firm_only=True)
 
         statuses = dict(
             Booking.objects.filter(allocations__pool_id__in=pool_ids)
@@ -484,7 +582,10 @@ def machine(
 ) -> type[LedgerMachine]:
     clock = Clock()
     monkeypatch.setattr(services, "_now", lambda: clock.now)
-    LedgerMachine.ctx = Context(actor=dave, operator=acme, make_pool=active_pool, clock=clock)
+    buyer = UserFactory(membership__organization=OrganizationFactory(kind="ai_firm"))
+    LedgerMachine.ctx = Context(
+        actor=dave, buyer=buyer, operator=acme, make_pool=active_pool, clock=clock
+    )
     return LedgerMachine
 
 
@@ -596,6 +697,9 @@ MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     ),
     "a re-placed hold is confirmed": lambda mp: mutate(
         mp, services, "booking_replace", "hold_until=hold_until,", "hold_until=None,"
+    ),
+    "a spot booking counted as firm": lambda mp: mutate(
+        mp, services, "_book_option", "spot=cls.preemptible", "spot=False"
     ),
 }
 

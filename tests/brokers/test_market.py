@@ -1,0 +1,231 @@
+"""The market at the service level: spot prices, preemption (fewest and youngest, never more
+than needed, in the firm booking's transaction), priority grants, resale (whole and part,
+expiry), on real PostgreSQL. Concurrent buyers: ``test_market_doors``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from brokers import ledger, market, services
+from brokers.choices import BookingStatus, EventKind, OfferStatus
+from brokers.errors import CapacityExhausted, QuotaExceeded
+from brokers.models import Booking, BookingEvent, PoolSlot, ResaleOffer
+from registry import selectors as registry_selectors
+from registry.models import Pool, WebhookDelivery, WebhookSubscription
+from tests.brokers.conftest import spec
+from tests.factories import OrganizationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def book(actor: Any, pool: Pool, n: int, **kwargs: Any) -> Booking:
+    return services.booking_create(
+        spec=spec(count=n, **kwargs),
+        idempotency_key=uuid.uuid4().hex,
+        actor=actor,
+        door="api",
+        option=[(pool.national_id, n)],
+    )
+
+
+@pytest.fixture
+def firm2(db: Any) -> Any:
+    return UserFactory(membership__organization=OrganizationFactory(kind="ai_firm"))
+
+
+@pytest.fixture
+def pool(acme: Any, active_pool: Any) -> Pool:
+    p = active_pool(acme, size=8, price="10.00")
+    Pool.objects.filter(pk=p.pk).update(spot_discount_percent=Decimal("40"))
+    p.refresh_from_db()
+    return p
+
+
+def slots(pool: Pool) -> set[tuple[int, int]]:
+    return set(PoolSlot.objects.filter(pool=pool).values_list("reserved", "spot_reserved"))
+
+
+def test_spot_is_priced_at_the_pool_discount_and_shown_next_to_reserved(
+    dave: Any, pool: Pool
+) -> None:
+    rows, _ = services.capacity_query(actor=dave, accelerator_model="nvidia-a100-80g")
+    row = next(r for r in rows if r.pool == pool.national_id)
+    assert (row.price_per_accelerator_hour, row.spot_price_per_accelerator_hour) == (
+        Decimal("10.0000"),
+        Decimal("6.0000"),
+    )
+    booking = book(dave, pool, 4, booking_class="spot")
+    assert booking.booking_class_id == "spot"
+    assert booking.estimated_cost == Decimal("24.00")  # 4 x 1 h x 6.00
+    assert booking.allocations.get().price_per_accelerator_hour == Decimal("6.0000")
+    assert slots(pool) == {(4, 4)}
+    preview = services.placement_preview(spec=spec(count=2, booking_class="spot"), actor=dave)
+    assert preview.options[0].parts[0].price_per_accelerator_hour == Decimal("6.0000")
+    assert "may be preempted" in preview.options[0].explanation[-1]
+
+
+def test_a_reserved_booking_preempts_the_fewest_youngest_spot_bookings_only(
+    dave: Any, firm2: Any, pool: Pool, settings: Any
+) -> None:
+    settings.BROKER_DISPATCH = False
+    old4 = book(firm2, pool, 4, booking_class="spot")
+    young2 = book(firm2, pool, 2, booking_class="spot")
+    younger2 = book(firm2, pool, 2, booking_class="spot")
+    assert slots(pool) == {(8, 8)}
+    sub = WebhookSubscription.objects.create(
+        organization=registry_selectors.organization_of(firm2), url="https://example.org/h"
+    )
+
+    # 2 needed: one booking suffices, and the youngest of those that do.
+    preview = services.placement_preview(spec=spec(count=2), actor=dave)
+    assert [(p.pool, p.bookings) for p in preview.options[0].preemptions] == [(pool.national_id, 1)]
+    assert f"preempts 1 spot booking on {pool.national_id}" in preview.options[0].explanation
+    firm = book(dave, pool, 2)
+    assert Booking.objects.get(pk=younger2.pk).status == BookingStatus.PREEMPTED
+    assert {b.status for b in Booking.objects.filter(pk__in=[old4.pk, young2.pk])} == {
+        BookingStatus.CONFIRMED
+    }
+    assert slots(pool) == {(8, 6)}
+    event = BookingEvent.objects.get(booking=younger2, kind=EventKind.PREEMPTED)
+    assert firm.national_id in event.message and event.status == BookingStatus.PREEMPTED
+    assert WebhookDelivery.objects.filter(subscription=sub, event="booking.preempted").count() == 1
+
+    # 4 more needed: the old booking of 4 alone (one), not the young 2 plus another (two).
+    preview = services.placement_preview(spec=spec(count=4), actor=dave)
+    assert "preempts 1 spot booking" in preview.options[0].explanation[-1]
+    book(dave, pool, 4)
+    assert Booking.objects.get(pk=old4.pk).status == BookingStatus.PREEMPTED
+    assert Booking.objects.get(pk=young2.pk).status == BookingStatus.CONFIRMED
+    assert slots(pool) == {(8, 2)}
+    assert ledger.oversold_pools() == {} and ledger.oversold_pools(firm_only=True) == {}
+
+    # Firm bookings never exceed capacity: 6 firm + 2 spot; 3 more firm cannot fit.
+    with pytest.raises(CapacityExhausted, match="even preempting"):
+        book(dave, pool, 3)
+    assert slots(pool) == {(8, 2)}
+    # Spot never preempts spot.
+    with pytest.raises(CapacityExhausted):
+        book(dave, pool, 1, booking_class="spot")
+
+
+def test_preemption_is_all_or_nothing_with_the_firm_booking(
+    dave: Any, firm2: Any, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spot = book(firm2, pool, 6, booking_class="spot")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise QuotaExceeded("refused after preempting", code="quota.test")
+
+    # The quota check runs in the same transaction: refusing there must undo the preemption.
+    original = services._dispatch_on_commit
+    monkeypatch.setattr(services, "_dispatch_on_commit", refuse)
+    with pytest.raises(QuotaExceeded):
+        book(dave, pool, 4)
+    monkeypatch.setattr(services, "_dispatch_on_commit", original)
+    assert Booking.objects.get(pk=spot.pk).status == BookingStatus.CONFIRMED
+    assert slots(pool) == {(6, 6)}
+
+
+def test_priority_needs_a_grant_and_stays_within_it(
+    dave: Any, pat: Any, firm2: Any, pool: Pool, deepai: Any
+) -> None:
+    with pytest.raises(PermissionDenied, match="priority.not_granted"):
+        book(dave, pool, 2, booking_class="priority")
+    with pytest.raises(PermissionDenied):
+        market.priority_grant_set(organization=deepai, actor=dave, door="api", accelerator_hours=9)
+    market.priority_grant_set(organization=deepai, actor=pat, door="api", accelerator_hours=6)
+    spot = book(firm2, pool, 8, booking_class="spot")
+    booking = book(dave, pool, 4, booking_class="priority")
+    assert booking.booking_class_id == "priority"
+    assert Booking.objects.get(pk=spot.pk).status == BookingStatus.PREEMPTED
+    with pytest.raises(QuotaExceeded, match="Priority grant"):
+        book(dave, pool, 4, booking_class="priority")
+    with pytest.raises(ValidationError, match="Only spot bookings"):
+        book(dave, pool, 1, replace_on_preemption=True)
+
+
+def test_a_preempted_spot_booking_that_asked_is_re_placed(
+    dave: Any, firm2: Any, pool: Pool, acme: Any, active_pool: Any
+) -> None:
+    spot = book(firm2, pool, 4, booking_class="spot", replace_on_preemption=True)
+    book(dave, pool, 8)
+    spot.refresh_from_db()
+    assert spot.status == BookingStatus.PREEMPTED
+    assert market.replace_preempted(booking=spot) is None  # nowhere else yet
+    other = active_pool(acme, size=8, price="12.00")
+    new = market.replace_preempted(booking=spot)
+    assert new is not None and new.booking_class_id == "spot"
+    assert new.allocations.get().pool_id == other.pk
+    assert market.replace_preempted(booking=Booking.objects.get(pk=spot.pk)) == new  # once
+
+
+def test_resale_of_a_whole_booking_and_of_its_later_part(dave: Any, firm2: Any, pool: Pool) -> None:
+    sold = book(dave, pool, 4, duration=dt.timedelta(hours=2))
+    offer = market.offer_create(booking=sold, actor=dave, door="api", price=Decimal("50"))
+    assert offer.expires_at == sold.window_start
+    with pytest.raises(ValidationError, match="already offered"):
+        market.offer_create(booking=sold, actor=dave, door="api", price=Decimal("40"))
+    with pytest.raises(ValidationError, match="own offer"):
+        market.offer_buy(offer=offer, actor=dave, door="api")
+    assert market.offer_options(spec(count=4), organization_id=None)[0].offer == offer.national_id
+    before = slots(pool)
+    bought = market.offer_buy(offer=offer, actor=firm2, door="api", image="img")
+    assert slots(pool) == before  # the allocation moved; the counters did not
+    sold.refresh_from_db()
+    assert sold.status == BookingStatus.SOLD
+    assert (bought.status, bought.estimated_cost, bought.window_start) == (
+        BookingStatus.CONFIRMED,
+        Decimal("50.00"),
+        sold.window_start,
+    )
+    assert ResaleOffer.objects.get(pk=offer.pk).status == OfferStatus.SOLD
+    assert BookingEvent.objects.filter(booking=sold, kind=EventKind.SOLD).exists()
+    with pytest.raises(CapacityExhausted, match="sold"):
+        market.offer_buy(
+            offer=offer,
+            actor=UserFactory(membership__organization=OrganizationFactory(kind="ai_firm")),
+            door="api",
+        )
+    assert ledger.oversold_pools() == {}
+
+    # The later hour of another booking: the seller keeps the first, the buyer gets the second.
+    kept = book(dave, pool, 4, duration=dt.timedelta(hours=2))
+    later = kept.window_start + dt.timedelta(hours=1)
+    with pytest.raises(ValidationError, match="slot boundary"):
+        market.offer_create(
+            booking=kept,
+            actor=dave,
+            door="api",
+            price=Decimal("9"),
+            start=later + dt.timedelta(minutes=7),
+        )
+    part = market.offer_create(
+        booking=kept, actor=dave, door="api", price=Decimal("9"), start=later
+    )
+    got = market.offer_buy(offer=part, actor=firm2, door="api")
+    kept.refresh_from_db()
+    assert (kept.status, kept.window_end) == (BookingStatus.CONFIRMED, later)
+    assert (got.window_start, got.window_end) == (later, later + dt.timedelta(hours=1))
+    assert ledger.oversold_pools() == {}
+    services.booking_cancel(booking=kept, actor=dave, door="api")
+    services.booking_cancel(booking=got, actor=firm2, door="api")
+    services.booking_cancel(booking=bought, actor=firm2, door="api")
+    assert slots(pool) <= {(0, 0)}
+
+
+def test_an_offer_expires_at_the_booking_start(dave: Any, firm2: Any, pool: Pool) -> None:
+    sold = book(dave, pool, 4)
+    offer = market.offer_create(booking=sold, actor=dave, door="api", price=Decimal("5"))
+    ResaleOffer.objects.filter(pk=offer.pk).update(
+        expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    )
+    assert not market.offers_visible_to(firm2).filter(pk=offer.pk).exists()
+    with pytest.raises(CapacityExhausted, match="expired"):
+        market.offer_buy(offer=offer, actor=firm2, door="api")
+    assert Booking.objects.get(pk=sold.pk).status == BookingStatus.CONFIRMED

@@ -1,0 +1,257 @@
+"""The market at every door: a spot booking preempted by a priority booking (REST, gRPC, CLI),
+resale offers seen, bought and withdrawn, and a block that changes hands exactly once under
+concurrent buyers coming through gRPC and REST at the same time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from rest_framework.test import APIClient
+
+from brokers import ledger, market
+from brokers.client.client import BrokerClient, workload_spec
+from brokers.models import Booking, ResaleOffer
+from brokers.rpc.server import BrokerRuntime, build_server
+from protos import broker_pb2 as pb
+from registry import services as registry_services
+from registry.models import Pool
+from tests.brokers.broker_testing import ROOT
+from tests.brokers.conftest import next_hour
+from tests.factories import OrganizationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+A100 = "nvidia-a100-80g"
+
+
+@pytest.fixture
+def broker() -> Iterator[BrokerRuntime]:
+    runtime = build_server("127.0.0.1:0", max_workers=8)
+    yield runtime
+    runtime.stop(grace=0).wait()
+
+
+def token_of(user: Any) -> str:
+    return registry_services.token_create(user=user, name="market")[1]
+
+
+def rest(user: Any) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_of(user)}")
+    return client
+
+
+def cli(broker: BrokerRuntime, user: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "INTERCONNECT_TOKEN": token_of(user),
+        "INTERCONNECT_BROKER": f"127.0.0.1:{broker.port}",
+    }
+    return subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def firm() -> Any:
+    return UserFactory(membership__organization=OrganizationFactory(kind="ai_firm"))
+
+
+@pytest.fixture
+def pool(acme: Any, active_pool: Any) -> Pool:
+    p = active_pool(acme, size=8, price="10.00")
+    Pool.objects.filter(pk=p.pk).update(spot_discount_percent=Decimal("25"))
+    return p
+
+
+def test_spot_preempted_by_priority_at_every_door(
+    broker: BrokerRuntime, pool: Pool, dave: Any, deepai: Any, pat: Any
+) -> None:
+    spotter = firm()
+    start = next_hour().isoformat()
+    # CLI: spot prices next to reserved ones; `book --spot`.
+    capacity = cli(broker, spotter, "capacity", "--model", A100)
+    assert capacity.returncode == 0, capacity.stderr
+    assert "spot/h" in capacity.stdout and "7.5000" in capacity.stdout
+    booked = cli(
+        broker, spotter, "book", "--model", A100, "--count", "6", "--start", start, "--spot"
+    )
+    assert booked.returncode == 0, booked.stderr
+    assert "class: spot" in booked.stdout and "est. 45.00" in booked.stdout
+    spot_id = booked.stdout.split("booking ")[1].split(":")[0]
+
+    # REST: platform staff grant the priority class; placement explains the preemption.
+    assert (
+        rest(pat)
+        .put(f"/api/v1/priority-grants/{deepai.slug}/", {"accelerator_hours": 100}, format="json")
+        .status_code
+        == 200
+    )
+    body = {"accelerator_model": A100, "count": 4, "earliest_start": start}
+    placed = rest(dave).post(
+        "/api/v1/placements/", {**body, "booking_class": "priority"}, format="json"
+    )
+    assert placed.status_code == 200, placed.content
+    option = placed.json()["options"][0]
+    assert option["preemptions"] == [{"pool": pool.national_id, "bookings": 1, "accelerators": 6}]
+    assert f"preempts 1 spot booking on {pool.national_id}" in option["explanation"]
+
+    # gRPC: the priority booking preempts; the spot firm sees it everywhere.
+    dave_grpc = BrokerClient(f"127.0.0.1:{broker.port}", token_of(dave))
+    spot_grpc = BrokerClient(f"127.0.0.1:{broker.port}", token_of(spotter))
+    try:
+        spec = workload_spec(
+            accelerator_model=A100, count=4, earliest_start=next_hour(), booking_class="priority"
+        )
+        assert dave_grpc.place(spec).options[0].preemptions[0].bookings == 1
+        priority = dave_grpc.book(spec, idempotency_key="prio-1")
+        assert priority.booking_class == "priority"
+        gone = spot_grpc.booking(spot_id)
+        assert gone.status == pb.BOOKING_STATUS_PREEMPTED and priority.booking_id in (
+            gone.status_reason
+        )
+        kinds = [e.kind for e in spot_grpc.watch(spot_id, timeout=10)]
+        assert kinds[-1] == "preempted"
+        # The other firm's booking id is no business of the priority firm.
+        with pytest.raises(grpc.RpcError) as exc:
+            dave_grpc.booking(spot_id)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        dave_grpc.close()
+        spot_grpc.close()
+    got = rest(spotter).get(f"/api/v1/bookings/{spot_id}/").json()
+    assert (got["status"], got["booking_class"]) == ("preempted", "spot")
+    listed = cli(broker, spotter, "bookings")
+    assert "preempted" in listed.stdout
+    assert ledger.oversold_pools() == {} and ledger.oversold_pools(firm_only=True) == {}
+
+
+def test_offer_and_buy_at_every_door(broker: BrokerRuntime, pool: Pool, dave: Any) -> None:
+    buyer = firm()
+    start = next_hour() + dt.timedelta(hours=2)
+    seller = rest(dave)
+    made = seller.post(
+        "/api/v1/bookings/",
+        {
+            "idempotency_key": "sell-1",
+            "spec": {"accelerator_model": A100, "count": 4, "earliest_start": start.isoformat()},
+        },
+        format="json",
+    ).json()
+    # CLI: offer it.
+    offered = cli(broker, dave, "offer", made["national_id"], "--price", "30.00")
+    assert offered.returncode == 0, offered.stderr
+    offer_id = offered.stdout.split()[1].rstrip(":")
+    assert offer_id.startswith("OF-") and "30.00" in offered.stdout
+    # Bad input: the same field message at REST and gRPC.
+    bad = seller.post(
+        f"/api/v1/bookings/{made['national_id']}/offer/", {"price": "-1"}, format="json"
+    )
+    assert bad.status_code == 400 and "price" in bad.json()
+
+    # The buyer sees it in capacity queries and placement, without the seller's booking.
+    cap = rest(buyer).get("/api/v1/capacity/", {"start": start.isoformat()}).json()
+    assert [o["offer_id"] for o in cap["offers"]] == [offer_id]
+    assert cap["offers"][0]["booking_id"] == "" and not cap["offers"][0]["mine"]
+    placed = (
+        rest(buyer)
+        .post(
+            "/api/v1/placements/",
+            {"accelerator_model": A100, "count": 4, "earliest_start": start.isoformat()},
+            format="json",
+        )
+        .json()
+    )
+    assert offer_id in [o["offer"] for o in placed["options"]]
+    with BrokerClient(f"127.0.0.1:{broker.port}", token_of(buyer)) as client:
+        listed = client.offers()
+        assert [o.offer_id for o in listed.offers] == [offer_id]
+        assert listed.offers[0].booking_id == ""
+    # CLI: buy it.
+    bought = cli(broker, buyer, "buy", offer_id, "--image", "img:1")
+    assert bought.returncode == 0, bought.stderr
+    assert "confirmed" in bought.stdout and "est. 30.00" in bought.stdout
+    assert seller.get(f"/api/v1/bookings/{made['national_id']}/").json()["status"] == "sold"
+    mine = seller.get(f"/api/v1/offers/{offer_id}/").json()
+    assert (mine["status"], mine["booking_id"], mine["bought_booking_id"]) == (
+        "sold",
+        made["national_id"],
+        "",
+    )
+    # Sold: no longer on the market for a third firm.
+    again = cli(broker, firm(), "buy", offer_id)
+    assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+
+
+def test_concurrent_buyers_through_grpc_and_rest_one_wins(
+    broker: BrokerRuntime, pool: Pool, dave: Any
+) -> None:
+    """Six firms buy one block at once, three through gRPC and three through REST: exactly
+    one booking owns it afterwards, every other buyer is told it is gone."""
+    start = next_hour() + dt.timedelta(hours=3)
+    booking = rest(dave).post(
+        "/api/v1/bookings/",
+        {
+            "idempotency_key": "race-1",
+            "spec": {"accelerator_model": A100, "count": 8, "earliest_start": start.isoformat()},
+        },
+        format="json",
+    )
+    nid = booking.json()["national_id"]
+    offer_id = rest(dave).post(f"/api/v1/bookings/{nid}/offer/", {"price": "80"}).json()["offer_id"]
+    buyers = [firm() for _ in range(6)]
+    grpc_clients = [BrokerClient(f"127.0.0.1:{broker.port}", token_of(u)) for u in buyers[:3]]
+    rest_clients = [rest(u) for u in buyers[3:]]
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def via_grpc(client: BrokerClient) -> None:
+        barrier.wait()
+        try:
+            client.buy(offer_id)
+            outcomes.append("won")
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code().name)
+
+    def via_rest(client: APIClient) -> None:
+        from django.db import connections
+
+        barrier.wait()
+        try:
+            response = client.post(f"/api/v1/offers/{offer_id}/buy/", {}, format="json")
+            outcomes.append("won" if response.status_code == 201 else str(response.status_code))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=via_grpc, args=(c,)) for c in grpc_clients]
+    threads += [threading.Thread(target=via_rest, args=(c,)) for c in rest_clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in grpc_clients:
+        c.close()
+    assert sorted(outcomes) == sorted(
+        ["won"]
+        + ["RESOURCE_EXHAUSTED"] * (outcomes.count("RESOURCE_EXHAUSTED"))
+        + ["409"] * (outcomes.count("409"))
+    )
+    assert outcomes.count("won") == 1 and len(outcomes) == 6
+    offer = ResaleOffer.objects.get(national_id=offer_id)
+    assert offer.status == "sold" and offer.bought is not None
+    owners = Booking.objects.filter(
+        allocations__pool=pool, status__in=["confirmed"], window_start=start
+    ).distinct()
+    assert [b.pk for b in owners] == [offer.bought.pk]
+    assert market.open_offers().count() == 0
+    assert ledger.oversold_pools() == {}

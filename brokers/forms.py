@@ -9,7 +9,7 @@ from django import forms
 from django.utils import timezone
 
 from brokers import limits
-from brokers.choices import LatencyClass
+from brokers.choices import BookingClassSlug, LatencyClass
 from brokers.placement import WorkloadSpec
 from brokers.placement.spec import past_start_error
 from registry.forms import choice_field
@@ -56,6 +56,13 @@ class WorkloadForm(forms.Form):
     )
     allow_split = forms.BooleanField(required=False, label="May split across centers")
     max_centers = forms.IntegerField(min_value=1, initial=1)
+    booking_class = forms.ChoiceField(
+        choices=BookingClassSlug.choices,
+        initial=BookingClassSlug.RESERVED,
+        required=False,
+        label="Class",
+        help_text="Spot: cheaper, may be preempted.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +99,7 @@ class WorkloadForm(forms.Form):
             price_cap=Decimal(data["price_cap"]) if data.get("price_cap") is not None else None,
             allow_split=bool(data.get("allow_split")),
             max_centers=data.get("max_centers") or 1,
+            booking_class=data.get("booking_class") or BookingClassSlug.RESERVED,
         )
 
 
@@ -114,6 +122,15 @@ class BookingForm(forms.Form):
             return [(str(pool), int(n)) for pool, n in value]
         except (TypeError, ValueError):
             raise forms.ValidationError("Malformed option.") from None
+
+
+class OfferForm(forms.Form):
+    """Offer a booking (or its part from ``start``) for resale."""
+
+    price = forms.DecimalField(min_value=0, max_digits=14, decimal_places=2, label="Price")
+    start = forms.DateTimeField(
+        required=False, widget=DATETIME_LOCAL, label="From (UTC; empty: all of it)"
+    )
 
 
 class CancelForm(forms.Form):

@@ -12,4 +12,8 @@ urlpatterns = [
     path("bookings/<str:national_id>/", views.booking_detail, name="booking-detail"),
     path("bookings/<str:national_id>/events/", views.booking_events, name="booking-events"),
     path("bookings/<str:national_id>/cancel/", views.booking_cancel, name="booking-cancel"),
+    path("bookings/<str:national_id>/offer/", views.booking_offer, name="booking-offer"),
+    path("offers/", views.offer_list, name="offer-list"),
+    path("offers/<str:national_id>/buy/", views.offer_buy, name="offer-buy"),
+    path("offers/<str:national_id>/withdraw/", views.offer_withdraw, name="offer-withdraw"),
 ]

@@ -19,16 +19,17 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from brokers import selectors, services
+from brokers import market, selectors, services
 from brokers.choices import CANCELLABLE_STATUSES, FINAL_STATUSES, BookingStatus
 from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableConflict
-from brokers.forms import BookingForm, CancelForm, WindowForm, WorkloadForm
+from brokers.forms import BookingForm, CancelForm, OfferForm, WindowForm, WorkloadForm
 from brokers.ledger import DeadlineExceeded
+from brokers.models import ResaleOffer
 from brokers.placement import WorkloadSpec
 from registry import charts
 from registry import selectors as registry_selectors
@@ -50,6 +51,8 @@ BOOKING_COLORS = {
     BookingStatus.CANCELLED: "gray",
     BookingStatus.FAILED: "red",
     BookingStatus.REPLACED: "purple",
+    BookingStatus.PREEMPTED: "orange",
+    BookingStatus.SOLD: "black",
 }
 # The dashboard's national aggregates over heartbeats and bookings scan large tables (about a
 # second at a million bookings). They are shared by every visitor: kept in the cache for an hour
@@ -156,6 +159,9 @@ def capacity_search(request: HttpRequest) -> HttpResponse:
     free = selectors.free_accelerators(pools=rows, start=start, end=end) if rows else {}
     for pool in rows:
         pool.free = free.get(pool.pk)
+        pool.spot_price = market.spot_price(
+            pool.price_per_accelerator_hour, pool.spot_discount_percent
+        )
     context["page"].object_list = rows
     context.update(
         {"window": window, "window_start": start, "window_end": end, "can_book": _booker(request)}
@@ -298,6 +304,17 @@ def booking_detail(request: HttpRequest, national_id: str) -> HttpResponse:
             ),
             "cancellable": cancellable,
             "cancel_form": CancelForm(),
+            "offerable": cancellable
+            and booking.status == BookingStatus.CONFIRMED
+            and booking.booking_class_id == "reserved"
+            and booking.window_start > timezone.now(),
+            "offer_form": OfferForm(),
+            "offers": [
+                market.offer_view(o, request.user)
+                for o in market.offers_visible_to(request.user).filter(booking=booking)
+            ]
+            if cancellable or registry_selectors.is_platform_staff(request.user)
+            else [],
             "hours": (booking.window_end - booking.window_start).total_seconds() / 3600,
         },
     )
@@ -433,3 +450,87 @@ def booking_cancel(request: HttpRequest, national_id: str) -> HttpResponse:
     else:
         messages.success(request, f"{booking.national_id} cancelled; its capacity is free again.")
     return redirect("booking-detail", national_id=booking.national_id)
+
+
+# --- Resale -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def booking_offer(request: HttpRequest, national_id: str) -> HttpResponse:
+    """Offer a booking of the firm (or its part from a slot boundary) for resale."""
+    booking = get_object_or_404(
+        selectors.bookings_cancellable_by(request.user), national_id=national_id
+    )
+    form = OfferForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+        return redirect("booking-detail", national_id=booking.national_id)
+    start = form.cleaned_data["start"]
+    if start is not None and timezone.is_naive(start):
+        start = start.replace(tzinfo=dt.UTC)
+    try:
+        offer = market.offer_create(
+            booking=booking,
+            actor=request.user,
+            door=Door.PORTAL,
+            price=form.cleaned_data["price"],
+            start=start,
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Offered as {offer.national_id} until the booking starts.")
+    return redirect("booking-detail", national_id=booking.national_id)
+
+
+@login_required
+def offer_list(request: HttpRequest) -> HttpResponse:
+    """Open resale offers of other firms (buy one), and the firm's own offers and purchases."""
+    offers = [
+        market.offer_view(o, request.user)
+        for o in market.offers_visible_to(request.user).order_by("-id")[:200]
+    ]
+    return render(request, "brokers/offers.html", {"offers": offers, "can_book": _booker(request)})
+
+
+def _offer(request: HttpRequest, national_id: str) -> ResaleOffer:
+    return get_object_or_404(market.offers_visible_to(request.user), national_id=national_id)
+
+
+@login_required
+@require_POST
+def offer_buy(request: HttpRequest, national_id: str) -> HttpResponse:
+    """Buy a resale offer: the booking becomes the firm's (one buyer wins)."""
+    offer = _offer(request, national_id)
+    try:
+        booking = market.offer_buy(offer=offer, actor=request.user, door=Door.PORTAL)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    except CapacityExhausted as exc:
+        messages.error(request, f"Not bought: {exc.detail}")
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    except (RetryableConflict, DeadlineExceeded):
+        messages.error(request, "The ledger was busy; buy again.")
+    else:
+        messages.success(request, f"Bought {offer.national_id}: booking {booking.national_id}.")
+        return redirect("booking-detail", national_id=booking.national_id)
+    return redirect("offer-list")
+
+
+@login_required
+@require_POST
+def offer_withdraw(request: HttpRequest, national_id: str) -> HttpResponse:
+    offer = _offer(request, national_id)
+    try:
+        market.offer_withdraw(offer=offer, actor=request.user, door=Door.PORTAL)
+    except ResaleOffer.DoesNotExist:
+        raise Http404("No such offer.") from None
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+    else:
+        messages.success(request, f"{offer.national_id} withdrawn.")
+    return redirect("offer-list")

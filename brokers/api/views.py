@@ -174,10 +174,11 @@ class BookingViewSet(
     def offer(self, request: Request, national_id: str) -> Response:
         """Offer the booking (confirmed, reserved, not started; or its part from ``start``, a
         slot boundary) to other firms at ``price``; the offer lapses at the booking's start."""
+        booking = self.get_object()  # another firm's booking: 404 before any field check
         ser = s.OfferCreateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         offer = market.offer_create(
-            booking=self.get_object(),
+            booking=booking,
             actor=request.user,
             door=DOOR,
             price=ser.validated_data["price"],
@@ -234,11 +235,10 @@ class OfferViewSet(viewsets.GenericViewSet):
     def buy(self, request: Request, national_id: str) -> Response:
         """Buy the offer: a new booking of yours takes its allocations over (one buyer wins;
         the others get 409 ``offer.not_open``)."""
+        offer = self.get_object()
         ser = s.OfferBuySerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        booking = market.offer_buy(
-            offer=self.get_object(), actor=request.user, door=DOOR, **ser.validated_data
-        )
+        booking = market.offer_buy(offer=offer, actor=request.user, door=DOOR, **ser.validated_data)
         booking = (
             Booking.objects.select_related("organization", "replaced_by")
             .prefetch_related("allocations__pool__center")

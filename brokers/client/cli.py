@@ -195,6 +195,23 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--image", default="", help="container image to run")
     g.add_argument("--command", default="", help="command to run in the image")
+    g.add_argument(
+        "--class",
+        dest="booking_class",
+        choices=["reserved", "spot", "priority"],
+        default="reserved",
+        help="booking class (default reserved: never preempted)",
+    )
+    g.add_argument(
+        "--spot",
+        action="store_true",
+        help="book spot capacity: cheaper, may be preempted (same as --class spot)",
+    )
+    g.add_argument(
+        "--replace-on-preemption",
+        action="store_true",
+        help="spot: book it again elsewhere if it is preempted",
+    )
 
 
 # Request fields and the flags that set them: every message names the flag.
@@ -256,23 +273,6 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 0:
             raise Refused(field, limits.NEGATIVE_MESSAGE)
-    g.add_argument(
-        "--class",
-        dest="booking_class",
-        choices=["reserved", "spot", "priority"],
-        default="reserved",
-        help="booking class (default reserved: never preempted)",
-    )
-    g.add_argument(
-        "--spot",
-        action="store_true",
-        help="book spot capacity: cheaper, may be preempted (same as --class spot)",
-    )
-    g.add_argument(
-        "--replace-on-preemption",
-        action="store_true",
-        help="spot: book it again elsewhere if it is preempted",
-    )
 
 
 def spec_from_args(args: argparse.Namespace) -> pb.WorkloadSpec:

@@ -50,6 +50,7 @@ CENTERS: list[dict[str, Any]] = [
                 "inter_node_bandwidth_gbps": 400,
                 "price_per_accelerator_hour": "14.00",
                 "currency": "CNY",
+                "spot_discount_percent": "30",
                 "declared_tflops_per_accelerator": 989.4,
                 "traits": ["nvlink", "rdma", "infiniband", "fp8", "green-power", "liquid-cooling"],
             },
@@ -75,6 +76,7 @@ CENTERS: list[dict[str, Any]] = [
                 "inter_node_bandwidth_gbps": 200,
                 "price_per_accelerator_hour": "8.50",
                 "currency": "CNY",
+                "spot_discount_percent": "40",
                 "declared_tflops_per_accelerator": 280.0,
                 # The catalog gives the 910B's FP16 figure only: the declaration is about FP16.
                 "declared_precision": "fp16",
@@ -103,6 +105,7 @@ CENTERS: list[dict[str, Any]] = [
                 "inter_node_bandwidth_gbps": 200,
                 "price_per_accelerator_hour": "10.00",
                 "currency": "CNY",
+                "spot_discount_percent": "25",
                 "declared_tflops_per_accelerator": 312.0,
                 "traits": ["nvlink", "rdma", "infiniband", "green-power"],
             },

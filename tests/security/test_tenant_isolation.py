@@ -25,6 +25,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -36,8 +37,16 @@ from django.utils import timezone
 from drf_spectacular.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
+from brokers import market
 from brokers.client.client import workload_spec
-from brokers.models import Allocation, Booking, BookingEvent, Quota
+from brokers.models import (
+    Allocation,
+    Booking,
+    BookingEvent,
+    PriorityGrant,
+    Quota,
+    ResaleOffer,
+)
 from brokers.rpc.server import build_server
 from protos import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc
 from registry import services as registry_services
@@ -77,6 +86,7 @@ PUBLIC_READ_ONLY = {
     ("GET", "/api/v1/accelerators/"),
     ("GET", "/api/v1/accelerators/{slug}/"),
     ("GET", "/api/v1/summary/"),
+    ("GET", "/api/v1/booking-classes/"),
 }
 # Reads that return many rows: none of A's objects may be among them, whatever the parameters.
 LIST_READS = {
@@ -93,6 +103,7 @@ LIST_READS = {
     ("GET", "/api/v1/organizations/"),
     ("GET", "/api/v1/capacity/"),
     ("GET", "/api/v1/usage/"),
+    ("GET", "/api/v1/offers/"),
     ("POST", "/api/v1/placements/"),  # a computation over listed pools; books nothing
 }
 # Query parameters that must never widen a list (each tried on every list).
@@ -162,6 +173,8 @@ OBJECT_OF_SEGMENT = {
     "changes": "change",
     "organizations": "organization",
     "quotas": "organization",
+    "priority-grants": "organization",
+    "offers": "offer",
 }
 # Who owns each object type and who tries it (the owner is the positive control).
 OPERATOR_ACTORS = {"anon": None, "other_admin": "carol", "other_member": "rita", "cross": "dave"}
@@ -178,6 +191,8 @@ OWNERS = {
     "change": ("alice", OPERATOR_ACTORS),
     "booking": ("dave", FIRM_ACTORS),
     "organization": ("dave", FIRM_ACTORS),
+    # A withdrawn offer: only its seller sees it (open offers are the market's; their own test).
+    "offer": ("dave", FIRM_ACTORS),
 }
 NONEXISTENT = {
     "national_id": "ZZ-NONE-S1",
@@ -193,6 +208,8 @@ WRITE_BODY = {
     "reason": "probe",
     "max_concurrent_accelerators": 1,
     "max_accelerator_hours_per_month": 1,
+    "accelerator_hours": 1,
+    "price": "1.00",
 }
 
 # --- gRPC: what the matrix knows --------------------------------------------------------------
@@ -205,6 +222,10 @@ BROKER_METHODS: dict[str, Callable[[World, str], Any]] = {
     "WatchBooking": lambda w, ref: broker_pb2.WatchBookingRequest(booking_id=ref),
     # List-like: the answer must simply not contain A's objects.
     "ListBookings": lambda w, ref: broker_pb2.ListBookingsRequest(page_size=500),
+    "ListOffers": lambda w, ref: broker_pb2.ListOffersRequest(page_size=500),
+    "OfferBooking": lambda w, ref: broker_pb2.OfferBookingRequest(booking_id=ref, price="1"),
+    "BuyOffer": lambda w, ref: broker_pb2.BuyOfferRequest(offer_id=ref),
+    "WithdrawOffer": lambda w, ref: broker_pb2.WithdrawOfferRequest(offer_id=ref),
     "QueryCapacity": lambda w, ref: broker_pb2.QueryCapacityRequest(page_size=500),
     "Place": lambda w, ref: broker_pb2.PlaceRequest(
         spec=workload_spec(
@@ -232,6 +253,10 @@ BROKER_TARGET = {  # which object id the request carries
     "ConfirmBooking": "booking",
     "WatchBooking": "booking",
     "ListBookings": None,
+    "ListOffers": None,
+    "OfferBooking": "booking",
+    "BuyOffer": "offer",
+    "WithdrawOffer": "offer",
     "QueryCapacity": None,
     "Place": None,
     "Book": "pool",
@@ -253,6 +278,9 @@ PORTAL_OBJECT = {
     "booking-detail": "booking",
     "booking-events": "booking",
     "booking-cancel": "booking",
+    "booking-offer": "booking",
+    "offer-buy": "offer",
+    "offer-withdraw": "offer",
     "token-revoke": "token",
 }
 # Parameterless portal URLs that are not pages of tenant data.
@@ -303,7 +331,7 @@ class Tally:
         self.methods.add(f"{door}:{method}")
 
 
-def _book(user: Any, pool: Pool, n: int, *, key: str) -> Booking:
+def _book(user: Any, pool: Pool, n: int, *, key: str, hold: bool = True) -> Booking:
     from brokers import services
     from brokers.placement import WorkloadSpec
 
@@ -320,7 +348,7 @@ def _book(user: Any, pool: Pool, n: int, *, key: str) -> Booking:
         idempotency_key=key,
         actor=user,
         door="api",
-        hold=True,
+        hold=hold,
     )
 
 
@@ -376,6 +404,9 @@ def world(personas: dict[str, Any], acme: Any, rival: Any, deepai: Any, make_poo
         action=ChangeAction.UPDATE,
     )
     booking = _book(users["dave"], active, 2, key=f"{MARK}-key")
+    sold = _book(users["dave"], active, 1, key=f"{MARK}-offered", hold=False)
+    offer = market.offer_create(booking=sold, actor=users["dave"], door="api", price=Decimal(7))
+    offer = market.offer_withdraw(offer=offer, actor=users["dave"], door="api")
     objects = {
         "center": draft.center,
         "pool": draft,
@@ -388,6 +419,7 @@ def world(personas: dict[str, Any], acme: Any, rival: Any, deepai: Any, make_poo
         "change": change,
         "booking": booking,
         "organization": deepai,
+        "offer": offer,
     }
     refs = {
         "center": draft.center.national_id,
@@ -401,6 +433,7 @@ def world(personas: dict[str, Any], acme: Any, rival: Any, deepai: Any, make_poo
         "change": str(change.pk),
         "booking": booking.national_id,
         "organization": deepai.slug,
+        "offer": offer.national_id,
     }
     secrets = [
         MARK,
@@ -410,6 +443,8 @@ def world(personas: dict[str, Any], acme: Any, rival: Any, deepai: Any, make_poo
         token.key_id,
         str(delivery.event_id),
         booking.national_id,
+        sold.national_id,
+        offer.national_id,
     ]
     return World(users, draft, active, booking, objects, refs, secrets)
 
@@ -435,6 +470,8 @@ def snapshot() -> dict[str, Any]:
         "allocation": rows(Allocation.objects.filter(pool__center__operator__in=orgs)),
         "event": rows(BookingEvent.objects.filter(booking__organization__in=orgs)),
         "quota": rows(Quota.objects.filter(organization__in=orgs)),
+        "grant": rows(PriorityGrant.objects.filter(organization__in=orgs)),
+        "offer": rows(ResaleOffer.objects.filter(seller__in=orgs)),
         "webhook": rows(WebhookSubscription.objects.filter(organization__in=orgs)),
         "delivery": rows(WebhookDelivery.objects.filter(subscription__organization__in=orgs)),
         # An actor's own token (dave acts against acme's objects) records its use.

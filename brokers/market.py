@@ -626,12 +626,12 @@ def offer_create(
         if at.tzinfo is None:
             raise ValidationError({"start": ["Give a time zone (e.g. 2026-11-23T08:00:00Z)."]})
         if at != b.window_start:
+            if not b.window_start < at < b.window_end:
+                raise ValidationError({"start": ["Inside the booking's window."]})
             if ledger.slot_bounds(at, at)[0] != at:
                 raise ValidationError(
                     {"start": [f"Offer from a slot boundary ({ledger.slot_minutes()} minutes)."]}
                 )
-            if not b.window_start < at < b.window_end:
-                raise ValidationError({"start": ["Inside the booking's window."]})
         try:
             with transaction.atomic():
                 offer = ResaleOffer.objects.create(
@@ -773,9 +773,18 @@ def offer_buy(
                 reason=f"sold to another firm ({o.national_id})",
             )
         else:
+            # The seller's workload runs until the part it sold begins.
+            kept = {
+                **seller.spec,
+                "duration": (o.start - seller.window_start).total_seconds(),
+                "latest_end": None,
+            }
             Allocation.objects.filter(booking=seller).update(end=o.start)
-            Booking.objects.filter(pk=seller.pk).update(window_end=o.start, updated_at=now)
+            Booking.objects.filter(pk=seller.pk).update(
+                window_end=o.start, spec=kept, updated_at=now
+            )
             seller.window_end = o.start
+            seller.spec = kept
         o.status = OfferStatus.SOLD
         o.buyer = org
         o.bought = bought

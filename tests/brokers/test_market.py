@@ -211,6 +211,7 @@ def test_resale_of_a_whole_booking_and_of_its_later_part(dave: Any, firm2: Any, 
     got = market.offer_buy(offer=part, actor=firm2, door="api")
     kept.refresh_from_db()
     assert (kept.status, kept.window_end) == (BookingStatus.CONFIRMED, later)
+    assert kept.spec["duration"] == 3600.0  # its workload stops where the sold part begins
     assert (got.window_start, got.window_end) == (later, later + dt.timedelta(hours=1))
     assert ledger.oversold_pools() == {}
     services.booking_cancel(booking=kept, actor=dave, door="api")

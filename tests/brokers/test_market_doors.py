@@ -255,3 +255,73 @@ def test_concurrent_buyers_through_grpc_and_rest_one_wins(
     assert [b.pk for b in owners] == [offer.bought.pk]
     assert market.open_offers().count() == 0
     assert ledger.oversold_pools() == {}
+
+
+def test_a_running_spot_workload_is_stopped_after_its_grace_and_billed_for_what_it_ran(
+    pool: Pool, dave: Any, deepai: Any, pat: Any, settings: Any
+) -> None:
+    """A real (simulated) agent runs the spot workload; the priority booking preempts it; the
+    broker asks the agent to stop it with the grace period; it runs on that long, stops, and
+    its usage is what it ran, at the spot price."""
+    from agent.config import AgentConfig, PoolConfig, SimulationConfig, SimulationMode
+    from agent.server import build_server as build_agent
+    from brokers import dispatch, services
+    from brokers.choices import BookingStatus, EventKind
+    from brokers.models import UsageRecord
+    from brokers.placement import WorkloadSpec
+
+    scale = 0.01  # an hour lasts 36 s on the agent, a 100 s grace 1 s
+    settings.BROKER_PREEMPTION_GRACE_SECONDS = 100
+    site = build_agent(
+        "127.0.0.1:0",
+        agent_config=AgentConfig(
+            agent_id="sim-market",
+            port=0,
+            pools=(
+                PoolConfig(
+                    key="a100",
+                    accelerator_model=A100,
+                    accelerators_per_node=8,
+                    nodes=1,
+                    declared_tflops_per_accelerator=312.0,
+                ),
+            ),
+            simulation=SimulationConfig(mode=SimulationMode.HONEST, time_scale=scale),
+            workload_startup_seconds=0.0,
+        ),
+    )
+    try:
+        pool.center.agent_endpoint = f"127.0.0.1:{site.port}"
+        pool.center.save(update_fields=["agent_endpoint"])
+        spot = services.booking_create(
+            spec=WorkloadSpec(accelerator_model=A100, count=8, booking_class="spot"),
+            idempotency_key="run-spot",
+            actor=firm(),
+            door="api",
+        )
+        allocation = spot.allocations.select_related(
+            "booking", "pool__center", "pool__accelerator"
+        ).get()
+        dispatch._start(allocation, WorkloadSpec.from_json(spot.spec))
+        for to, was in (("dispatching", "confirmed"), ("running", "dispatching")):
+            services.booking_record(
+                booking=spot, kind=EventKind.STATUS, message=to, to=to, allowed_from={was}
+            )
+        market.priority_grant_set(organization=deepai, actor=pat, door="api", accelerator_hours=50)
+        services.booking_create(
+            spec=WorkloadSpec(accelerator_model=A100, count=4, booking_class="priority"),
+            idempotency_key="prio-run",
+            actor=dave,
+            door="api",
+        )
+        spot.refresh_from_db()
+        assert spot.status == BookingStatus.PREEMPTED
+        assert dispatch.stop_preempted(spot.pk, budget=20)
+        usage = UsageRecord.objects.get(allocation=allocation)
+        ran = (usage.finished_at - usage.started_at).total_seconds()
+        assert 1.0 <= ran < 36, ran  # past the grace, well short of the hour
+        assert usage.cost == (usage.accelerator_hours * Decimal("7.5")).quantize(Decimal("0.01"))
+        workload = site.workloads.get(dispatch.workload_id(allocation))
+        assert workload.state == "stopped" and "grace" in workload.message
+    finally:
+        site.stop(grace=0).wait()

@@ -77,6 +77,8 @@ def known_values(w: World) -> dict[str, dict[str, list[str]]]:
         "organizations": {"slug": [w.objects["organization"].slug, "acme"]},
         "pools": {"national_id": [w.active.national_id, w.draft.national_id]},
         "quotas": {"slug": [w.objects["organization"].slug]},
+        "priority-grants": {"slug": [w.objects["organization"].slug]},
+        "offers": {"national_id": [w.refs["offer"]]},
         "tokens": {"key_id": [w.refs["token"]]},
         "verification-runs": {"run_id": [w.refs["run"]]},
         "webhook-deliveries": {"id": [w.refs["delivery"]]},

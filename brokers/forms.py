@@ -127,7 +127,18 @@ class BookingForm(forms.Form):
 class OfferForm(forms.Form):
     """Offer a booking (or its part from ``start``) for resale."""
 
-    price = forms.DecimalField(min_value=0, max_digits=14, decimal_places=2, label="Price")
+    price = forms.CharField(max_length=40, label="Price", help_text="For all of it, e.g. 120.00.")
+
+    def clean_price(self) -> Decimal:
+        from django.core.exceptions import ValidationError
+
+        from brokers.market import parse_price
+
+        try:
+            return parse_price(self.cleaned_data["price"])
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["price"]) from None
+
     start = forms.DateTimeField(
         required=False, widget=DATETIME_LOCAL, label="From (UTC; empty: all of it)"
     )

@@ -590,6 +590,23 @@ def offer_is_mine(user: User, offer: ResaleOffer) -> bool:
     return org is not None and org.pk in (offer.seller_id, offer.buyer_id)
 
 
+PRICE_MESSAGE = "A price that is not negative, at most 999999999999.99, e.g. 120.00."
+
+
+def parse_price(value: object) -> Decimal:
+    """An offer's price from what a door received (text or a number); the one refusal every
+    door shows, on the ``price`` field."""
+    from decimal import InvalidOperation
+
+    try:
+        price = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationError({"price": [PRICE_MESSAGE]}) from None
+    if not price.is_finite() or price < 0 or price >= Decimal("1e12"):
+        raise ValidationError({"price": [PRICE_MESSAGE]})
+    return price.quantize(Decimal("0.01"))
+
+
 def offer_create(
     *,
     booking: Booking,
@@ -605,11 +622,7 @@ def offer_create(
     org = services._require_booker(actor)
     if booking.organization_id != org.pk and not registry_selectors.is_platform_staff(actor):
         raise Booking.DoesNotExist("Booking matching query does not exist.")
-    if price is None or not price.is_finite() or price < 0:
-        raise ValidationError({"price": ["A price that is not negative, e.g. 120.00."]})
-    if price >= Decimal("1e12"):
-        raise ValidationError({"price": ["At most 999999999999.99."]})
-    price = price.quantize(Decimal("0.01"))
+    price = parse_price(price)
 
     def work() -> ResaleOffer:
         b = Booking.objects.select_for_update().get(pk=booking.pk)

@@ -255,8 +255,8 @@ class OfferSerializer(serializers.Serializer):
 
 
 class OfferCreateSerializer(serializers.Serializer):
-    price = serializers.DecimalField(
-        max_digits=14, decimal_places=2, min_value=0, max_value=999_999_999_999
+    price = serializers.CharField(
+        max_length=40, help_text="Price for all of it, a decimal that is not negative: 120.00."
     )
     start = serializers.DateTimeField(
         required=False, allow_null=True, default=None, help_text="Offer only the part from here."

@@ -181,7 +181,7 @@ class BookingViewSet(
             booking=booking,
             actor=request.user,
             door=DOOR,
-            price=ser.validated_data["price"],
+            price=market.parse_price(ser.validated_data["price"]),
             start=ser.validated_data["start"],
         )
         return Response(

@@ -174,14 +174,11 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
         """Offer a booking of the caller's firm (or its part from ``start``) for resale."""
         user = current_user.get()
         booking = selectors.bookings_cancellable_by(user).get(national_id=request.booking_id)
-        price = convert.decimal_from_pb(request.price, "price")
-        if price is None:
-            raise ValidationError({"price": ["A price that is not negative, e.g. 120.00."]})
         offer = market.offer_create(
             booking=booking,
             actor=user,
             door=DOOR,
-            price=price,
+            price=market.parse_price(request.price),
             start=convert.from_ts(request.start, request.HasField("start")),
         )
         return pb.OfferBookingResponse(offer=convert.offer_to_pb(market.offer_view(offer, user)))

@@ -153,11 +153,14 @@ def test_offer_and_buy_at_every_door(broker: BrokerRuntime, pool: Pool, dave: An
     assert offered.returncode == 0, offered.stderr
     offer_id = offered.stdout.split()[1].rstrip(":")
     assert offer_id.startswith("OF-") and "30.00" in offered.stdout
-    # Bad input: the same field message at REST and gRPC.
+    # Bad input: the same field message at REST, gRPC and the CLI, nothing written.
     bad = seller.post(
         f"/api/v1/bookings/{made['national_id']}/offer/", {"price": "-1"}, format="json"
     )
-    assert bad.status_code == 400 and "price" in bad.json()
+    assert bad.status_code == 400 and bad.json() == {"price": [market.PRICE_MESSAGE]}
+    cli_bad = cli(broker, dave, "offer", made["national_id"], "--price", "lots")
+    assert cli_bad.returncode == 1 and f"price: {market.PRICE_MESSAGE}" in cli_bad.stderr
+    assert ResaleOffer.objects.count() == 1
 
     # The buyer sees it in capacity queries and placement, without the seller's booking.
     cap = rest(buyer).get("/api/v1/capacity/", {"start": start.isoformat()}).json()

@@ -41,6 +41,7 @@ from brokers.errors import CapacityExhausted, QuotaExceeded
 from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingClass, PriorityGrant, ResaleOffer
 from brokers.placement.spec import PlacementOption, Preemption, WorkloadSpec
+from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
 from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
@@ -49,6 +50,9 @@ User = Any
 # Seconds a preempted workload may run on to save its state before the agent stops it.
 DEFAULT_PREEMPTION_GRACE_SECONDS = 30.0
 _CLASS_CACHE_SECONDS = 30.0
+# Sent by name (interconnect.tasking): this module never imports the task modules.
+STOP_PREEMPTED_TASK = "brokers.tasks.booking_stop_preempted"
+REPLACE_PREEMPTED_TASK = "brokers.tasks.booking_replace_preempted"
 _classes: dict[str, BookingClass] = {}
 _classes_at = 0.0
 
@@ -192,7 +196,7 @@ def check_priority(org: Organization, spec: WorkloadSpec, *, lock: bool = False)
     used = Decimal(0)
     for b in Booking.objects.filter(
         organization=org,
-        booking_class=cls.slug,
+        booking_class__slug=cls.slug,
         status__in=[*RESERVING_STATUSES, BookingStatus.FINISHED],
     ).only("accelerators", "window_start", "window_end"):
         used += Decimal(b.accelerators) * Decimal((b.window_end - b.window_start).total_seconds())
@@ -297,7 +301,7 @@ def _spot_victims(pool_id: int, start: dt.datetime, end: dt.datetime) -> list[Vi
     rows = (
         Allocation.objects.filter(
             pool_id=pool_id,
-            booking__booking_class=BookingClassSlug.SPOT,
+            booking__booking_class__slug=BookingClassSlug.SPOT,
             booking__status__in=RESERVING_STATUSES,
             booking__window_start__lt=last,
             booking__window_end__gt=first,
@@ -437,17 +441,13 @@ def preempt(victims: Sequence[Victim], *, by: Booking) -> None:
             reason,
             {"by_class": by.booking_class_id, "grace_seconds": preemption_grace_seconds()},
         )
-        dispatching = getattr(settings, "BROKER_DISPATCH", True)
-        if dispatching and was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING):
-            from brokers.tasks import booking_stop_preempted
-
-            pk = booking.pk
-            transaction.on_commit(lambda pk=pk: booking_stop_preempted.delay(pk))
-        if dispatching and booking.replace_on_preemption:
-            from brokers.tasks import booking_replace_preempted
-
-            pk = booking.pk
-            transaction.on_commit(lambda pk=pk: booking_replace_preempted.delay(pk))
+        # Its holds at the centers go (a Slurm reservation, released after commit).
+        services._holds_on_commit(booking)
+        if getattr(settings, "BROKER_DISPATCH", True):
+            if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING):
+                enqueue_on_commit(STOP_PREEMPTED_TASK, booking.pk)
+            if booking.replace_on_preemption:
+                enqueue_on_commit(REPLACE_PREEMPTED_TASK, booking.pk)
 
 
 def preemption_options(
@@ -582,6 +582,15 @@ def offers_visible_to(user: User) -> QuerySet[ResaleOffer]:
     return qs.filter(is_open | Q(seller=org) | Q(buyer=org))
 
 
+def offers_withdrawable_by(user: User) -> QuerySet[ResaleOffer]:
+    """Only the seller (and platform staff) withdraw an offer; to anyone else it is not found."""
+    qs = ResaleOffer.objects.select_related("booking", "seller", "buyer", "bought")
+    if registry_selectors.is_platform_staff(user):
+        return qs
+    org = registry_selectors.organization_of(user)
+    return qs.filter(seller=org) if org is not None else qs.none()
+
+
 def offer_is_mine(user: User, offer: ResaleOffer) -> bool:
     """Whether the caller sold (or offers) it or bought it: they see the booking ids."""
     if registry_selectors.is_platform_staff(user):
@@ -623,6 +632,12 @@ def offer_create(
     if booking.organization_id != org.pk and not registry_selectors.is_platform_staff(actor):
         raise Booking.DoesNotExist("Booking matching query does not exist.")
     price = parse_price(price)
+    # The same check as below without a lock, before any transaction: a refusal is a field
+    # message at once (under the lock below, the state is checked again).
+    if booking.status != BookingStatus.CONFIRMED:
+        raise ValidationError(
+            {"booking": [f"Only a confirmed booking is offered, not {booking.status}."]}
+        )
 
     def work() -> ResaleOffer:
         b = Booking.objects.select_for_update().get(pk=booking.pk)
@@ -724,6 +739,14 @@ def offer_buy(
     org = services._require_booker(actor)
     if len(image) > 200 or len(command) > 1000 or "\x00" in image + command:
         raise ValidationError({"image": ["At most 200 characters (command: 1000), no NUL."]})
+
+    # Checked again under the offer's lock below; refused here without a transaction.
+    if offer.seller_id == org.pk:
+        raise ValidationError({"offer": ["A firm does not buy its own offer."]})
+    if offer.status != OfferStatus.OPEN:
+        raise CapacityExhausted(
+            f"Offer {offer.national_id} is {offer.status}.", code="offer.not_open"
+        )
 
     def work() -> Booking:
         o = ResaleOffer.objects.select_for_update().get(pk=offer.pk)
@@ -834,6 +857,7 @@ def offer_buy(
             },
         )
         services._check_quota(org, o.start, o.end, o.accelerators, exclude=bought.pk)
+        services._holds_on_commit(seller)  # a sold booking's holds at the centers go
         services._dispatch_on_commit(bought)
         return bought
 
@@ -910,7 +934,7 @@ def offer_view(offer: ResaleOffer, user: User) -> dict[str, Any]:
         offer.expires_at <= timezone.now() or offer.booking.status != BookingStatus.CONFIRMED
     ):
         status = OfferStatus.EXPIRED
-    source = offer.bought if offer.bought_id else offer.booking
+    source = offer.bought if offer.bought is not None else offer.booking
     parts: dict[str, int] = {}
     for a in source.allocations.select_related("pool").order_by("pk"):
         parts[a.pool.national_id] = parts.get(a.pool.national_id, 0) + a.accelerators
@@ -925,7 +949,7 @@ def offer_view(offer: ResaleOffer, user: User) -> dict[str, Any]:
         "expires_at": offer.expires_at,
         "parts": [{"pool": pool, "accelerators": n} for pool, n in parts.items()],
         "booking_id": offer.booking.national_id if seller else "",
-        "bought_booking_id": offer.bought.national_id if buyer and offer.bought_id else "",
+        "bought_booking_id": offer.bought.national_id if buyer and offer.bought is not None else "",
         "mine": org is not None and org.pk == offer.seller_id,
     }
 

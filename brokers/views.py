@@ -464,7 +464,7 @@ def booking_offer(request: HttpRequest, national_id: str) -> HttpResponse:
     )
     form = OfferForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
         return redirect("booking-detail", national_id=booking.national_id)
     start = form.cleaned_data["start"]
     if start is not None and timezone.is_naive(start):
@@ -524,7 +524,7 @@ def offer_buy(request: HttpRequest, national_id: str) -> HttpResponse:
 @login_required
 @require_POST
 def offer_withdraw(request: HttpRequest, national_id: str) -> HttpResponse:
-    offer = _offer(request, national_id)
+    offer = get_object_or_404(market.offers_withdrawable_by(request.user), national_id=national_id)
     try:
         market.offer_withdraw(offer=offer, actor=request.user, door=Door.PORTAL)
     except ResaleOffer.DoesNotExist:

@@ -505,12 +505,23 @@ class SlurmScheduler(WorkloadRunner):
                 raise NotFound(f"no workload {workload_id!r} on this agent")
             return tracked.job_id
 
-    def stop(self, workload_id: str, reason: str = "") -> Workload:
+    def stop(self, workload_id: str, reason: str = "", grace_seconds: float = 0.0) -> Workload:
+        """Cancel the workload's job; with ``grace_seconds`` a running job is cancelled that
+        much later (a preempted booking saves its state meanwhile)."""
+        if grace_seconds < 0 or grace_seconds != grace_seconds:
+            raise InvalidArgument("grace_seconds", "must be >= 0")
         with self._cond:
             tracked = self._tracked.get(workload_id)
             if tracked is None:
                 raise NotFound(f"no workload {workload_id!r} on this agent")
             if tracked.workload.state in TERMINAL_STATES:
+                return tracked.workload
+            if grace_seconds > 0 and tracked.workload.state is WorkloadState.RUNNING:
+                timer = threading.Timer(
+                    grace_seconds, self.stop, args=(workload_id, f"{reason} (after a grace period)")
+                )
+                timer.daemon = True
+                timer.start()
                 return tracked.workload
             tracked.stopping = True
         try:

@@ -212,6 +212,8 @@ class OfferViewSet(viewsets.GenericViewSet):
     serializer_class = s.OfferSerializer
 
     def get_queryset(self) -> QuerySet[Any]:
+        if self.action == "withdraw":
+            return market.offers_withdrawable_by(self.request.user)
         return market.offers_visible_to(self.request.user).order_by("-id")
 
     def _one(self, offer: Any, code: int = status.HTTP_200_OK) -> Response:

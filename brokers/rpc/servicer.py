@@ -216,7 +216,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
     ) -> pb.WithdrawOfferResponse:
         """Withdraw an open offer of the caller's firm."""
         user = current_user.get()
-        offer = market.offers_visible_to(user).get(national_id=request.offer_id)
+        offer = market.offers_withdrawable_by(user).get(national_id=request.offer_id)
         offer = market.offer_withdraw(offer=offer, actor=user, door=DOOR)
         return pb.WithdrawOfferResponse(offer=convert.offer_to_pb(market.offer_view(offer, user)))
 

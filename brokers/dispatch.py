@@ -439,6 +439,20 @@ def _release_holds(allocations: list[Allocation], reason: str) -> None:
             pass  # never held there, or the agent is gone: Slurm drops it at its end
 
 
+def move_holds(seller_id: int, bought_id: int) -> None:
+    """A resale, at the centers: the seller's holds are released first (and made again for the
+    part it kept, if it sold only a later part), then the buyer's are made, in this order, so a
+    scheduler that holds whole nodes (Slurm) never sees both at once."""
+    seller = Booking.objects.filter(pk=seller_id).first()
+    if seller is not None:
+        allocations = list(
+            seller.allocations.select_related("booking", "pool__center", "pool__accelerator")
+        )
+        _release_holds(allocations, "resold to another firm")
+        sync_holds(seller_id)
+    sync_holds(bought_id)
+
+
 def stop(booking_id: int) -> None:
     """Stop a cancelled booking's workloads at their centers."""
     booking = Booking.objects.filter(pk=booking_id).first()

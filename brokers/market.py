@@ -53,6 +53,7 @@ _CLASS_CACHE_SECONDS = 30.0
 # Sent by name (interconnect.tasking): this module never imports the task modules.
 STOP_PREEMPTED_TASK = "brokers.tasks.booking_stop_preempted"
 REPLACE_PREEMPTED_TASK = "brokers.tasks.booking_replace_preempted"
+HOLDS_MOVED_TASK = "brokers.tasks.booking_holds_moved"
 _classes: dict[str, BookingClass] = {}
 _classes_at = 0.0
 
@@ -857,8 +858,10 @@ def offer_buy(
             },
         )
         services._check_quota(org, o.start, o.end, o.accelerators, exclude=bought.pk)
-        services._holds_on_commit(seller)  # a sold booking's holds at the centers go
-        services._dispatch_on_commit(bought)
+        if getattr(settings, "BROKER_DISPATCH", True):
+            # At the centers, the seller's holds go before the buyer's are made (one task, in
+            # that order); the relay starts the bought booking at its start.
+            enqueue_on_commit(HOLDS_MOVED_TASK, seller.pk, bought.pk)
         return bought
 
     return ledger.in_fresh_transactions(work)

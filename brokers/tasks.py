@@ -105,3 +105,9 @@ def booking_replace_preempted(booking_id: int) -> None:
     booking = Booking.objects.filter(pk=booking_id).first()
     if booking is not None:
         market.replace_preempted(booking=booking)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def booking_holds_moved(seller_id: int, bought_id: int) -> None:
+    """A resale: the seller's holds at the centers go (or shrink) before the buyer's are made."""
+    dispatch.move_holds(seller_id, bought_id)

@@ -23,9 +23,6 @@ BROKER_PATHS = (
     "/api/v1/bookings/",
     "/api/v1/usage/",
     "/api/v1/quotas/",
-    "/api/v1/offers/",
-    "/api/v1/priority-grants/",
-    "/api/v1/booking-classes/",
 )
 
 

@@ -53,7 +53,7 @@ def make_classes(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("brokers", "0004_hold_expiry_schedule"),
+        ("brokers", "0005_booking_request_fingerprint"),
         ("registry", "0006_pool_spot_discount"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -21,6 +21,7 @@ from brokers.client.client import BrokerClient, workload_spec
 from brokers.models import Booking, ResaleOffer
 from brokers.rpc.server import BrokerRuntime, build_server
 from protos import broker_pb2 as pb
+from protos.errors import ERRORS
 from registry import services as registry_services
 from registry.models import Pool
 from tests.brokers.broker_testing import ROOT
@@ -193,7 +194,7 @@ def test_offer_and_buy_at_every_door(broker: BrokerRuntime, pool: Pool, dave: An
     )
     # Sold: no longer on the market for a third firm.
     again = cli(broker, firm(), "buy", offer_id)
-    assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+    assert again.returncode == ERRORS["not_found"].exit and "NOT_FOUND" in again.stderr
 
 
 def test_concurrent_buyers_through_grpc_and_rest_one_wins(

@@ -57,6 +57,7 @@ from brokers.choices import RESERVING_STATUSES, BookingStatus, EventKind
 from brokers.errors import CapacityExhausted
 from brokers.models import Booking, PoolSlot
 from brokers.placement import WorkloadSpec
+from registry import selectors as registry_selectors
 from registry.choices import Status
 from registry.models import Center, Pool
 from tests.brokers.conftest import next_hour
@@ -493,13 +494,17 @@ class LedgerMachine(RuleBasedStateMachine):
         b = self.pick(index, {BookingStatus.CONFIRMED})
         assert b is not None
         booking = Booking.objects.get(pk=b.pk)
+        # A bought booking is the buyer's: it may sell it on, to the first firm.
+        seller, buyer = self.ctx.actor, self.ctx.buyer
+        if booking.organization_id != registry_selectors.organization_of(seller).pk:
+            seller, buyer = buyer, seller
         start = b.start
         if later:
             start = ledger.slot_bounds(b.start, b.start)[0] + later * SLOT
         try:
             offer = market.offer_create(
                 booking=booking,
-                actor=self.ctx.actor,
+                actor=seller,
                 door="api",
                 price=Decimal("7.50"),
                 start=None if not later else start,
@@ -508,7 +513,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert b.spot or b.start <= self.clock.now or (later and not b.start < start < b.end)
             return
         assert not b.spot and b.start > self.clock.now
-        bought = market.offer_buy(offer=offer, actor=self.ctx.buyer, door="api")
+        bought = market.offer_buy(offer=offer, actor=buyer, door="api")
         if start == b.start:
             b.status, b.ended_at = BookingStatus.SOLD, b.start
         else:

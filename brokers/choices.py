@@ -69,7 +69,7 @@ class EventKind(models.TextChoices):
 
 
 class BookingClassSlug(models.TextChoices):
-    """The booking classes (rows of ``brokers.BookingClass``, made by migration 0006)."""
+    """The booking classes (rows of ``brokers.BookingClass``, made by migration 0007)."""
 
     RESERVED = "reserved", "Reserved"
     SPOT = "spot", "Spot"

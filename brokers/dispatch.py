@@ -479,7 +479,7 @@ def stop_preempted(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) ->
         if not endpoint:
             continue
         try:
-            agent_stub(endpoint).StopWorkload(
+            agent_stub(endpoint, allocation.pool.center.national_id).StopWorkload(
                 agent_pb2.StopWorkloadRequest(
                     workload_id=workload_id(allocation),
                     reason="preempted by a reserved or priority booking",
@@ -493,7 +493,8 @@ def stop_preempted(booking_id: int, *, budget: float = FOLLOW_BUDGET_SECONDS) ->
     while pending:
         for allocation in list(pending):
             try:
-                reply = agent_stub(allocation.pool.center.agent_endpoint).GetWorkload(
+                center = allocation.pool.center
+                reply = agent_stub(center.agent_endpoint, center.national_id).GetWorkload(
                     agent_pb2.GetWorkloadRequest(workload_id=workload_id(allocation)),
                     timeout=CALL_TIMEOUT,
                 )

@@ -88,7 +88,7 @@ def booking_class(slug: str) -> BookingClass:
         ) from None
 
 
-# The classes (migration 0006 makes the same rows): slug, name, description, preemptible,
+# The classes (migration 0007 makes the same rows): slug, name, description, preemptible,
 # preempts, needs_grant.
 CLASSES = (
     (

@@ -21,7 +21,7 @@ class BookingClass(models.Model):
     ``reserved`` (the default; never preempted), ``spot`` (``preemptible``: cheaper by the pool's
     ``spot_discount_percent``, gives its capacity back when a ``preempts`` booking needs it) and
     ``priority`` (``needs_grant``: only organizations platform staff granted a
-    :class:`PriorityGrant`, within its accelerator-hours). Made by migration 0006.
+    :class:`PriorityGrant`, within its accelerator-hours). Made by migration 0007.
     """
 
     slug = models.SlugField(max_length=20, unique=True)

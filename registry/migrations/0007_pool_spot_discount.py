@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("registry", "0005_verification_chain"),
+        ("registry", "0006_agent_certificates"),
     ]
 
     operations = [

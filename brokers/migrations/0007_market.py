@@ -53,8 +53,8 @@ def make_classes(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("brokers", "0005_booking_request_fingerprint"),
-        ("registry", "0006_pool_spot_discount"),
+        ("brokers", "0006_book_function_and_notify"),
+        ("registry", "0007_pool_spot_discount"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -134,12 +134,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="booking",
             name="replace_on_preemption",
-            field=models.BooleanField(default=False),
+            field=models.BooleanField(db_default=False, default=False),
         ),
         migrations.AddField(
             model_name="poolslot",
             name="spot_reserved",
-            field=models.IntegerField(default=0),
+            field=models.IntegerField(db_default=0, default=0),
         ),
         migrations.AlterField(
             model_name="booking",
@@ -216,6 +216,7 @@ class Migration(migrations.Migration):
             name="booking_class",
             field=models.ForeignKey(
                 db_column="booking_class",
+                db_default="reserved",
                 default="reserved",
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="+",

@@ -32,6 +32,7 @@ from brokers.errors import (
     RetryableConflict,
 )
 from brokers.ledger import DeadlineExceeded
+from brokers.market import NeedsPreemption
 from brokers.rpc.interceptors import ErrorInterceptor
 from interconnect.middleware import DatabaseUnavailableMiddleware
 from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec, exit_status
@@ -54,6 +55,7 @@ SAMPLES: list[BaseException] = [
     StaleVersion(7),
     CapacityExhausted("Not enough free accelerators.", code="booking.no_placement"),
     QuotaExceeded("Quota exceeded.", code="quota.max_concurrent_accelerators"),
+    NeedsPreemption("Not enough free accelerators on CN-T-T-0001-P001 for the whole window."),
     RetryableConflict("The ledger was busy."),
     IdempotencyKeyReused("run-1", "BK-20261201-00000001"),
     DeadlineExceeded("The deadline passed."),

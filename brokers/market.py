@@ -43,6 +43,7 @@ from brokers.models import Allocation, Booking, BookingClass, PriorityGrant, Res
 from brokers.placement.spec import PlacementOption, Preemption, WorkloadSpec
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
+from registry.choices import Door
 from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
 
@@ -217,7 +218,7 @@ def check_priority(org: Organization, spec: WorkloadSpec, *, lock: bool = False)
 
 @transaction.atomic
 def priority_grant_set(
-    *, organization: Organization, actor: User, door: str, accelerator_hours: int | None
+    *, organization: Organization, actor: User, door: Door, accelerator_hours: int | None
 ) -> PriorityGrant | None:
     """Grant (or, with None, withdraw) the priority class to an organization: platform staff
     only, with a change record."""
@@ -533,7 +534,7 @@ def replace_preempted(*, booking: Booking) -> Booking | None:
         new = services._book_option(
             org=booking.organization,
             actor=booking.created_by,
-            door=booking.door,
+            door=Door(booking.door),
             spec=spec,
             option=result.options[0],
             idempotency_key=key,

@@ -181,6 +181,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a "status" field with their own choices: name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "LifecycleStatusEnum": "registry.choices.Status",
+        "BookingStatusEnum": "brokers.choices.BookingStatus",
+        "OfferStatusEnum": "brokers.choices.OfferStatus",
+    },
 }
 
 # --- Cache (throttling, rate limits) ----------------------------------------------------------

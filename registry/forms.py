@@ -4,6 +4,7 @@ A rule the service refuses comes back as a Django ``ValidationError`` and is put
 ``apply_service_errors``, so the page shows it next to the field, with the user's input kept.
 """
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -102,6 +103,8 @@ class PoolForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["declared_precision"].required = False
+        # Omitted means no spot discount (the model's default), as through the API.
+        self.fields["spot_discount_percent"].required = False
         # The precision reads as part of the figure: put it right after the TFLOPS.
         names = [n for n in self.fields if n != "declared_precision"]
         names.insert(names.index("declared_tflops_per_accelerator") + 1, "declared_precision")
@@ -110,6 +113,10 @@ class PoolForm(forms.ModelForm):
     def clean_declared_precision(self) -> str:
         # Omitted (a script posting the form) means the model's default, as through the API.
         return self.cleaned_data.get("declared_precision") or Precision.BF16
+
+    def clean_spot_discount_percent(self) -> Decimal:
+        value = self.cleaned_data.get("spot_discount_percent")
+        return Decimal(0) if value is None else Decimal(value)
 
     def clean_traits(self) -> list[str]:
         raw = self.cleaned_data.get("traits") or ""

@@ -955,8 +955,11 @@ def run_mtls(w: World, t: Tally, door: MtlsDoor) -> None:
         request = agent_pb2.SendHeartbeatRequest(
             agent_id="s1-acme",
             pools=[
+                # Every accelerator healthy: a short count would degrade the pool (and its
+                # webhook delivery would then change rows while the portal door is checked).
                 agent_pb2.PoolHeartbeat(
-                    pool_national_id=w.active.national_id, accelerators_healthy=1
+                    pool_national_id=w.active.national_id,
+                    accelerators_healthy=w.active.accelerators,
                 )
             ],
         )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import boundary_shift, flops, inputs, next_input
+from agent.challenge import boundary_shift, flops, inputs, link_signs, next_input
 from agent.challenge import step as step_product
 from agent.config import PoolConfig
 from agent.errors import FailedPrecondition, InvalidArgument
@@ -35,8 +35,9 @@ class NumpyBackend:
     def run_chain(self, sink: StepSink, pool: PoolConfig) -> DeviceReport:
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
+        signs = link_signs(sink.seed, sink.challenge.n, sink.challenge.inner, name)
         for step in range(1, sink.challenge.steps + 1):
-            product = step_product(x, b, name, sink.challenge.inner)
+            product = step_product(x, b, name, sink.challenge.inner, signs)
             sink.commit(step, product)
             x = next_input(product, name)
         return DeviceReport(sink.device, f"numpy on {cpu_description()}")
@@ -115,10 +116,14 @@ class TorchBackend:
         scale = float(np.float32(1.0 / np.sqrt(sink.challenge.n)))
         if name == "fp64":
             scale = 1.0 / float(np.sqrt(sink.challenge.n))
+        # Each link's column factors s d_j (agent.challenge.link_signs): +-s, exact.
+        signs: Any = link_signs(sink.seed, sink.challenge.n, sink.challenge.inner, name)
+        links = self.torch.from_numpy(signs * scale).to(device)
         hashing: list[threading.Thread] = []
         for step in range(1, sink.challenge.steps + 1):
-            for _ in range(sink.challenge.inner - 1):  # unsent products, rounded as between steps
-                x = (self._matmul(x, bt, name) * scale).t().contiguous().to(self._dtypes[name])
+            for j in range(sink.challenge.inner - 1):  # unsent products, signed, scaled, rounded
+                linked = self._matmul(x, bt, name) * links[j][None, :]
+                x = linked.t().contiguous().to(self._dtypes[name])
             product = self._matmul(x, bt, name)
             host = product.to("cpu", non_blocking=False).numpy()
             # Hash on the host while the device computes the next step.

@@ -171,12 +171,36 @@ def next_input(product: Matrix, name: str) -> Matrix:
     return np.ascontiguousarray(_scaled_at_boundary(product, name).T).astype(p.input)
 
 
-def link_input(product: Matrix, name: str) -> Matrix:
-    """The input of the next product *inside* a committed step (``step``, ``inner`` > 1):
-    scaled by 1/sqrt(n) only (the verifier checks the step through these linear maps, without
-    seeing the products), transposed, rounded."""
+def link_signs(seed: int, n: int, inner: int, name: str) -> Matrix:
+    """The random signs of the links inside a committed step: row j (0 .. inner - 2) holds
+    d_j in {-1, +1}^n, drawn from ``np.random.default_rng([seed, 2])`` (its own stream, so A and
+    B are unchanged), in the accumulator type.
+
+    Why: with one B and no signs, the step's composite X B (B^T ...) is a *power* of B (up to
+    transposes), which a cheater computes with log2(inner) squarings instead of ``inner``
+    products and still passes the check (measured: 8 products for 33, 11 for 257;
+    ``tests/verification/test_freivalds.py``). Link j multiplies by D_j, so the factors
+    B D_j differ and their product has no such shortcut; the verifier applies D_j to its
+    vectors at O(n k) a link.
+    """
     p = precision(name)
-    scaled = product.astype(p.accumulator, copy=False) * chain_scale(product.shape[0], name)
+    if inner <= 1:
+        return np.empty((0, n), dtype=p.accumulator)
+    rng = np.random.default_rng([seed, 2])
+    bits = rng.integers(0, 2, size=(inner - 1, n), dtype=np.int8)
+    signs: Matrix = (1 - 2 * bits).astype(p.accumulator)
+    return signs
+
+
+def link_input(product: Matrix, name: str, signs: Matrix) -> Matrix:
+    """The input of the next product *inside* a committed step (``step``, ``inner`` > 1):
+    column j of the product times s d_j (s = 1/sqrt(n), d the link's signs from
+    :func:`link_signs`; exact), transposed, rounded. No power-of-two shift: the verifier checks
+    the step through these linear maps without seeing the products."""
+    p = precision(name)
+    row: Any = signs
+    factor = (row * chain_scale(product.shape[0], name)).astype(p.accumulator)
+    scaled = product.astype(p.accumulator, copy=False) * factor[None, :]
     return np.ascontiguousarray(scaled.T).astype(p.input)
 
 
@@ -187,24 +211,29 @@ def multiply(x: Matrix, b: Matrix, name: str) -> Matrix:
     return result
 
 
-def step(x: Matrix, b: Matrix, name: str, inner: int = 1) -> Matrix:
+def step(x: Matrix, b: Matrix, name: str, inner: int = 1, signs: Matrix | None = None) -> Matrix:
     """One committed step: ``inner`` chained products, the last one returned unrounded.
 
     ``inner`` > 1 puts more arithmetic behind each commitment (a fast accelerator would
     otherwise spend more time hashing products than computing them): the intermediate products
-    are rounded to the next input exactly as between steps, and never sent.
+    are signed by ``signs`` (:func:`link_signs`, required then), scaled, transposed and rounded
+    (:func:`link_input`), and never sent.
     """
+    if inner > 1 and (signs is None or signs.shape[0] < inner - 1):
+        raise ValueError("a step of inner > 1 products needs link_signs(seed, n, inner, name)")
     y = x
-    for _ in range(inner - 1):
-        y = link_input(multiply(y, b, name), name)
+    for j in range(inner - 1):
+        assert signs is not None
+        y = link_input(multiply(y, b, name), name, signs[j])
     return multiply(y, b, name)
 
 
 def chain(seed: int, n: int, name: str, steps: int, inner: int = 1) -> Iterator[Matrix]:
     """The products C_1 .. C_steps of the challenge for ``seed``, computed on the host."""
     x, b = inputs(seed, n, name)
+    signs = link_signs(seed, n, inner, name)
     for _ in range(steps):
-        product = step(x, b, name, inner)
+        product = step(x, b, name, inner, signs)
         yield product
         x = next_input(product, name)
 
@@ -223,7 +252,7 @@ def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: 
     another run, another device or another step.
     """
     h = hashlib.sha256()
-    h.update(f"interconnect-chain-v1|{challenge_id}|{device}|{step}|{name}|".encode())
+    h.update(f"interconnect-chain-v2|{challenge_id}|{device}|{step}|{name}|".encode())
     acc = precision(name).accumulator.newbyteorder("<")
     contiguous: Any = np.ascontiguousarray(product, dtype=acc)
     h.update(memoryview(contiguous).cast("B"))  # the array's own bytes, no copy

@@ -85,6 +85,11 @@ class SimulationMode(StrEnum):
     cheat-one-device: one accelerator answers for every device of the pool, taking turns.
     cheat-replay: answers every challenge with the chain it computed for its first one.
     cheat-one-entry: honest, except one entry of the last product is off by 1.0.
+    cheat-shortcut: computes a step of ``inner`` chained products by repeated squaring of B
+        (about 2 log2(inner) products), ignoring the links' signs: what passed before the
+        signs (protocol v1), a wrong product now.
+    cheat-lowrank: approximates each step of ``inner`` > 1 signed links at rank n / 4 (a
+        product of many random matrices is nearly low-rank): half the products' flops.
     """
 
     HONEST = "honest"
@@ -100,6 +105,8 @@ class SimulationMode(StrEnum):
     CHEAT_ONE_DEVICE = "cheat-one-device"
     CHEAT_REPLAY = "cheat-replay"
     CHEAT_ONE_ENTRY = "cheat-one-entry"
+    CHEAT_SHORTCUT = "cheat-shortcut"
+    CHEAT_LOWRANK = "cheat-lowrank"
 
 
 # Dense BF16/FP16 tensor throughput without sparsity, in TFLOPS per accelerator, from vendor

@@ -17,12 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import Matrix, flops, inputs, next_input, precision
+from agent.challenge import Matrix, flops, inputs, link_signs, next_input, precision
 from agent.challenge import step as chain_step
 from agent.config import PoolConfig, SimulationConfig, SimulationMode
 from agent.errors import InvalidArgument, Unavailable
@@ -33,6 +34,8 @@ CHEAT_PARTIAL_ROW_FRACTION = 0.01
 CHEAT_RTT_SECONDS = 0.3
 # cheat-rtt computes at this share of the declared speed, hoping the padding hides it.
 CHEAT_RTT_SPEED = 0.6
+# cheat-lowrank: rank n / 4, about half the flops of the chain (4 rank n^2 a link, against 2 n^3).
+CHEAT_LOWRANK_RANK_PERCENT = 25
 # RPCs that fail in "flaky" mode before they start working.
 FLAKY_METHODS = ("GetInventory", "RunBenchmark")
 
@@ -70,7 +73,12 @@ class SimulatedBackend:
         speed = self.simulation.effective_speed_factor
         if mode is SimulationMode.CHEAT_RTT:
             speed *= CHEAT_RTT_SPEED
-        per_step = challenge.inner * step_seconds(
+        products = challenge.inner
+        if mode is SimulationMode.CHEAT_SHORTCUT:
+            products = shortcut_products(challenge.inner)  # what the shortcut really computes
+        elif mode is SimulationMode.CHEAT_LOWRANK:  # ~4 rank n^2 a link against 2 n^3
+            products = max(1, challenge.inner * 2 * CHEAT_LOWRANK_RANK_PERCENT // 100)
+        per_step = products * step_seconds(
             n, pool.declared_tflops_per_accelerator, self.simulation.time_scale, speed
         )
         description = f"simulated {pool.accelerator_model} #{sink.device}"
@@ -114,7 +122,12 @@ class SimulatedBackend:
         n = sink.challenge.n
         if mode is SimulationMode.CHEAT_WRONG:
             return _unrelated_matrix(sink.seed, step, n, name)
-        product = chain_step(x, b, name, sink.challenge.inner)
+        if mode is SimulationMode.CHEAT_SHORTCUT:
+            return shortcut_step(x, b, name, sink.challenge.inner)
+        if mode is SimulationMode.CHEAT_LOWRANK and sink.challenge.inner > 1:
+            rank = max(1, n * CHEAT_LOWRANK_RANK_PERCENT // 100)
+            return lowrank_step(x, b, name, sink.challenge.inner, _signs(sink), rank)
+        product = chain_step(x, b, name, sink.challenge.inner, _signs(sink))
         if mode is SimulationMode.CHEAT_PARTIAL:
             _perturb_rows(product, sink.seed + step)
         elif mode is SimulationMode.CHEAT_ONE_ENTRY and step == sink.challenge.steps:
@@ -129,7 +142,7 @@ class SimulatedBackend:
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
         for step in range(1, sink.challenge.steps + 1):
-            product = chain_step(x, b, name, sink.challenge.inner)
+            product = chain_step(x, b, name, sink.challenge.inner, _signs(sink))
             sink.keep(step, product)
             x = next_input(product, name)
         return _report(sink, description)
@@ -142,7 +155,7 @@ class SimulatedBackend:
                 x, b = inputs(sink.seed, n, name)
                 chain = []
                 for _ in range(steps):
-                    product = chain_step(x, b, name, sink.challenge.inner)
+                    product = chain_step(x, b, name, sink.challenge.inner, _signs(sink))
                     chain.append(product)
                     x = next_input(product, name)
                 self._replay = chain
@@ -159,6 +172,89 @@ class SimulatedBackend:
 # challenge id, so the verifier can show where a report is bound to its challenge. Real
 # hardware attaches its vendor's report instead (e.g. NVIDIA confidential computing).
 SIMULATED_ATTESTATION = "simulated-nonce-echo"
+
+
+def _signs(sink: StepSink) -> Matrix:
+    """The link signs of this device's challenge (``agent.challenge.link_signs``)."""
+    challenge = sink.challenge
+    return link_signs(sink.seed, challenge.n, challenge.inner, challenge.precision)
+
+
+def shortcut_step(x: Matrix, b: Matrix, name: str, inner: int) -> Matrix:
+    """cheat-shortcut: the step of ``inner`` links as protocol v1 defined it (no signs), from
+    powers of B instead of a chain. Links 1 .. 2m give Y_2m = P^T X P with P = (B / sqrt(n))^m,
+    and the step's product is Y_2m B (inner = 2m + 1; for an even ``inner`` one more link on
+    the left: (Y_2m B)^T scaled, rounded, times B). P costs about 2 log2(m) products by
+    repeated squaring, against ``inner`` for the chain. Returns the product and counts nothing:
+    ``shortcut_products`` says how many products it took."""
+    acc = precision(name).accumulator
+    n = x.shape[0]
+    m = (inner - 1) // 2
+    power = np.eye(n, dtype=acc)
+    base = (b.astype(acc) * acc.type(1.0 / np.sqrt(n))).astype(acc)
+    e = m
+    while e:
+        if e & 1:
+            power = power @ base
+        e >>= 1
+        if e:
+            base = base @ base
+    y = (power.T @ x.astype(acc)) @ power
+    if (inner - 1) % 2:  # one link more: Y_{2m+1} = s (Y_2m B)^T
+        y = (y @ b.astype(acc) * acc.type(1.0 / np.sqrt(n))).T
+    y = y.astype(precision(name).input).astype(acc)
+    result: Matrix = y @ b.astype(acc)
+    return result
+
+
+def lowrank_step(x: Matrix, b: Matrix, name: str, inner: int, signs: Matrix, rank: int) -> Matrix:
+    """cheat-lowrank: the step of ``inner`` signed links approximated at ``rank``.
+
+    A product of many random matrices collapses towards its top singular directions, so
+    Y_m = L X' R (L, R the products of the links' factors s D_j B^T and their transposes) is
+    close to Q_L (Q_L^T L) X' (R Q_R) Q_R^T, with Q_L, Q_R orthonormal n x rank bases found by
+    one randomized range finder each: about 4 rank n^2 flops a link instead of 2 n^3. Refused
+    while the links are few (``VERIFICATION_MAX_INNER``, docs/verification.md: measured)."""
+    n = x.shape[0]
+    s = 1.0 / np.sqrt(n)
+    b64: Any = b.astype(np.float64)
+    x64: Any = x.astype(np.float64)
+    left: list[Any] = []  # Y_j = prod(left) X' prod(right)
+    right: list[Any] = []
+    transposed = False
+    for j in range(1, inner):
+        factor = s * signs[j - 1].astype(np.float64)[:, None] * b64.T
+        left, right = [factor] + [f.T for f in reversed(right)], [f.T for f in reversed(left)]
+        transposed = not transposed
+    right = [*right, b64]
+    middle = x64.T if transposed else x64
+
+    def apply(factors: list[Any], v: Any, transpose: bool = False) -> Any:
+        for f in factors if transpose else reversed(factors):
+            v = f.T @ v if transpose else f @ v
+        return v
+
+    rng = np.random.default_rng(0x10C4)
+    q_right, _ = np.linalg.qr(apply(right, rng.standard_normal((n, rank)), transpose=True))
+    core = middle @ apply(right, q_right)
+    if left:
+        q_left, _ = np.linalg.qr(apply(left, rng.standard_normal((n, rank))))
+        core = q_left @ (apply(left, q_left, transpose=True).T @ core)
+    result: Matrix = (core @ q_right.T).astype(precision(name).accumulator)
+    return result
+
+
+def shortcut_products(inner: int) -> int:
+    """The products :func:`shortcut_step` computes for a step of ``inner`` links."""
+    if inner <= 1:
+        return 1
+    m, count = (inner - 1) // 2, 0
+    e = m
+    while e:
+        count += e & 1
+        e >>= 1
+        count += 1 if e else 0
+    return count + 3 + (inner - 1) % 2
 
 
 def _report(sink: StepSink, description: str) -> DeviceReport:

@@ -44,6 +44,11 @@ ABOVE_DATASHEET_TFLOPS = 4295.0
 # "flaky" is an honest agent with transient errors: retries are the task's business, not a
 # verdict, so it is left out.
 SKIPPED_MODES = ("flaky",)
+# Rows run with VERIFICATION_MAX_INNER (8) products behind each commitment, as a fast device
+# gets them (the tests' settings give one): the cheats that compute a step with less work.
+# "honest-links" is the honest agent under the same plan.
+HONEST_LINKS = "honest-links"
+COMPOSITE_MODES = ("cheat-shortcut", "cheat-lowrank", HONEST_LINKS)
 
 
 def apply_test_settings() -> dict[str, str]:
@@ -83,6 +88,8 @@ class Bench:
             config = agent_config(
                 model="nvidia-h100-sxm", declared_tflops=ABOVE_DATASHEET_TFLOPS, nodes=1
             )
+        elif mode == HONEST_LINKS:
+            config = agent_config(SimulationMode.HONEST)
         else:
             config = agent_config(SimulationMode(mode))
         for runtime in self.runtimes:  # the last run's agent (and its chains) goes
@@ -179,7 +186,8 @@ def upper_bound(accepted: int, runs: int, confidence: float = 0.95) -> float:
 def main() -> None:
     from agent.config import SimulationMode
 
-    modes = [m.value for m in SimulationMode if m.value not in SKIPPED_MODES] + [ABOVE_DATASHEET]
+    modes = [m.value for m in SimulationMode if m.value not in SKIPPED_MODES]
+    modes += [ABOVE_DATASHEET, HONEST_LINKS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="runs per row (default 20)")
     parser.add_argument("--modes", default=",".join(modes), help="comma-separated rows")
@@ -194,13 +202,18 @@ def main() -> None:
     try:
         setup_django(tmp)
         worker_settings = apply_test_settings()
+        from django.conf import settings
         from django.db import connection
 
         bench = Bench()
         results = []
         began = time.perf_counter()
+        step_seconds = settings.VERIFICATION_MIN_STEP_SECONDS
         for mode in chosen:
-            print(f"  {mode}", flush=True)
+            # A minimum step no device meets: VERIFICATION_MAX_INNER products a commitment.
+            links = mode in COMPOSITE_MODES
+            settings.VERIFICATION_MIN_STEP_SECONDS = 1e6 if links else step_seconds
+            print(f"  {mode}" + (f" ({settings.VERIFICATION_MAX_INNER} links)" if links else ""))
             pool = bench.pool_for(mode, bench.agent_for(mode))
             checks: collections.Counter[str] = collections.Counter()
             accepted, seconds = 0, 0.0
@@ -247,7 +260,9 @@ def main() -> None:
         )
     print(
         "(rate = accepted / runs: the pass rate for honest, the false-acceptance rate otherwise; "
-        "95% up: its one-sided Clopper-Pearson upper bound)"
+        "95% up: its one-sided Clopper-Pearson upper bound; "
+        f"{', '.join(COMPOSITE_MODES)}: {settings.VERIFICATION_MAX_INNER} products behind "
+        "each commitment)"
     )
 
 

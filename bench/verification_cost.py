@@ -61,6 +61,7 @@ from agent.challenge import (  # noqa: E402
     digest,
     flops,
     input_matrix,
+    link_signs,
     multiply,
     precision,
     row_blocks,
@@ -280,7 +281,7 @@ def measure_parts(name: str, k: int) -> Parts:
 
     with one_blas_thread(n):  # as services._check_chains runs them
         one = best(lambda: checker.check(x, c, 1))
-        four = best(lambda: checker.check(x, c, 4))
+        four = best(lambda: checker.check(x, c, 4, link_signs(1, n, 4, name)))
         side = best(b_side)
     return Parts(side, best(opening), one, max(0.0, (four - one) / 3))
 

@@ -297,9 +297,11 @@ VERIFICATION_TARGET_SECONDS = env.float("VERIFICATION_TARGET_SECONDS", default=4
 VERIFICATION_MIN_STEPS = env.int("VERIFICATION_MIN_STEPS", default=4)
 VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
 # Chained products behind each commitment, so a step lasts at least MIN_STEP_SECONDS at the
-# declared speed (a fast accelerator would otherwise spend its time hashing, not computing).
+# declared speed (a fast accelerator would otherwise spend its time hashing, not computing), at
+# most MAX_INNER: a step of many links is nearly low-rank and cheaply approximated (8: measured
+# in tests/verification/test_freivalds.py and docs/verification.md, "Composite steps").
 VERIFICATION_MIN_STEP_SECONDS = env.float("VERIFICATION_MIN_STEP_SECONDS", default=0.05)
-VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=1024)
+VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=8)
 # Steps checked per device, drawn after every commitment arrived: the last two always, the
 # others at random (0 = every step). A prover that fakes a share q of the other steps goes
 # unnoticed with probability <= (1 - q)^(s - 2) per run (docs/verification.md).

@@ -120,9 +120,12 @@ class StepChecker:
         bound: npt.NDArray[np.float64] = self.scale * rho + np.finfo(np.float64).tiny
         return bound
 
-    def check(self, x: Matrix, c: Matrix, inner: int = 1) -> list[VectorCheck]:
+    def check(
+        self, x: Matrix, c: Matrix, inner: int = 1, signs: Matrix | None = None
+    ) -> list[VectorCheck]:
         """Check C = X @ B (``inner`` = 1), or the composite step of ``inner`` chained products
-        (``agent.challenge.step``); one VectorCheck per vector.
+        with the links' ``signs`` (``agent.challenge.step``, ``link_signs``); one VectorCheck
+        per vector.
 
         X may be any view (the verifier passes ``scaled_rounded(C_{t-1}).T``, no copy). A
         non-finite entry of C makes its component of C r non-finite, and the check fails.
@@ -136,39 +139,63 @@ class StepChecker:
             expected = x64 @ self.br
             bound = self.bound(x64)[:, None]
         else:
-            expected = self._composite(x64, inner)
-            bound = self.composite_bound(x64, inner)
+            if signs is None or signs.shape != (inner - 1, n):
+                raise ValueError("a composite step needs its (inner - 1) x n link signs")
+            expected = self._composite(x64, inner, np.asarray(signs, dtype=np.float64))
+            bound = self.composite_bound(x64, inner, expected)
         ratio = np.abs(cr - expected) / bound
         if not np.isfinite(ratio).all():
             return [VectorCheck(passed=False, worst_ratio=math.inf) for _ in range(self.k)]
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
 
-    def _composite(self, x64: npt.NDArray[np.float64], inner: int) -> npt.NDArray[np.float64]:
+    def _composite(
+        self, x64: npt.NDArray[np.float64], inner: int, signs: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
         """(Y_{inner-1} B) r without the intermediate roundings, where Y_0 = X and
-        Y_j = (s Y_{j-1} B)^T: one n x n by n x k product per link, O(inner k n^2)."""
+        Y_j = s D_j (Y_{j-1} B)^T (D_j = diag of the link's signs): one n x n by n x k product
+        per link plus O(n k) for D_j, so O(inner k n^2). Iterative (a step may hold 1024 links):
+
+            Y_j v   = s D_j B^T (Y_{j-1}^T v)      Y_j^T v = s Y_{j-1} (B D_j v)
+        """
         b64 = self._b64
         s = 1.0 / math.sqrt(self.n)
-
-        def apply(j: int, v: npt.NDArray[np.float64], transposed: bool) -> Any:
-            # Y_j v, or Y_j^T v when transposed.
-            if j == 0:
-                return x64.T @ v if transposed else x64 @ v
-            if transposed:  # Y_j^T v = s Y_{j-1} (B v)
-                return s * apply(j - 1, b64 @ v, False)
-            return s * (b64.T @ apply(j - 1, v, True))  # Y_j v = s B^T (Y_{j-1}^T v)
-
-        result: npt.NDArray[np.float64] = apply(inner - 1, self.br, False)
+        v: Any = self.br  # Y_{inner-1} (B r): evaluate Y_m v for m = inner - 1
+        transposed = False
+        after: list[int] = []  # links whose s D_j B^T is applied on the way back up
+        for j in range(inner - 1, 0, -1):
+            d = signs[j - 1][:, None]
+            if transposed:  # Y_j^T v = s Y_{j-1} (B D_j v)
+                v = s * (b64 @ (d * v))
+            else:  # Y_j v = s D_j B^T (Y_{j-1}^T v)
+                after.append(j)
+            transposed = not transposed
+        v = x64.T @ v if transposed else x64 @ v
+        for j in reversed(after):
+            v = s * (signs[j - 1][:, None] * (b64.T @ v))
+        result: npt.NDArray[np.float64] = v
         return result
 
-    def composite_bound(self, x64: npt.NDArray[np.float64], inner: int) -> Any:
-        """The bound of a composite step: the accumulation term with the output rows' size taken
-        as their mean (rho = sqrt(n mean(B^2)) rms(X): every link keeps the size, s = 1/sqrt(n)),
-        plus the intermediate roundings: each of the inner - 1 roundings to the input type moves
-        an entry by at most u_in of its size, in random directions, and the links carry that to
-        the output at the output's size, so R_i gains sqrt(inner - 1) u_in rho per sqrt(n)
-        random signs (LAMBDA standard deviations of margin, as above)."""
+    def composite_bound(
+        self,
+        x64: npt.NDArray[np.float64],
+        inner: int,
+        expected: npt.NDArray[np.float64] | None = None,
+    ) -> Any:
+        """The bound of a composite step: the accumulation term with the output rows' size
+        taken as their mean, plus the intermediate roundings: each of the inner - 1 roundings
+        to the input type moves an entry by at most u_in of its size, in random directions, and
+        the links carry that to the output at the output's size, so R_i gains sqrt(inner - 1)
+        u_in rho per sqrt(n) random signs (LAMBDA standard deviations of margin, as above).
+
+        The output's size rho: a link keeps the size only on average (B / sqrt(n) has a
+        spectral radius near 1, not 1), so over hundreds of links it drifts. rho is the larger
+        of the input's (sqrt(n mean(B^2)) rms(X)) and the one read from the verifier's *own*
+        exact ``expected`` = C r (E[(C r)_i^2] = sum_j C_ij^2 = n rho^2 for random signs),
+        never from the agent's C."""
         rho = math.sqrt(self.n * float(self.b2.mean())) * math.sqrt(float((x64 * x64).mean()))
+        if expected is not None and expected.size:
+            rho = max(rho, math.sqrt(float((expected * expected).mean()) / self.n))
         u_in = precision(self.name).input_roundoff
         rounding = LAMBDA * math.sqrt(self.n) * math.sqrt(inner - 1) * u_in * rho
         return self.scale * rho + rounding + np.finfo(np.float64).tiny

@@ -27,7 +27,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from agent.challenge import assemble, digest, input_matrix, scaled_rounded
+from agent.challenge import assemble, digest, input_matrix, link_signs, scaled_rounded
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from interconnect.tasking import enqueue_on_commit
@@ -685,13 +685,14 @@ def _check_devices(
     for device, seed in plan.devices.items():
         b = input_matrix(seed, 1, plan.n, plan.precision)
         checker = StepChecker(b, plan.precision, k=k, rng=rng)
+        signs = link_signs(seed, plan.n, plan.inner, plan.precision)
         worst = 0.0
         for step in opened:
             if step == 1:
                 x = input_matrix(seed, 0, plan.n, plan.precision)
             else:
                 x = scaled_rounded(products[(device, step - 1)], plan.precision).T
-            checks = checker.check(x, products[(device, step)], plan.inner)
+            checks = checker.check(x, products[(device, step)], plan.inner, signs)
             worst = max(worst, max(c.worst_ratio for c in checks))
             if device == first and step == opened[-1]:
                 results = [c.as_json() for c in checks]

@@ -396,3 +396,33 @@ def test_a_stream_that_breaks_the_order_of_commitments_fails(
 
     assert run.state == RunState.FAILED
     assert run.verdict_reason.startswith("commitments"), run.verdict_reason
+
+
+# --- composite steps: several products behind each commitment --------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (SimulationMode.HONEST, "verified"),
+        # Repeated squaring of B: the links' signs make the factors differ (protocol v2).
+        (SimulationMode.CHEAT_SHORTCUT, "arithmetic"),
+        # Rank n / 4 approximation of each step: refused while the links are few (<= 8).
+        (SimulationMode.CHEAT_LOWRANK, "arithmetic"),
+    ],
+)
+def test_a_step_of_several_links_cannot_be_shortcut(
+    mode: SimulationMode, reason: str, start_agent: Any, pool_at: Any, acme: Any, settings: Any
+) -> None:
+    """A fast device gets ``VERIFICATION_MAX_INNER`` products behind each commitment (forced
+    here by a long minimum step): the cheaters that compute a step with less work fail."""
+    settings.VERIFICATION_MIN_STEP_SECONDS = 1e6
+    settings.VERIFICATION_OPEN_STEPS = 0  # every step: the verdict does not hang on the draw
+    pool = pool_at(acme, start_agent(agent_config(mode)))
+
+    run = run_directly(force_status(pool, Status.SUBMITTED))
+
+    assert run.sample["inner"] == settings.VERIFICATION_MAX_INNER == 8
+    assert run.verdict_reason.startswith(reason), run.verdict_reason
+    assert run.state == (RunState.PASSED if mode is SimulationMode.HONEST else RunState.FAILED)

@@ -15,12 +15,14 @@ from agent.challenge import (
     chain,
     inputs,
     link_input,
+    link_signs,
     multiply,
     next_input,
     precision,
     scaled_rounded,
     step,
 )
+from agent.simulation import lowrank_step, shortcut_products, shortcut_step
 from tests.harness.figures import Figure
 from verification.freivalds import StepChecker, freivalds
 
@@ -125,7 +127,11 @@ def test_an_unrelated_matrix_is_refused_by_every_vector() -> None:
 
 def composite(name: str, n: int, inner: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = inputs(5, n, name)
-    return a, b, step(a, b, name, inner)
+    return a, b, step(a, b, name, inner, link_signs(5, n, inner, name))
+
+
+def signs(name: str, n: int, inner: int) -> np.ndarray:
+    return link_signs(5, n, inner, name)
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
@@ -133,7 +139,64 @@ def composite(name: str, n: int, inner: int) -> tuple[np.ndarray, np.ndarray, np
 def test_an_honest_composite_step_passes(name: str, inner: int) -> None:
     a, b, c = composite(name, 256, inner)
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(1))
-    assert max(v.worst_ratio for v in checker.check(a, c, inner)) < 0.5
+    assert max(v.worst_ratio for v in checker.check(a, c, inner, signs(name, 256, inner))) < 0.5
+
+
+def test_a_long_honest_bf16_step_passes() -> None:
+    """257 BF16 links: the output's size drifts from the input's (B / sqrt(n) has a spectral
+    radius near 1, not 1); the bound reads the size from the verifier's own exact C r. Before,
+    it took the input's and refused this honest step (worst ratio 2.2 of the bound)."""
+    a, b, c = composite("bf16", 256, 257)
+    checker = StepChecker(b, "bf16", k=8, rng=np.random.default_rng(1))
+    assert all(v.passed for v in checker.check(a, c, 257, signs("bf16", 256, 257)))
+
+
+def test_a_step_of_several_links_needs_its_signs() -> None:
+    a, b = inputs(5, 64, "fp32")
+    with pytest.raises(ValueError, match="link_signs"):
+        step(a, b, "fp32", 4)
+    checker = StepChecker(b, "fp32", k=8, rng=np.random.default_rng(1))
+    with pytest.raises(ValueError, match="link signs"):
+        checker.check(a, a, 4)
+
+
+@pytest.mark.parametrize(("name", "inner"), [("bf16", 33), ("fp16", 33), ("fp32", 65)])
+def test_the_squaring_shortcut_passes_only_without_the_link_signs(name: str, inner: int) -> None:
+    """The attack: with one B and no signs (protocol v1), a step of ``inner`` links is
+    P^T X P B with P = (B / sqrt(n))^m, which repeated squaring computes in about 2 log2(inner)
+    products. It passed v1's check; the signs D_j make the factors B D_j differ, and it fails."""
+    n = 128
+    a, b = inputs(5, n, name)
+    cheat = shortcut_step(a, b, name, inner)
+    assert shortcut_products(inner) * 4 <= inner  # the fault landed: a quarter of the work
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(7))
+    unsigned = np.ones((inner - 1, n), dtype=precision(name).accumulator)
+    assert all(v.passed for v in checker.check(a, cheat, inner, unsigned))  # v1: accepted
+    refused = checker.check(a, cheat, inner, signs(name, n, inner))
+    assert not any(v.passed for v in refused)
+    assert min(v.worst_ratio for v in refused) > 5.0
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
+def test_a_low_rank_step_is_refused_at_the_default_number_of_links(name: str) -> None:
+    """A product of many random matrices is nearly low-rank, so a long step can be
+    approximated at rank r for about 4 r n^2 flops a link instead of 2 n^3. At the default
+    ``VERIFICATION_MAX_INNER`` (8) links, rank n / 4 and 0.4 n are refused with a wide margin;
+    at 64 BF16 links, rank n / 4 passes, which is why the number of links is capped."""
+    from django.conf import settings
+
+    n, inner = 256, settings.VERIFICATION_MAX_INNER
+    assert inner == 8
+    a, b = inputs(5, n, name)
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(8))
+    for rank in (n // 4, n * 2 // 5):
+        approx = lowrank_step(a, b, name, inner, signs(name, n, inner), rank)
+        refused = checker.check(a, approx, inner, signs(name, n, inner))
+        assert min(v.worst_ratio for v in refused) > 5.0, rank
+    if name == "bf16":
+        many = 64
+        approx = lowrank_step(a, b, name, many, signs(name, n, many), n // 4)
+        assert all(v.passed for v in checker.check(a, approx, many, signs(name, n, many)))
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
@@ -145,18 +208,18 @@ def test_fp8_inside_a_composite_step_is_refused(name: str) -> None:
         return m.astype(FP8).astype(low).astype(acc)
 
     y = a
-    for _ in range(7):
-        y = link_input(fp8(y) @ fp8(b), name)
+    for j in range(7):
+        y = link_input(fp8(y) @ fp8(b), name, signs(name, 256, 8)[j])
     cheap = fp8(y) @ fp8(b)
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(2))
-    assert not any(v.passed for v in checker.check(a, cheap, 8))
+    assert not any(v.passed for v in checker.check(a, cheap, 8, signs(name, 256, 8)))
 
 
 def test_a_composite_step_with_a_product_skipped_is_refused() -> None:
     a, b, _ = composite("bf16", 256, 8)
-    short = step(a, b, "bf16", 7)
+    short = step(a, b, "bf16", 7, signs("bf16", 256, 8))
     checker = StepChecker(b, "bf16", k=8, rng=np.random.default_rng(3))
-    assert not any(v.passed for v in checker.check(a, short, 8))
+    assert not any(v.passed for v in checker.check(a, short, 8, signs("bf16", 256, 8)))
 
 
 def test_a_long_fp16_chain_keeps_its_size_and_passes() -> None:
@@ -168,6 +231,6 @@ def test_a_long_fp16_chain_keeps_its_size_and_passes() -> None:
     b = inputs(3, 128, "fp16")[1]
     checker = StepChecker(b, "fp16", k=8, rng=np.random.default_rng(4))
     x = scaled_rounded(products[-2], "fp16").T
-    assert all(v.passed for v in checker.check(x, products[-1], 8))
+    assert all(v.passed for v in checker.check(x, products[-1], 8, link_signs(3, 128, 8, "fp16")))
     assert boundary_shift(5.0) == 0 and boundary_shift(80.0) == 4 and boundary_shift(0.3) == -4
     assert boundary_shift(float("nan")) == 0

@@ -1,0 +1,118 @@
+"""Composite steps under attack: how many chained products may sit behind one commitment.
+
+A fast device gets ``inner`` chained products per committed step (``plan_challenge``), and the
+verifier checks the step as a whole, through the chain of linear maps, without the intermediate
+products. That is sound only if the step cannot be computed with less work. Two shortcuts are
+played here against the real check (``verification.freivalds.StepChecker``), per precision and
+number of links, on the challenge's own inputs (numpy, no database):
+
+- **squaring** (``agent.simulation.shortcut_step``): with one B and no signs (protocol v1) a step
+  is P^T X P B with P a power of B / sqrt(n), computed by repeated squaring. Shown against v1's
+  check (all signs +1) and against v2's (the links' signs, ``agent.challenge.link_signs``).
+- **low rank** (``agent.simulation.lowrank_step``): a product of many random matrices is nearly
+  low-rank, so a step is approximated at rank r with about 4 r n^2 flops a link instead of
+  2 n^3. Rank n / 4 (half the work) and 0.4 n (a fifth saved) against v2's check.
+
+Each cell is the smallest ratio residual / bound over the k = 8 vectors and 3 seeds: the check
+refuses a product when some vector's ratio exceeds 1, so a cell above 1 means refused on every
+seed, and the margin is how far above. Honest: the largest ratio (passes below 1).
+
+    .venv/bin/python bench/verification_links.py                 # n = 256, about a minute
+    .venv/bin/python bench/verification_links.py --n 128 --links 2,8,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from agent.challenge import inputs, link_signs, precision, step  # noqa: E402
+from agent.simulation import lowrank_step, shortcut_products, shortcut_step  # noqa: E402
+from verification.freivalds import StepChecker  # noqa: E402
+
+SEEDS = (11, 12, 13)
+
+
+def cell(ratios: list[float], *, honest: bool = False) -> str:
+    value = max(ratios) if honest else min(ratios)
+    verdict = (
+        ("pass" if value <= 1.0 else "FAIL")
+        if honest
+        else ("refused" if value > 1.0 else "ACCEPTED")
+    )
+    return f"{value:>10.3g} {verdict:<8}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--links", default="2,4,8,16,32,64", help="comma-separated inner values")
+    parser.add_argument("--precisions", default="bf16,fp16,fp32")
+    args = parser.parse_args()
+    n = args.n
+    links = [int(v) for v in args.links.split(",")]
+    names = [v.strip() for v in args.precisions.split(",")]
+    print(
+        f"Composite steps, n = {n}, k = 8, seeds {SEEDS}, {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"{'prec':<5} {'links':>5} {'honest':>19} {'squaring v1':>19} {'squaring v2':>19} "
+        f"{'rank n/4':>19} {'rank 0.4n':>19} {'products: chain / squaring':>27}"
+    )
+    started = time.perf_counter()
+    for name in names:
+        for inner in links:
+            rows: dict[str, list[float]] = {k: [] for k in ("h", "v1", "v2", "r4", "r25")}
+            for seed in SEEDS:
+                x, b = inputs(seed, n, name)
+                signs = link_signs(seed, n, inner, name)
+                unsigned = np.ones_like(signs)
+                checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
+
+                def ratios(
+                    c: np.ndarray,
+                    s: np.ndarray = signs,
+                    checker: StepChecker = checker,
+                    x: np.ndarray = x,
+                    inner: int = inner,
+                ) -> list[float]:
+                    return [v.worst_ratio for v in checker.check(x, c, inner, s)]
+
+                rows["h"] += ratios(step(x, b, name, inner, signs))
+                if inner > 2:
+                    cheat = shortcut_step(x, b, name, inner)
+                    rows["v1"].append(min(ratios(cheat, unsigned)))
+                    rows["v2"].append(min(ratios(cheat)))
+                for key, rank in (("r4", n // 4), ("r25", n * 2 // 5)):
+                    rows[key].append(min(ratios(lowrank_step(x, b, name, inner, signs, rank))))
+            squaring = (
+                (cell(rows["v1"]) + " " + cell(rows["v2"]))
+                if rows["v1"]
+                else f"{'n/a':>19} {'n/a':>19}"
+            )
+            print(
+                f"{name:<5} {inner:>5} {cell(rows['h'], honest=True)} {squaring} "
+                f"{cell(rows['r4'])} {cell(rows['r25'])} "
+                f"{inner:>14} / {shortcut_products(inner) if inner > 2 else inner}",
+                flush=True,
+            )
+    print(
+        f"(a cell: smallest residual / bound over vectors and seeds for a cheat, largest for "
+        f"honest; > 1 is refused; {time.perf_counter() - started:.0f} s; "
+        f"precision unit roundoffs: "
+        + ", ".join(f"{p} {precision(p).input_roundoff:.1e}" for p in names)
+        + ")"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -48,6 +50,7 @@ from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
 
 User = Any
+logger = logging.getLogger(__name__)
 # Seconds a preempted workload may run on to save its state before the agent stops it.
 DEFAULT_PREEMPTION_GRACE_SECONDS = 30.0
 _CLASS_CACHE_SECONDS = 30.0
@@ -340,9 +343,8 @@ def plan_preemption(
     spot booking (the firm part is full). ``chosen``: victims already picked for another pool
     of the same booking (their room here counts as free).
 
-    Fewest and youngest first: greedily the booking that covers the most of what is missing
-    (the youngest among equals), then any whose room turns out not to be needed is dropped
-    again (the oldest first), so no more is preempted than needed.
+    Which ones: :func:`choose_victims` (the fewest, then the youngest; exact for the few
+    candidates that occur, greedy above :data:`EXACT_SEARCH_LIMIT`).
     """
     rows = _slot_rows(pool_id, start, end, lock=lock)
     already = {v.booking_id for v in chosen}
@@ -358,35 +360,112 @@ def plan_preemption(
         missing = reserved - back + n - capacity
         if missing > 0:
             deficit[slot] = missing
-    if not deficit:
-        return []
+    return choose_victims(victims, deficit)
+
+
+# How many candidate sets the exact choice may try (a few milliseconds); with more spot
+# bookings in the way than that allows, the greedy choice stands (see choose_victims).
+EXACT_SEARCH_LIMIT = 20_000
+
+
+def _youngest_first(victims: Sequence[Victim]) -> list[Victim]:
+    return sorted(victims, key=lambda v: (v.created_at, v.booking_id), reverse=True)
+
+
+def _columns(
+    victims: Sequence[Victim], deficit: Mapping[dt.datetime, int]
+) -> tuple[list[int], list[tuple[int, ...]]]:
+    """The deficit as columns: slots covered by the same victims need only their largest
+    deficit (a set that covers it covers the others), so a window of many slots shrinks to at
+    most a few columns per victim. Returns the need per column and each victim's row."""
+    need: dict[frozenset[int], int] = {}
+    for slot, missing in deficit.items():
+        key = frozenset(i for i, v in enumerate(victims) if slot in v.slots)
+        need[key] = max(need.get(key, 0), missing)
+    keys = list(need)
+    rows = [tuple(v.accelerators if i in key else 0 for key in keys) for i, v in enumerate(victims)]
+    return [need[k] for k in keys], rows
+
+
+def _greedy(order: list[Victim], deficit: Mapping[dt.datetime, int]) -> list[Victim] | None:
+    """Greedily the booking that covers the most of what is still missing (the youngest among
+    equals), then those whose room turns out not to be needed are dropped (the oldest first):
+    never more than needed, but not always the fewest."""
 
     def covers(v: Victim, left: dict[dt.datetime, int]) -> int:
         return sum(min(v.accelerators, d) for s, d in left.items() if d > 0 and s in v.slots)
-
-    left = dict(deficit)
-    picked: list[Victim] = []
-    pool = sorted(victims, key=lambda v: (v.created_at, v.booking_id), reverse=True)
-    while any(d > 0 for d in left.values()):
-        best = max(pool, key=lambda v: covers(v, left), default=None)
-        if best is None or covers(best, left) == 0:
-            return None
-        picked.append(best)
-        pool.remove(best)
-        for s in best.slots:
-            if s in left:
-                left[s] -= best.accelerators
 
     def enough(group: list[Victim]) -> bool:
         return all(
             sum(v.accelerators for v in group if s in v.slots) >= d for s, d in deficit.items()
         )
 
-    for v in sorted(picked, key=lambda v: (v.created_at, v.booking_id)):
+    left = dict(deficit)
+    picked: list[Victim] = []
+    candidates = list(order)
+    while any(d > 0 for d in left.values()):
+        best = max(candidates, key=lambda v: covers(v, left), default=None)
+        if best is None or covers(best, left) == 0:
+            return None
+        picked.append(best)
+        candidates.remove(best)
+        for s in best.slots:
+            if s in left:
+                left[s] -= best.accelerators
+    for v in reversed(order):
         rest = [w for w in picked if w is not v]
-        if enough(rest):
+        if v in picked and enough(rest):
             picked = rest
-    return sorted(picked, key=lambda v: v.booking_id)
+    return picked
+
+
+def choose_victims(
+    victims: Sequence[Victim],
+    deficit: Mapping[dt.datetime, int],
+    *,
+    limit: int = EXACT_SEARCH_LIMIT,
+) -> list[Victim] | None:
+    """The spot bookings to preempt so that each slot of ``deficit`` gets back at least what it
+    misses: ``[]`` if nothing is missing, None if all of them together are not enough.
+
+    The fewest bookings; among as few, the youngest first: listing the candidates youngest
+    first, the set whose positions come first in dictionary order (it holds the youngest
+    booking if any smallest set does, then the next youngest, ...). A smallest set never holds
+    one that is not needed. Sets are tried by increasing size, each size in that order, so the
+    first set that is enough is the answer; with more than ``limit`` sets to try (many spot
+    bookings in the way), the greedy choice is taken instead (:func:`_greedy`: never more than
+    needed, not always the fewest) and logged.
+    """
+    if not deficit:
+        return []
+    order = [v for v in _youngest_first(victims) if any(s in v.slots for s in deficit)]
+    need, rows = _columns(order, deficit)
+    if not order or any(sum(col) < d for col, d in zip(zip(*rows, strict=True), need, strict=True)):
+        return None  # all of them together are not enough
+    # No smaller set can be enough: per column, the fewest victims whose largest rows add up.
+    smallest = 1
+    for c, d in enumerate(need):
+        got = 0
+        for k, n in enumerate(sorted((r[c] for r in rows), reverse=True), start=1):
+            got += n
+            if got >= d:
+                smallest = max(smallest, k)
+                break
+    tried = 0
+    for size in range(smallest, len(order) + 1):
+        for combo in itertools.combinations(range(len(order)), size):
+            tried += 1
+            if tried > limit:
+                logger.info(
+                    "preemption: %d spot bookings in the way; greedy choice after %d sets",
+                    len(order),
+                    limit,
+                )
+                picked = _greedy(order, deficit)
+                return None if picked is None else sorted(picked, key=lambda v: v.booking_id)
+            if all(sum(rows[i][c] for i in combo) >= d for c, d in enumerate(need)):
+                return sorted((order[i] for i in combo), key=lambda v: v.booking_id)
+    return None  # not reached: all of them together are enough
 
 
 class NeedsPreemption(CapacityExhausted):

@@ -64,6 +64,7 @@ class EventKind(models.TextChoices):
     PREEMPTED = "preempted", "Preempted by a reserved or priority booking"
     OFFERED = "offered", "Offered for resale"
     WITHDRAWN = "withdrawn", "Resale offer withdrawn"
+    EXPIRED = "expired", "Resale offer expired unsold"
     SOLD = "sold", "Resold to another firm"
     BOUGHT = "bought", "Bought from another firm"
 

@@ -775,6 +775,8 @@ def offer_withdraw(*, offer: ResaleOffer, actor: User, door: str) -> ResaleOffer
     org = services._require_booker(actor)
     if offer.seller_id != org.pk and not registry_selectors.is_platform_staff(actor):
         raise ResaleOffer.DoesNotExist("ResaleOffer matching query does not exist.")
+    # Past its start it has expired (recorded as such), whether the sweep ran or not.
+    offers_expire(offer_ids=[offer.pk])
     with transaction.atomic():
         o = ResaleOffer.objects.select_for_update().get(pk=offer.pk)
         if o.status == OfferStatus.WITHDRAWN:
@@ -793,17 +795,63 @@ def offer_withdraw(*, offer: ResaleOffer, actor: User, door: str) -> ResaleOffer
 
 
 def offers_close_for(booking: Booking) -> None:
-    """A booking that leaves ``confirmed`` (cancelled, replaced) takes its open offers back."""
-    ResaleOffer.objects.filter(booking=booking, status=OfferStatus.OPEN).update(
-        status=OfferStatus.WITHDRAWN
-    )
+    """A booking that leaves ``confirmed`` (cancelled, replaced, failed) takes its open offers
+    back, each with a ``withdrawn`` event (in the caller's transaction, after its status
+    event)."""
+    from brokers import services
+
+    for o in ResaleOffer.objects.select_for_update().filter(
+        booking=booking, status=OfferStatus.OPEN
+    ):
+        ResaleOffer.objects.filter(pk=o.pk).update(status=OfferStatus.WITHDRAWN)
+        services._event(
+            booking,
+            EventKind.WITHDRAWN,
+            f"resale offer {o.national_id} withdrawn: the booking is {booking.status}",
+            {"offer": o.national_id},
+        )
 
 
-def offers_expire() -> int:
-    """Mark open offers whose start has passed as expired (reads check the time anyway)."""
-    return ResaleOffer.objects.filter(status=OfferStatus.OPEN, expires_at__lte=Now()).update(
-        status=OfferStatus.EXPIRED
-    )
+def offers_expire(*, offer_ids: Sequence[int] | None = None) -> int:
+    """The expiry sweep (``brokers.tasks.offers_expire``, every minute, ``setup_schedules``):
+    open offers whose booking's start has passed (database time) become ``expired``, each by
+    compare-and-set with an ``expired`` event on the seller's booking. Reads and purchases
+    compare with the start themselves, so an offer is never sold late, however late the sweep;
+    a buyer or seller who finds one past its start runs it for that offer (``offer_ids``).
+    Safe to run twice and concurrently: an offer expires once, with one event."""
+    from brokers import services
+
+    due = ResaleOffer.objects.filter(status=OfferStatus.OPEN, expires_at__lte=Now())
+    if offer_ids is not None:
+        due = due.filter(pk__in=list(offer_ids))
+    done = 0
+    for pk in due.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            if not ResaleOffer.objects.filter(pk=pk, status=OfferStatus.OPEN).update(
+                status=OfferStatus.EXPIRED
+            ):
+                continue  # sold, withdrawn or expired by someone else meanwhile
+            o = ResaleOffer.objects.select_related("booking__organization").get(pk=pk)
+            services._event(
+                o.booking,
+                EventKind.EXPIRED,
+                f"resale offer {o.national_id} expired unsold at the booking's start "
+                f"({o.expires_at:%Y-%m-%d %H:%M} UTC)",
+                {"offer": o.national_id},
+            )
+            done += 1
+    return done
+
+
+class OfferExpired(CapacityExhausted):
+    """The offer's booking has started: offers lapse at the start (``offer.not_open``)."""
+
+    def __init__(self, offer: ResaleOffer) -> None:
+        super().__init__(
+            f"Offer {offer.national_id} has expired: offers lapse at the booking's start "
+            f"({offer.expires_at:%Y-%m-%d %H:%M} UTC).",
+            code="offer.not_open",
+        )
 
 
 def offer_buy(
@@ -824,6 +872,9 @@ def offer_buy(
     # Checked again under the offer's lock below; refused here without a transaction.
     if offer.seller_id == org.pk:
         raise ValidationError({"offer": ["A firm does not buy its own offer."]})
+    if offer.status == OfferStatus.OPEN and offer.expires_at <= _now():
+        offers_expire(offer_ids=[offer.pk])
+        raise OfferExpired(offer)
     if offer.status != OfferStatus.OPEN:
         raise CapacityExhausted(
             f"Offer {offer.national_id} is {offer.status}.", code="offer.not_open"
@@ -839,10 +890,15 @@ def offer_buy(
             Booking.objects.select_for_update().select_related("organization").get(pk=o.booking_id)
         )
         now = _now()
-        if seller.status != BookingStatus.CONFIRMED or o.expires_at <= now:
-            o.status = OfferStatus.EXPIRED
-            o.save(update_fields=["status"])
-            raise CapacityExhausted(f"Offer {o.national_id} has expired.", code="offer.not_open")
+        # The start may have passed since the check above: refused (the sweep below records
+        # the expiry once this transaction has rolled back).
+        if o.expires_at <= now:
+            raise OfferExpired(o)
+        if seller.status != BookingStatus.CONFIRMED:
+            raise CapacityExhausted(
+                f"Offer {o.national_id} is no longer open (the booking is {seller.status}).",
+                code="offer.not_open",
+            )
         allocations = list(seller.allocations.select_related("pool__accelerator").order_by("pk"))
         hours = Decimal((o.end - o.start).total_seconds()) / Decimal(3600)
         per_hour = (o.price / (Decimal(o.accelerators) * hours)).quantize(Decimal("0.0001"))
@@ -944,7 +1000,11 @@ def offer_buy(
             enqueue_on_commit(HOLDS_MOVED_TASK, seller.pk, bought.pk)
         return bought
 
-    return ledger.in_fresh_transactions(work)
+    try:
+        return ledger.in_fresh_transactions(work)
+    except OfferExpired:
+        offers_expire(offer_ids=[offer.pk])
+        raise
 
 
 def offer_options(spec: WorkloadSpec, *, organization_id: int | None) -> list[PlacementOption]:

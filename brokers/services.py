@@ -294,6 +294,12 @@ WEBHOOK_FOR_STATUS: dict[str, str] = {
 }
 
 
+def _offers_close_for(booking: Booking) -> None:
+    from brokers import market
+
+    market.offers_close_for(booking)
+
+
 def _event(
     booking: Booking, kind: EventKind, message: str = "", data: dict[str, Any] | None = None
 ) -> BookingEvent:
@@ -1002,10 +1008,9 @@ def booking_cancel(*, booking: Booking, actor: Actor, door: Door, reason: str = 
         ):
             raise ValidationError({"status": [f"A {booking.status} booking cannot be cancelled."]})
         _release(booking)
-        from brokers import market
-
-        market.offers_close_for(booking)
         _event(booking, EventKind.STATUS, booking.status_reason, {"door": door})
+        # After the status event: its webhook carries the cancellation, not the withdrawal.
+        _offers_close_for(booking)
         _holds_on_commit(booking)
         if was in (BookingStatus.DISPATCHING, BookingStatus.RUNNING) and getattr(
             settings, "BROKER_DISPATCH", True
@@ -1093,6 +1098,7 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
                 old, allowed_from=RESERVING_STATUSES, to=BookingStatus.FAILED, reason=reason
             )
             _event(old, EventKind.STATUS, f"{reason}; no other capacity fits")
+            _offers_close_for(old)
             return None
         new = _book_option(
             org=old.organization,
@@ -1113,6 +1119,8 @@ def booking_replace(*, booking: Booking, exclude_center: str, reason: str) -> Bo
             f"{reason}; moved to {new.national_id}",
             {"replaced_by": new.national_id, "excluded_center": exclude_center},
         )
+        # Its open resale offers go with it (the new booking is not offered).
+        _offers_close_for(old)
         return new
 
     try:

@@ -111,3 +111,13 @@ def booking_replace_preempted(booking_id: int) -> None:
 def booking_holds_moved(seller_id: int, bought_id: int) -> None:
     """A resale: the seller's holds at the centers go (or shrink) before the buyer's are made."""
     dispatch.move_holds(seller_id, bought_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def offers_expire() -> int:
+    """Periodic sweep (every minute, ``setup_schedules``): open resale offers whose booking has
+    started become ``expired``, with an event. Idempotent: an offer expires once; reads and
+    purchases check the start themselves, so a late sweep sells nothing late."""
+    from brokers import market
+
+    return market.offers_expire()

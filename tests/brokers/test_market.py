@@ -220,13 +220,112 @@ def test_resale_of_a_whole_booking_and_of_its_later_part(dave: Any, firm2: Any, 
     assert slots(pool) <= {(0, 0)}
 
 
-def test_an_offer_expires_at_the_booking_start(dave: Any, firm2: Any, pool: Pool) -> None:
+def test_a_cancelled_or_replaced_booking_takes_its_open_offer_back_with_an_event(
+    dave: Any, pool: Pool, acme: Any, active_pool: Any
+) -> None:
+    sub = WebhookSubscription.objects.create(
+        organization=registry_selectors.organization_of(dave), url="https://example.org/h"
+    )
+    cancelled = book(dave, pool, 2)
+    offer = market.offer_create(booking=cancelled, actor=dave, door="api", price=Decimal("3"))
+    services.booking_cancel(booking=cancelled, actor=dave, door="api", reason="plans changed")
+    assert ResaleOffer.objects.get(pk=offer.pk).status == OfferStatus.WITHDRAWN
+    withdrawn = BookingEvent.objects.get(booking=cancelled, kind=EventKind.WITHDRAWN)
+    assert offer.national_id in withdrawn.message and "cancelled" in withdrawn.message
+    # One cancellation webhook, and it tells the cancellation, not the withdrawal.
+    hooks = WebhookDelivery.objects.filter(subscription=sub, event="booking.cancelled")
+    assert [h.payload["data"]["message"] for h in hooks] == ["plans changed"]
+
+    moved = book(dave, pool, 2)
+    other = market.offer_create(booking=moved, actor=dave, door="api", price=Decimal("3"))
+    active_pool(acme, size=8, price="10.00")
+    new = services.booking_replace(
+        booking=moved, exclude_center=pool.center.national_id, reason="center offline"
+    )
+    assert new is not None and Booking.objects.get(pk=moved.pk).status == BookingStatus.REPLACED
+    assert ResaleOffer.objects.get(pk=other.pk).status == OfferStatus.WITHDRAWN
+    assert BookingEvent.objects.filter(booking=moved, kind=EventKind.WITHDRAWN).count() == 1
+
+
+PAST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def test_an_offer_past_its_start_is_neither_listed_nor_sold_before_the_sweep(
+    dave: Any, firm2: Any, pool: Pool
+) -> None:
+    """The booking's start passed, the sweep has not run: the offer is still ``open`` in its
+    row, yet no read lists it and a purchase is refused with the expiry, which is recorded."""
     sold = book(dave, pool, 4)
     offer = market.offer_create(booking=sold, actor=dave, door="api", price=Decimal("5"))
-    ResaleOffer.objects.filter(pk=offer.pk).update(
-        expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    )
+    ResaleOffer.objects.filter(pk=offer.pk).update(expires_at=PAST)
+    offer.refresh_from_db()
+    assert offer.status == OfferStatus.OPEN
+    window = {"start": sold.window_start, "end": sold.window_end}
     assert not market.offers_visible_to(firm2).filter(pk=offer.pk).exists()
-    with pytest.raises(CapacityExhausted, match="expired"):
+    assert market.offers_in_window(firm2, **window) == []
+    assert market.offer_options(spec(count=4), organization_id=None) == []
+    assert market.offer_view(offer, dave)["status"] == OfferStatus.EXPIRED  # the seller's view
+
+    with pytest.raises(CapacityExhausted, match=r"has expired: offers lapse at the booking's "):
         market.offer_buy(offer=offer, actor=firm2, door="api")
     assert Booking.objects.get(pk=sold.pk).status == BookingStatus.CONFIRMED
+    assert not Booking.objects.filter(organization__memberships__user=firm2).exists()
+    assert ResaleOffer.objects.get(pk=offer.pk).status == OfferStatus.EXPIRED
+    event = BookingEvent.objects.get(booking=sold, kind=EventKind.EXPIRED)
+    assert offer.national_id in event.message
+    # Refused again, now by its status; still one event. The seller cannot withdraw it either.
+    with pytest.raises(CapacityExhausted, match="is expired"):
+        market.offer_buy(offer=ResaleOffer.objects.get(pk=offer.pk), actor=firm2, door="api")
+    with pytest.raises(ValidationError, match="The offer is expired"):
+        market.offer_withdraw(offer=offer, actor=dave, door="api")
+    assert BookingEvent.objects.filter(booking=sold, kind=EventKind.EXPIRED).count() == 1
+
+
+def test_an_offer_whose_start_passes_while_it_is_bought_is_refused_under_the_lock(
+    dave: Any, firm2: Any, pool: Pool
+) -> None:
+    """The buyer read the offer before the start (its copy says open and not due); the start
+    passes before the purchase locks the row: refused there, nothing bought, recorded expired."""
+    sold = book(dave, pool, 4)
+    offer = market.offer_create(booking=sold, actor=dave, door="api", price=Decimal("5"))
+    ResaleOffer.objects.filter(pk=offer.pk).update(expires_at=PAST)
+    with pytest.raises(CapacityExhausted, match="has expired"):
+        market.offer_buy(offer=offer, actor=firm2, door="api")  # ``offer`` read before
+    assert Booking.objects.get(pk=sold.pk).status == BookingStatus.CONFIRMED
+    assert ResaleOffer.objects.get(pk=offer.pk).status == OfferStatus.EXPIRED
+    assert BookingEvent.objects.filter(booking=sold, kind=EventKind.EXPIRED).count() == 1
+
+
+def test_the_expiry_sweep_expires_each_offer_once_with_an_event_and_is_scheduled(
+    dave: Any, firm2: Any, pool: Pool
+) -> None:
+    from django.core.management import call_command
+    from django_celery_beat.models import PeriodicTask
+
+    from brokers import tasks
+    from interconnect.celery import app
+
+    due = [book(dave, pool, 2) for _ in range(2)]
+    later = book(dave, pool, 2)
+    offers = [
+        market.offer_create(booking=b, actor=dave, door="api", price=Decimal("3"))
+        for b in [*due, later]
+    ]
+    ResaleOffer.objects.filter(pk__in=[o.pk for o in offers[:2]]).update(expires_at=PAST)
+    assert tasks.offers_expire() == 2  # the task the beat sends
+    assert tasks.offers_expire() == 0  # safe to run twice
+    statuses = dict(ResaleOffer.objects.values_list("pk", "status"))
+    assert [statuses[o.pk] for o in offers] == ["expired", "expired", "open"]
+    assert [
+        BookingEvent.objects.filter(booking=b, kind=EventKind.EXPIRED).count()
+        for b in [*due, later]
+    ] == [1, 1, 0]
+    # The open one still sells.
+    assert market.offer_buy(offer=offers[2], actor=firm2, door="api").status == "confirmed"
+
+    call_command("setup_schedules", verbosity=0)
+    call_command("setup_schedules", verbosity=0)
+    sweep = PeriodicTask.objects.get(task="brokers.tasks.offers_expire")
+    assert sweep.enabled and sweep.interval.every == 60
+    app.loader.import_default_modules()
+    assert "brokers.tasks.offers_expire" in app.tasks

@@ -329,3 +329,60 @@ def test_a_running_spot_workload_is_stopped_after_its_grace_and_billed_for_what_
         assert workload.state == "stopped" and "grace" in workload.message
     finally:
         site.stop(grace=0).wait()
+
+
+def test_an_offer_past_its_start_is_off_the_market_at_every_door_before_the_sweep(
+    broker: BrokerRuntime, pool: Pool, dave: Any
+) -> None:
+    """The booking's start passed and the sweep has not run (the row still says ``open``):
+    no door lists it or sells it; the seller sees it expired; the sweep then records it."""
+    from brokers.choices import EventKind
+    from brokers.models import BookingEvent
+
+    buyer = firm()
+    start = next_hour() + dt.timedelta(hours=4)
+    made = rest(dave).post(
+        "/api/v1/bookings/",
+        {
+            "idempotency_key": "late-1",
+            "spec": {"accelerator_model": A100, "count": 4, "earliest_start": start.isoformat()},
+        },
+        format="json",
+    )
+    nid = made.json()["national_id"]
+    offer_id = rest(dave).post(f"/api/v1/bookings/{nid}/offer/", {"price": "40"}).json()["offer_id"]
+    ResaleOffer.objects.filter(national_id=offer_id).update(
+        expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    )
+
+    # REST: not listed (offers, capacity, placement), not bought.
+    client = rest(buyer)
+    assert client.get("/api/v1/offers/").json()["results"] == []
+    assert client.get("/api/v1/capacity/", {"start": start.isoformat()}).json()["offers"] == []
+    placed = client.post(
+        "/api/v1/placements/",
+        {"accelerator_model": A100, "count": 4, "earliest_start": start.isoformat()},
+        format="json",
+    ).json()
+    assert offer_id not in [o.get("offer") for o in placed["options"]]
+    assert client.post(f"/api/v1/offers/{offer_id}/buy/", {}, format="json").status_code == 404
+    # gRPC: not listed, not bought.
+    with BrokerClient(f"127.0.0.1:{broker.port}", token_of(buyer)) as stub:
+        assert list(stub.offers().offers) == []
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.buy(offer_id)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    # CLI: not listed, not bought (non-zero exit).
+    assert offer_id not in cli(broker, buyer, "offers").stdout
+    bought = cli(broker, buyer, "buy", offer_id)
+    assert bought.returncode == ERRORS["not_found"].exit and "NOT_FOUND" in bought.stderr
+    # Nothing changed; the seller sees it expired.
+    assert ResaleOffer.objects.get(national_id=offer_id).status == "open"
+    assert rest(dave).get(f"/api/v1/bookings/{nid}/").json()["status"] == "confirmed"
+    assert rest(dave).get(f"/api/v1/offers/{offer_id}/").json()["status"] == "expired"
+
+    # The sweep writes it down, once, with an event on the seller's booking.
+    assert market.offers_expire() == 1 and market.offers_expire() == 0
+    assert ResaleOffer.objects.get(national_id=offer_id).status == "expired"
+    events = BookingEvent.objects.filter(booking__national_id=nid, kind=EventKind.EXPIRED)
+    assert [offer_id in e.message for e in events] == [True]

@@ -1,4 +1,4 @@
-"""Create (or update) the periodic tasks of verification in django-celery-beat (idempotent)."""
+"""Create (or update) the periodic tasks in django-celery-beat (idempotent)."""
 
 from typing import Any
 
@@ -14,11 +14,14 @@ SCHEDULES = {
     # The booking dispatch relay and scheduler (brokers): dispatches bookings whose start is due
     # (claimed by compare-and-set) and recovers dispatch messages lost at commit.
     "brokers: dispatch relay": ("brokers.tasks.dispatch_due_bookings", 10),
+    # The market's offer expiry (brokers): open resale offers whose booking started become
+    # ``expired`` with an event (reads and purchases check the start themselves meanwhile).
+    "brokers: offer expiry sweep": ("brokers.tasks.offers_expire", 60),
 }
 
 
 class Command(BaseCommand):
-    help = "Create the periodic tasks of verification (heartbeat and re-verification sweeps)."
+    help = "Create the periodic tasks (sweeps and relays of every app; see SCHEDULES)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         for name, (task, seconds) in SCHEDULES.items():

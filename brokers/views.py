@@ -283,6 +283,14 @@ def booking_detail(request: HttpRequest, national_id: str) -> HttpResponse:
     booking = get_object_or_404(
         selectors.bookings_visible_to(request.user), national_id=national_id
     )
+    return _booking_page(request, booking)
+
+
+def _booking_page(
+    request: HttpRequest, booking: Any, *, offer_form: OfferForm | None = None
+) -> HttpResponse:
+    """The booking page; ``offer_form`` a refused offer (shown with its field messages and the
+    input kept)."""
     events = selectors.booking_events_after(booking=booking)
     cancellable = (
         booking.status in CANCELLABLE_STATUSES
@@ -308,7 +316,7 @@ def booking_detail(request: HttpRequest, national_id: str) -> HttpResponse:
             and booking.status == BookingStatus.CONFIRMED
             and booking.booking_class_id == "reserved"
             and booking.window_start > timezone.now(),
-            "offer_form": OfferForm(),
+            "offer_form": offer_form or OfferForm(),
             "offers": [
                 market.offer_view(o, request.user)
                 for o in market.offers_visible_to(request.user).filter(booking=booking)
@@ -464,8 +472,7 @@ def booking_offer(request: HttpRequest, national_id: str) -> HttpResponse:
     )
     form = OfferForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
-        return redirect("booking-detail", national_id=booking.national_id)
+        return _booking_page(request, booking, offer_form=form)
     start = form.cleaned_data["start"]
     if start is not None and timezone.is_naive(start):
         start = start.replace(tzinfo=dt.UTC)
@@ -478,7 +485,9 @@ def booking_offer(request: HttpRequest, national_id: str) -> HttpResponse:
             start=start,
         )
     except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
+        # The service's refusal lands on its field (``start``, ``price``) or on the form.
+        apply_service_errors(form, exc)
+        return _booking_page(request, booking, offer_form=form)
     except PermissionDenied as exc:
         messages.error(request, str(exc))
     else:

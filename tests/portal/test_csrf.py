@@ -34,16 +34,20 @@ def _posts(world: Any, alice: Any) -> list[tuple[str, dict[str, Any]]]:
         ),
         ("/bookings/new/", {"spec": "{}", "option": "[]", "idempotency_key": "x"}),
         (f"/bookings/{world['booking'].national_id}/cancel/", {}),
+        (f"/bookings/{world['booking'].national_id}/offer/", {"price": "10"}),
+        ("/offers/OF-20300101-00000000/buy/", {}),
+        ("/offers/OF-20300101-00000000/withdraw/", {}),
         ("/logout/", {}),
     ]
 
 
 def _snapshot() -> tuple[Any, ...]:
-    from brokers.models import Booking
+    from brokers.models import Booking, ResaleOffer
     from verification.models import ScheduledDowntime, VerificationRun
 
     return (
         list(Booking.objects.values_list("status", flat=True).order_by("pk")),
+        list(ResaleOffer.objects.values_list("status", flat=True).order_by("pk")),
         VerificationRun.objects.count(),
         ScheduledDowntime.objects.count(),
         list(Pool.objects.values_list("status", flat=True).order_by("pk")),

@@ -137,11 +137,11 @@ def grow_pools(target: int, window_start: dt.datetime) -> None:
             "national_id, name, accelerators_per_node, nodes, intra_node_interconnect, "
             "inter_node_interconnect, price_per_accelerator_hour, currency, "
             "declared_tflops_per_accelerator, declared_precision, verified_at, accelerator_id, "
-            "center_id) "
+            "spot_discount_percent, center_id) "
             "SELECT 'active', '', 1, now(), now(), c.national_id || '-P0' || k, 'pool ' || k, 8, "
             "1 + (c.id + k) %% 8, 'nvlink', 'infiniband', "
             "5 + ((c.id * 7 + k * 13) %% 2500) / 100.0, 'CNY', 300, 'bf16', now(), "
-            "(%s::bigint[])[1 + (c.id * 3 + k) %% array_length(%s::bigint[], 1)], c.id "
+            "(%s::bigint[])[1 + (c.id * 3 + k) %% array_length(%s::bigint[], 1)], 0, c.id "
             "FROM registry_center c CROSS JOIN generate_series(1, 4) k WHERE c.id > %s",
             [models, models, last_center],
         )
@@ -594,7 +594,15 @@ def _start(args: list[str], ready: str, count: int) -> subprocess.Popen[str]:
         if not line:
             raise RuntimeError(f"{args[:3]} exited")
         seen += ready in line
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    lines: list[str] = []
+    proc.lines = lines  # type: ignore[attr-defined]
+    stream = proc.stdout
+
+    def keep() -> None:
+        for line in stream:
+            lines.append(line.rstrip())
+
+    threading.Thread(target=keep, daemon=True).start()
     return proc
 
 
@@ -935,9 +943,9 @@ def pool_visibility(target: str, token: str, limit: float) -> tuple[float | None
                 "updated_at, national_id, name, accelerators_per_node, nodes, "
                 "intra_node_interconnect, inter_node_interconnect, price_per_accelerator_hour, "
                 "currency, declared_tflops_per_accelerator, declared_precision, verified_at, "
-                "accelerator_id, center_id) SELECT 'active', '', 1, now(), now(), %s, 'visible', "
-                "8, 1, 'nvlink', 'infiniband', 0.01, 'CNY', 300, 'bf16', now(), accelerator_id, "
-                "center_id "
+                "accelerator_id, spot_discount_percent, center_id) SELECT 'active', '', 1, now(), "
+                "now(), %s, 'visible', 8, 1, 'nvlink', 'infiniband', 0.01, 'CNY', 300, 'bf16', "
+                "now(), accelerator_id, 0, center_id "
                 "FROM registry_pool ORDER BY id LIMIT 1",
                 [nid],
             )
@@ -1042,6 +1050,7 @@ def grpc_phases(
     seconds: float,
     profile_dir: Path | None,
     label: str,
+    booking_only: bool = False,
 ) -> dict[str, Any]:
     """Everything through ``run_broker --processes 2``, then the bare echo server's rate."""
     from django.db import connections
@@ -1075,7 +1084,11 @@ def grpc_phases(
         out["contended"] = grpc_booking(target, "contended", tokens, pools[32:64], start, seconds)
         print("  gRPC contended measured", flush=True)
         out["query"] = rpc_rate(target, "broker", tokens[0], seconds)
-        out["visibility"] = pool_visibility(target, tokens[0], 10.0 if seconds < 10 else 30.0)
+        out["visibility"] = (
+            (None, None)
+            if booking_only
+            else pool_visibility(target, tokens[0], 10.0 if seconds < 10 else 30.0)
+        )
         print("  gRPC capacity queries and pool visibility measured", flush=True)
         if profile_dir is not None:
             out["profile"] = profile_grpc_booking(
@@ -1083,6 +1096,10 @@ def grpc_phases(
             )
     finally:
         _stop(broker)
+        time.sleep(0.5)
+        out["group_commit"] = [
+            line for line in getattr(broker, "lines", []) if line.startswith("group commit:")
+        ]
     for kind in ("threads", "aio"):
         port = _free_port()
         echo = _start(
@@ -1123,6 +1140,38 @@ def _ms(value: float) -> str:
     return "n/a" if value != value else f"{value:.0f}"  # NaN: nothing measured
 
 
+def print_booking_rows(results: dict[str, Any], seconds: float) -> None:
+    """The booking rows of tables 2, 3, 4 and 6 (``--booking-only``), with the load average."""
+    g = results["grpc"]
+    ok, _, aborted, oversold = results["spread"]
+    print(f"\nbooking rows only, {seconds:.0f} s per run, 10,000 pools")
+    print(
+        f"  in process, {CLIENTS} client processes, spread: {ok:.0f} bookings/s "
+        f"({aborted} aborted, {oversold} oversold); pgbench -M prepared: "
+        f"{results['pgbench']:.0f} TPS -> {ok / results['pgbench']:.2f}x"
+    )
+    print(
+        f"  through gRPC (run_broker --processes 2, {BOOK_PROCESSES} x {BOOK_THREADS} client "
+        "threads):"
+    )
+    for key in ("spread", "contended"):
+        r = g[key]
+        print(
+            f"    {key:<10} booked/s {r['ok']:>5.0f}  answered/s {r['answered']:>5.0f}  "
+            f"refused {r['refused']:>5}  cancels {r['cancels']:>5}  p50 {r['p50']:.1f} ms  "
+            f"p99 {r['p99']:.1f} ms  oversold {r['oversold']}  errors {r['errors'] or 'none'}"
+        )
+    for line in g.get("group_commit", []):
+        print(f"    broker process: {line}")
+    print(
+        f"  QueryCapacity {g['query']:.0f}/s; bare echo: 16 threads {g['echo_threads']:.0f}/s, "
+        f"grpc.aio {g['echo_aio']:.0f}/s -> {g['query'] / g['echo']:.2f}x"
+    )
+    if "profile" in g:
+        print("  " + g["profile"].replace("\n", "\n  "))
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller scales, shorter runs")
@@ -1134,6 +1183,12 @@ def main() -> None:
         "--profile", default="", help="py-spy the broker in an extra run; files in this folder"
     )
     parser.add_argument("--label", default="run", help="name of the profile files")
+    parser.add_argument(
+        "--booking-only",
+        action="store_true",
+        help="only the booking rows: gRPC spread and contended, QueryCapacity and echo, "
+        "in-process spread and pgbench (no placement, streams, visibility)",
+    )
     parser.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--echo-workers", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--echo-kind", default="threads", help=argparse.SUPPRESS)
@@ -1177,6 +1232,16 @@ def main() -> None:
         t1 = time.perf_counter()
         catalog.load()
         loads[scale] = time.perf_counter() - t1
+        if args.booking_only:
+            if scale == 10_000:
+                pools = list(Pool.objects.values_list("national_id", flat=True).order_by("id"))
+                results["grpc"] = grpc_phases(
+                    firms, pools, start, seconds, profile_dir, args.label, booking_only=True
+                )
+                users = [f[1] for f in firms]
+                results["spread"] = booking_throughput("spread", users, pools, start, seconds)
+                results["pgbench"] = pgbench(int(seconds))
+            continue
         brief = placement_latency(start, org_id, n=n_place, explain=False)
         explained = placement_latency(start, org_id, n=max(50, n_place // 3), explain=True)
         sql_only = placement_latency(start, org_id, n=n_place, explain=False, snapshot=False)
@@ -1206,6 +1271,9 @@ def main() -> None:
             results["booking_profile"] = booking_profile(users[0], pools, start)
             results["pgbench"] = pgbench(int(seconds))
             print("  in-process bookings and pgbench measured", flush=True)
+    if args.booking_only:
+        print_booking_rows(results, seconds)
+        return
     profile = placement_profile(start, org_id)
 
     print("\n1. placement latency (ms), in process")

@@ -7,6 +7,7 @@ task). The name is looked up in the Celery app's registry (its tasks modules imp
 autodiscovery, the first time a name is missing), and the task's own ``apply_async`` publishes.
 """
 
+import threading
 from functools import partial
 from typing import Any
 
@@ -14,11 +15,17 @@ from django.db import transaction
 
 from interconnect.celery import app
 
+# Autodiscovery runs once: a second thread calling it meanwhile returns at once, before the
+# tasks are registered (a broker's first bookings, answered INTERNAL after they committed: the
+# booking_holds task "not registered"). The lock makes the others wait for the first.
+_discovery = threading.Lock()
+
 
 def registered(task: str) -> Any:
     """The Celery task named ``task`` (``"app.tasks.function"``); KeyError if there is none."""
     if task not in app.tasks:
-        app.loader.import_default_modules()  # autodiscovery: every app's tasks module, once
+        with _discovery:
+            app.loader.import_default_modules()  # autodiscovery: every app's tasks module, once
     return app.tasks[task]
 
 

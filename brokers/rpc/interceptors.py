@@ -72,8 +72,11 @@ def close_handler_connections() -> None:
 # token keeps working that long on a broker that saw it, in exchange for one query less per call.
 AUTH_CACHE_SECONDS = 5.0
 # Connection age and health are checked at most this often per handler thread (seconds); the
-# health check is a round trip, too dear for every call.
-CONNECTION_CHECK_SECONDS = 1.0
+# health check is a round trip, too dear for every call: at 1 s, with 16 handler threads per
+# process, it was one booking in five (bench/profiles/gc-off.summary.txt). A connection that
+# saw an error is checked on its next call regardless, so a database restart costs each thread
+# one failed call, not ten seconds of them.
+CONNECTION_CHECK_SECONDS = 10.0
 
 _auth_cache: dict[str, tuple[float, Any]] = {}
 _auth_lock = threading.Lock()
@@ -104,9 +107,12 @@ def authenticate(header: str) -> Any:
 
 def _fit_connection() -> None:
     """Drop this thread's connection if it is too old or broken (Django's per-request check),
-    at most once per ``CONNECTION_CHECK_SECONDS``."""
+    at most once per ``CONNECTION_CHECK_SECONDS``, and right after an error."""
     now = time.monotonic()
-    if now - getattr(_thread_state, "checked", 0.0) >= CONNECTION_CHECK_SECONDS:
+    if (
+        connections["default"].errors_occurred
+        or now - getattr(_thread_state, "checked", 0.0) >= CONNECTION_CHECK_SECONDS
+    ):
         close_old_connections()
         _thread_state.checked = now
 

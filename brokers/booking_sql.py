@@ -25,14 +25,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from psycopg.types.json import Jsonb
 
-from brokers import ledger
+from brokers import group_commit, ledger
 from brokers.errors import CapacityExhausted, RetryableConflict
 
 BOOK_SQL = (
@@ -135,11 +135,19 @@ class Request:
         ]
 
 
+# The index of ``p_pools`` (sorted, the lock order) in ``Request.params()``.
+_POOLS = 17
+
+
 def book(request: Request, *, attempts: int = 5) -> Booked:
     """Run ``broker_book``; ``CapacityExhausted`` with the function's reason code,
     ``Unsupported``, ``RetryableConflict`` after ``attempts`` deadlocks or serialization
-    failures, ``ledger.DeadlineExceeded`` when the caller's deadline passes."""
+    failures, ``ledger.DeadlineExceeded`` when the caller's deadline passes.
+
+    In a broker process with group commit (``brokers.group_commit``) the first attempt goes in
+    the process's next batch; a batch that fails is retried here, booking by booking."""
     params = request.params()
+    committer = None if connection.in_atomic_block else group_commit.current()
     for attempt in range(attempts):
         try:
             if connection.in_atomic_block:
@@ -147,19 +155,20 @@ def book(request: Request, *, attempts: int = 5) -> Booked:
                     with connection.cursor() as cur:
                         cur.execute(BOOK_SQL, params)
                         row = cur.fetchone()
+            elif committer is not None:
+                row = _in_a_batch(committer, params)
+                committer = None  # whatever happens next is retried alone
             else:
                 row = _one_round_trip(params)
+        except group_commit.BatchFailed:
+            committer = None
+            continue
         except DatabaseError as exc:
             cause = exc.__cause__
             state = getattr(cause, "sqlstate", None)
             if state == "P0001":
                 diag = cause.diag  # type: ignore[union-attr]
-                if diag.message_hint == UNSUPPORTED:
-                    raise Unsupported() from None
-                raise CapacityExhausted(
-                    diag.message_primary or "Refused.",
-                    code=diag.message_hint or "booking.capacity_exceeded",
-                ) from None
+                _refuse(diag.message_primary, diag.message_hint)
             if state == ledger.QUERY_CANCELED:
                 raise ledger.DeadlineExceeded("The deadline passed while booking.") from exc
             if state not in ledger.RETRYABLE_SQLSTATES or connection.in_atomic_block:
@@ -175,6 +184,37 @@ def book(request: Request, *, attempts: int = 5) -> Booked:
             deliveries=list(row[4] or ()),
         )
     raise RetryableConflict(f"Gave up after {attempts} conflicting attempts; retry the request.")
+
+
+def _refuse(message: str | None, hint: str | None) -> NoReturn:
+    """A refusal raised by ``broker_book`` (``P0001``, the reason code in the HINT)."""
+    if hint == UNSUPPORTED:
+        raise Unsupported() from None
+    raise CapacityExhausted(
+        message or "Refused.", code=hint or "booking.capacity_exceeded"
+    ) from None
+
+
+def _in_a_batch(committer: group_commit.GroupCommitter, params: list[Any]) -> tuple[Any, ...]:
+    """The booking in the committer's next batch; answered once that batch committed. A refusal
+    or integrity violation of this booking alone (its savepoint rolled back) is raised as the
+    single-transaction path raises it."""
+    deadline = ledger.deadline_at.get()
+    if deadline is not None and deadline <= time.monotonic():
+        raise ledger.DeadlineExceeded("The deadline passed before the booking started.")
+    global _pipelines
+    _pipelines += 1
+    try:
+        row = committer.submit(params, params[_POOLS], deadline)
+    except group_commit.Expired:
+        raise ledger.DeadlineExceeded("The deadline passed before the booking started.") from None
+    state, message, hint = row[5], row[6], row[7]
+    if state is None:
+        return tuple(row[:5])
+    if state == "P0001":
+        _refuse(message, hint)
+    # Class 23 (the slots' CHECK constraint, a booking id collision): what Django raises.
+    raise IntegrityError(f"{message} (SQLSTATE {state})")
 
 
 def _one_round_trip(params: list[Any]) -> tuple[Any, ...] | None:

@@ -361,3 +361,7 @@ BROKER_GRPC_MAX_MESSAGE_BYTES = env.int("BROKER_GRPC_MAX_MESSAGE_BYTES", default
 BROKER_GRPC_MAX_STREAMS = env.int("BROKER_GRPC_MAX_STREAMS", default=10_000)
 # Book in one round trip (the broker_book function, PostgreSQL); 0: the Python path only.
 BROKER_BOOK_FUNCTION = env.bool("BROKER_BOOK_FUNCTION", default=True)
+# Group commit (brokers.group_commit): the concurrent bookings of one broker process share one
+# transaction, each in its own savepoint, at most this many per batch; 0: one transaction each.
+BROKER_GROUP_COMMIT = env.bool("BROKER_GROUP_COMMIT", default=True)
+BROKER_GROUP_COMMIT_MAX = env.int("BROKER_GROUP_COMMIT_MAX", default=32)

@@ -35,7 +35,7 @@ from grpc_health.v1 import health as health_sync
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from brokers import notify
+from brokers import booking_sql, group_commit, notify
 from brokers.rpc.interceptors import (
     AbortedCall,
     AuthInterceptor,
@@ -214,8 +214,11 @@ class BrokerRuntime:
         loop: asyncio.AbstractEventLoop,
         thread: threading.Thread,
         executor: futures.ThreadPoolExecutor,
+        grouped: bool = False,
     ) -> None:
         self.server = server
+        self.grouped = grouped
+        self.group_stats: group_commit.Stats | None = None
         self.port = port
         self.health = health
         self.loop = loop
@@ -240,6 +243,8 @@ class BrokerRuntime:
         finally:
             notify.stop()
             self.executor.shutdown(wait=True)
+            if self.grouped:
+                self.group_stats = group_commit.stop()
             close_handler_connections()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
@@ -307,8 +312,17 @@ def build_server(
         raise
     # Notifications wake WatchBooking streams and refresh the placement snapshot.
     notify.start()
+    grouped = _group_commit_wanted()
+    if grouped:
+        group_commit.start(int(getattr(settings, "BROKER_GROUP_COMMIT_MAX", 32)))
     logger.info("broker listening on port %d", port)
-    return BrokerRuntime(server, port, _Health(health_servicer, loop), loop, thread, executor)
+    return BrokerRuntime(
+        server, port, _Health(health_servicer, loop), loop, thread, executor, grouped
+    )
+
+
+def _group_commit_wanted() -> bool:
+    return bool(getattr(settings, "BROKER_GROUP_COMMIT", True)) and booking_sql.available()
 
 
 def create_server(address: str, *, max_workers: int | None = None) -> tuple[Any, int]:
@@ -338,3 +352,10 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     stopping.wait()
     runtime.stop().wait()
+    if runtime.group_stats is not None:
+        s = runtime.group_stats
+        print(
+            f"group commit: {s.bookings} bookings in {s.batches} batches (largest "
+            f"{s.largest}), {s.failed_batches} batches failed and retried alone",
+            flush=True,
+        )

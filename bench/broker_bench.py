@@ -577,6 +577,8 @@ def _free_port() -> int:
 
 
 def _start(args: list[str], ready: str, count: int) -> subprocess.Popen[str]:
+    """Start ``args`` in a session of its own; return once ``ready`` was printed ``count``
+    times (RuntimeError, the process stopped, if it exits or stays silent for 60 s)."""
     proc = subprocess.Popen(
         args,
         cwd=ROOT,
@@ -586,24 +588,43 @@ def _start(args: list[str], ready: str, count: int) -> subprocess.Popen[str]:
         start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    seen = 0
-    deadline = time.monotonic() + 60
     assert proc.stdout is not None
-    while seen < count and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{args[:3]} exited")
-        seen += ready in line
+    stream = proc.stdout
     lines: list[str] = []
     proc.lines = lines  # type: ignore[attr-defined]
-    stream = proc.stdout
+    seen = threading.Semaphore(0)
 
     def keep() -> None:
         for line in stream:
             lines.append(line.rstrip())
+            # Two processes printing at once can share a line ("echo listeningecho listening").
+            for _ in range(line.count(ready)):
+                seen.release()
 
     threading.Thread(target=keep, daemon=True).start()
+    deadline = time.monotonic() + 60
+    for _ in range(count):
+        # Read in a thread: a server that never gets ready must not hang the bench.
+        if not seen.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _stop(proc)
+            raise RuntimeError(f"{args[:3]} not ready after 60 s: {lines[-5:]}")
     return proc
+
+
+def _start_echo(workers: int, kind: str) -> tuple[subprocess.Popen[str], int]:
+    """A bare echo server (2 processes) and its port; started again once, on another port, if
+    it hangs (a forked grpc.aio server sometimes never gets ready on the loaded machine)."""
+    for attempt in range(2):
+        port = _free_port()
+        args = [sys.executable, __file__, "--echo-server", str(port)]
+        args += ["--echo-workers", str(workers), "--echo-kind", kind]
+        try:
+            return _start(args, "echo listening", 2), port
+        except RuntimeError as exc:
+            if attempt:
+                raise
+            print(f"  {exc}; starting it again", flush=True)
+    raise AssertionError("unreachable")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -1101,21 +1122,7 @@ def grpc_phases(
             line for line in getattr(broker, "lines", []) if line.startswith("group commit:")
         ]
     for kind in ("threads", "aio"):
-        port = _free_port()
-        echo = _start(
-            [
-                sys.executable,
-                __file__,
-                "--echo-server",
-                str(port),
-                "--echo-workers",
-                str(workers),
-                "--echo-kind",
-                kind,
-            ],
-            "echo listening",
-            2,
-        )
+        echo, port = _start_echo(workers, kind)
         try:
             out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", tokens[0], seconds)
         finally:

@@ -94,21 +94,25 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._carried: list[_Waiting] = []
         self._stopping = False
+        # Orders every put before the stop sentinel: the thread answers all that came before.
+        self._put_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
     def submit(self, params: Sequence[Any], pools: Sequence[int], deadline: float | None) -> Any:
         """Book in the next batch and wait for its COMMIT: the row of ``broker_book_guarded``.
         ``BatchFailed`` or ``Expired`` otherwise."""
-        if self._stopping:
-            raise BatchFailed("the committer is stopping")
         waiting = _Waiting(params, min(pools), max(pools), deadline)
-        self._queue.put(waiting)
+        with self._put_lock:
+            if self._stopping:
+                raise BatchFailed("the committer is stopping")
+            self._queue.put(waiting)
         return waiting.answer.result()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._queue.put(None)
+        with self._put_lock:
+            self._stopping = True
+            self._queue.put(None)
         self._thread.join(30)
 
     # --- the committer thread ------------------------------------------------------------

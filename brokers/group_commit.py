@@ -133,7 +133,7 @@ class GroupCommitter:
             connections.close_all()
 
     def _drain(self) -> list[_Waiting]:
-        out = []
+        out: list[_Waiting] = []
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -73,7 +73,7 @@ def close_handler_connections() -> None:
 AUTH_CACHE_SECONDS = 5.0
 # Connection age and health are checked at most this often per handler thread (seconds); the
 # health check is a round trip, too dear for every call: at 1 s, with 16 handler threads per
-# process, it was one booking in five (bench/profiles/gc-off.summary.txt). A connection that
+# process, it was one booking in five (bench/profiles/check-1s.svg). A connection that
 # saw an error is checked on its next call regardless, so a database restart costs each thread
 # one failed call, not ten seconds of them.
 CONNECTION_CHECK_SECONDS = 10.0

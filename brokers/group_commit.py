@@ -26,8 +26,9 @@ COMMIT) perhaps all of it. Each of its callers then books on its own (``booking_
 single-transaction path with its retries); the idempotency key makes that safe either way: a
 booking that did commit answers as the stored booking. Deadlines: a booking whose deadline has
 passed before its batch leaves is answered ``DeadlineExceeded`` and never sent; the batch's
-``statement_timeout`` is the latest deadline among its bookings, and a booking whose deadline
-passes while its batch commits still gets its (committed) answer.
+``statement_timeout`` is the earliest deadline among its bookings, so, as alone, no booking
+commits after its caller gave up: a batch cancelled at one booking's deadline is retried booking
+by booking, each with its own deadline (the late one gets ``DeadlineExceeded``).
 
 ``BROKER_GROUP_COMMIT=0`` turns it off: every booking is its own transaction again.
 """
@@ -170,11 +171,10 @@ class GroupCommitter:
         return taken
 
     def _commit(self, batch: list[_Waiting]) -> None:
-        deadlines = [w.deadline for w in batch]
+        deadlines = [w.deadline for w in batch if w.deadline is not None]
         timeout_ms = None
-        if None not in deadlines:
-            latest = max(d for d in deadlines if d is not None)
-            timeout_ms = max(1, int((latest - time.monotonic()) * 1000))
+        if deadlines:  # the earliest: nothing commits after any of its callers gave up
+            timeout_ms = max(1, int((min(deadlines) - time.monotonic()) * 1000))
         try:
             rows = self._send(batch, timeout_ms)
         except Exception as exc:

@@ -346,3 +346,48 @@ def _deadlocks() -> int:
         cur.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
         row = cur.fetchone()
     return int(row[0])
+
+
+def test_a_deadline_in_a_batch_cancels_nothing_after_it_but_books_the_others(
+    dave: Any, acme: Any, active_pool: Any, client_for: Any
+) -> None:
+    """A batch waits no longer than its earliest deadline: the booking whose caller gave up is
+    never committed (as alone: the server gives up with the caller), the other one of its batch
+    is booked on its own."""
+    gate, slow, free = (active_pool(acme, size=8) for _ in range(3))
+    client = client_for(dave)
+    committer = group_commit.current()
+    assert committer is not None
+    outcomes = Outcomes()
+    answers: dict[str, str] = {}
+
+    def short() -> None:
+        try:
+            client.book(a100(1), idempotency_key="short", option=[(slow.national_id, 1)], timeout=3)
+        except grpc.RpcError as exc:
+            answers["short"] = exc.code().name
+
+    with PoolLock(slow.pk):
+        with PoolLock(gate.pk):
+            first = threading.Thread(
+                target=outcomes.book, args=(client, "gate", gate.national_id, 1)
+            )
+            first.start()
+            _wait_for(_batch_waiting_on_lock, "the first batch on the lock")
+            threads = [
+                threading.Thread(target=short),
+                threading.Thread(target=outcomes.book, args=(client, "long", free.national_id, 1)),
+            ]
+            for t in threads:
+                t.start()
+            _wait_for(lambda: committer._queue.qsize() >= 2, "both to queue")
+        # The gate's batch commits; the next one (short, long) waits on the slow pool's lock.
+        for t in [first, *threads]:
+            t.join(30)
+        failed = committer.stats.failed_batches
+    assert answers == {"short": "DEADLINE_EXCEEDED"}
+    assert set(outcomes.booked) == {"gate", "long"} and not outcomes.errors
+    assert failed >= 1  # cancelled at the short deadline, retried booking by booking
+    time.sleep(0.5)  # the lock is gone: a batch still running would commit now
+    assert not Booking.objects.filter(idempotency_key="short").exists()
+    _check_committed(outcomes)

@@ -30,7 +30,9 @@ passed before its batch leaves is answered ``DeadlineExceeded`` and never sent; 
 commits after its caller gave up: a batch cancelled at one booking's deadline is retried booking
 by booking, each with its own deadline (the late one gets ``DeadlineExceeded``).
 
-``BROKER_GROUP_COMMIT=0`` turns it off: every booking is its own transaction again.
+``BROKER_GROUP_COMMIT_FLIGHTS`` committer threads (each with its own connection) let that many
+batches leave at once; one forms its batch at a time. ``BROKER_GROUP_COMMIT=0`` turns group
+commit off: every booking is its own transaction again.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Stats:
 class GroupCommitter:
     """One committer thread with its own database connection, per broker process."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, flights: int = 1) -> None:
         self.max_batch = max(1, max_batch)
         self.stats = Stats()
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
@@ -97,8 +99,15 @@ class GroupCommitter:
         self._stopping = False
         # Orders every put before the stop sentinel: the thread answers all that came before.
         self._put_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        # One thread (and connection) per batch in flight; one of them forms a batch at a time.
+        self._form_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
+            for i in range(max(1, flights))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, params: Sequence[Any], pools: Sequence[int], deadline: float | None) -> Any:
         """Book in the next batch and wait for its COMMIT: the row of ``broker_book_guarded``.
@@ -114,23 +123,27 @@ class GroupCommitter:
         with self._put_lock:
             self._stopping = True
             self._queue.put(None)
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
     # --- the committer thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while True:
-                batch = self._next_batch()
+                with self._form_lock:
+                    batch = self._next_batch()
                 if batch is None:
                     break
                 if batch:
                     self._commit(batch)
         finally:
             # Whoever still waits books on their own.
-            for waiting in self._carried + self._drain():
-                if not waiting.answer.done():
-                    waiting.answer.set_exception(BatchFailed("the committer stopped"))
+            with self._form_lock:
+                for waiting in self._carried + self._drain():
+                    if not waiting.answer.done():
+                        waiting.answer.set_exception(BatchFailed("the committer stopped"))
+                self._carried = []
             connections.close_all()
 
     def _drain(self) -> list[_Waiting]:
@@ -145,6 +158,8 @@ class GroupCommitter:
 
     def _next_batch(self) -> list[_Waiting] | None:
         """The bookings of the next batch, in lock order; None once stopped."""
+        if self._stopping:
+            return None
         if not self._carried:
             first = self._queue.get()  # wait for work
             if first is None:
@@ -178,7 +193,8 @@ class GroupCommitter:
         try:
             rows = self._send(batch, timeout_ms)
         except Exception as exc:
-            self.stats.failed_batches += 1
+            with self._stats_lock:
+                self.stats.failed_batches += 1
             logger.info(
                 "group commit of %d bookings failed (%s); each retries alone", len(batch), exc
             )
@@ -189,9 +205,10 @@ class GroupCommitter:
             for waiting in batch:
                 waiting.answer.set_exception(BatchFailed(str(exc)))
             return
-        self.stats.batches += 1
-        self.stats.bookings += len(batch)
-        self.stats.largest = max(self.stats.largest, len(batch))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.bookings += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
         for waiting, row in zip(batch, rows, strict=True):
             waiting.answer.set_result(row)
 
@@ -229,13 +246,13 @@ _users = 0
 _lock = threading.Lock()
 
 
-def start(max_batch: int) -> None:
+def start(max_batch: int, flights: int = 1) -> None:
     """Start this process's committer (once per process, after any fork; counted)."""
     global _committer, _users
     with _lock:
         _users += 1
         if _committer is None:
-            _committer = GroupCommitter(max_batch)
+            _committer = GroupCommitter(max_batch, flights)
 
 
 def stop() -> Stats | None:

@@ -365,3 +365,5 @@ BROKER_BOOK_FUNCTION = env.bool("BROKER_BOOK_FUNCTION", default=True)
 # transaction, each in its own savepoint, at most this many per batch; 0: one transaction each.
 BROKER_GROUP_COMMIT = env.bool("BROKER_GROUP_COMMIT", default=True)
 BROKER_GROUP_COMMIT_MAX = env.int("BROKER_GROUP_COMMIT_MAX", default=32)
+# Batches in flight at once per broker process (a committer thread and connection each).
+BROKER_GROUP_COMMIT_FLIGHTS = env.int("BROKER_GROUP_COMMIT_FLIGHTS", default=1)

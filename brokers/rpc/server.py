@@ -314,7 +314,10 @@ def build_server(
     notify.start()
     grouped = _group_commit_wanted()
     if grouped:
-        group_commit.start(int(getattr(settings, "BROKER_GROUP_COMMIT_MAX", 32)))
+        group_commit.start(
+            int(getattr(settings, "BROKER_GROUP_COMMIT_MAX", 32)),
+            int(getattr(settings, "BROKER_GROUP_COMMIT_FLIGHTS", 1)),
+        )
     logger.info("broker listening on port %d", port)
     return BrokerRuntime(
         server, port, _Health(health_servicer, loop), loop, thread, executor, grouped

@@ -30,8 +30,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def broker(settings: Any) -> Iterator[BrokerRuntime]:
+def broker(settings: Any, request: pytest.FixtureRequest) -> Iterator[BrokerRuntime]:
     settings.BROKER_GROUP_COMMIT = True
+    # Batches in flight at once (parametrized through the fixture; 1 unless asked).
+    settings.BROKER_GROUP_COMMIT_FLIGHTS = getattr(request, "param", 1)
     runtime = build_server("127.0.0.1:0", max_workers=16)
     assert group_commit.current() is not None
     yield runtime
@@ -279,13 +281,14 @@ def test_a_connection_killed_mid_batch_answers_no_uncommitted_booking(
     _check_committed(storm)
 
 
+@pytest.mark.parametrize("broker", [1, 2], indirect=True, ids=["1 in flight", "2 in flight"])
 def test_batches_keep_the_global_lock_order(
     dave: Any, acme: Any, active_pool: Any, client_for: Any
 ) -> None:
     """Batches of one-pool bookings through gRPC while other transactions (in process, not
-    batched) book two-pool options on the same pools: a batch that took its pools out of
-    ascending order would deadlock with them. None surfaces, none is even broken by
-    PostgreSQL and retried, nothing is oversold."""
+    batched) book two-pool options on the same pools, with one and with two batches in flight
+    per process: a batch that took its pools out of ascending order would deadlock with them.
+    None surfaces, none is even broken by PostgreSQL and retried, nothing is oversold."""
     from brokers import services
     from registry.choices import Door
     from tests.brokers.conftest import spec

@@ -42,7 +42,7 @@ from brokers.choices import (
 from brokers.errors import CapacityExhausted, QuotaExceeded
 from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingClass, PriorityGrant, ResaleOffer
-from brokers.placement.spec import PlacementOption, Preemption, WorkloadSpec
+from brokers.placement.spec import PlacementOption, Preemption, WorkloadSpec, spot_price
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
 from registry.choices import Door
@@ -136,13 +136,6 @@ def ensure_classes() -> None:
             },
         )
     _classes.clear()
-
-
-def spot_price(price: Decimal | None, discount_percent: Decimal) -> Decimal | None:
-    """The pool's price less its spot discount (4 decimals, like prices)."""
-    if price is None:
-        return None
-    return (price * (Decimal(100) - discount_percent) / Decimal(100)).quantize(Decimal("0.0001"))
 
 
 def spot_discounts(pool_ids: Sequence[int]) -> dict[int, Decimal]:

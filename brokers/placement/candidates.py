@@ -20,11 +20,12 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from brokers.choices import BookingClassSlug
 from brokers.ledger import slot_bounds, used_expression
 from brokers.placement import catalog
 from brokers.placement.filters import hubs_within_reach
 from brokers.placement.network import current_network
-from brokers.placement.spec import Candidate, WorkloadSpec
+from brokers.placement.spec import Candidate, WorkloadSpec, spot_cap_threshold
 from registry.models import A100_BF16_DENSE_TFLOPS
 from registry.queries import (
     ACCELERATOR_TABLE,
@@ -92,6 +93,8 @@ def model_ids(slug: str = "") -> list[int]:
         return [row[0] for row in cur.fetchall()]
 
 
+# The spot price times 100, unrounded: exact in SQL (a product of numerics, no division).
+SPOT_PRODUCT_SQL = "(p.price_per_accelerator_hour * (100 - p.spot_discount_percent))"
 TRAIT_SQL = (
     f"EXISTS (SELECT 1 FROM {POOL_TRAITS_TABLE} pt JOIN {TRAIT_TABLE} t "
     "ON t.id = pt.trait_id WHERE pt.pool_id = p.id AND t.slug = %s)"
@@ -103,6 +106,30 @@ def _contains(haystack: str) -> str:
     if connection.vendor == "postgresql":
         return f"strpos({haystack}, %s) > 0"
     return f"instr({haystack}, %s) > 0"
+
+
+def cap_condition(spec: WorkloadSpec, cap: Decimal) -> tuple[str, list[Any]]:
+    """SQL: the price the spec's class pays is known and within ``cap`` (the filter
+    ``price_within_cap``). Spot pays the spot price, compared exactly as :func:`spot_price`
+    rounds it (:func:`spot_cap_threshold`); the other classes the pool's price."""
+    if spec.booking_class == BookingClassSlug.SPOT:
+        op, bound = spot_cap_threshold(cap)
+        return (
+            f"(p.price_per_accelerator_hour IS NOT NULL AND {SPOT_PRODUCT_SQL} {op} %s)",
+            [bound],
+        )
+    return (
+        "(p.price_per_accelerator_hour IS NOT NULL AND p.price_per_accelerator_hour <= %s)",
+        [cap],
+    )
+
+
+def order_sql(spec: WorkloadSpec) -> str:
+    """SQL: the price candidates are walked by, the one the spec's class pays (the spot price
+    times 100 for spot: same order; the index serves only the pool's price)."""
+    if spec.booking_class == BookingClassSlug.SPOT:
+        return SPOT_PRODUCT_SQL
+    return "p.price_per_accelerator_hour"
 
 
 def static_conditions(spec: WorkloadSpec) -> list[tuple[str, str, list[Any]]]:
@@ -128,13 +155,7 @@ def static_conditions(spec: WorkloadSpec) -> list[tuple[str, str, list[Any]]]:
             )
         )
     if spec.price_cap is not None:
-        out.append(
-            (
-                "price.over_cap",
-                "(p.price_per_accelerator_hour IS NOT NULL AND p.price_per_accelerator_hour <= %s)",
-                [spec.price_cap],
-            )
-        )
+        out.append(("price.over_cap", *cap_condition(spec, spec.price_cap)))
     if spec.traits:
         out.append(
             (
@@ -227,6 +248,7 @@ def fetch_candidates(
     cap, cap_params = static_part(spec)
     per_model = limit if len(models) == 1 else max(8, limit // len(models) * 2)
     used = used_expression(USED_SQL.replace("p.id", "b.pool_id"))
+    order = order_sql(spec)
 
     def statement(bound: int | None) -> tuple[str, list[Any]]:
         # Innermost: the cheapest pools of one model that pass the cheap filters, walked in
@@ -236,19 +258,21 @@ def fetch_candidates(
             "SELECT * FROM (SELECT f.pool_id, f.national_id, f.center_id, f.center_nid, "
             "f.operator_id, f.hub, f.accelerator, f.accelerators, f.accelerators_per_node, "
             "f.free, f.price, f.currency, f.tflops, f.memory_gb, f.intra_node_interconnect, "
-            "f.inter_node_interconnect, f.green_power_share, f.verified_at FROM ("
+            "f.inter_node_interconnect, f.green_power_share, f.verified_at, "
+            "f.spot_discount_percent, f.class_price FROM ("
             f"SELECT b.*, b.accelerators - COALESCE({used}, 0) AS free FROM ("
             "SELECT p.id AS pool_id, p.national_id, c.id AS center_id, "
             "c.national_id AS center_nid, c.operator_id, h.code AS hub, a.slug AS accelerator, "
             "p.accelerators, p.accelerators_per_node, "
             "p.price_per_accelerator_hour AS price, p.currency, "
             f"{TFLOPS_SQL} AS tflops, a.memory_gb, p.intra_node_interconnect, "
-            "p.inter_node_interconnect, c.green_power_share, p.verified_at "
+            "p.inter_node_interconnect, c.green_power_share, p.verified_at, "
+            f"p.spot_discount_percent, {order} AS class_price "
             f"{FROM_SQL} WHERE p.accelerator_id = %s AND {' AND '.join(where)} "
             f"AND {TFLOPS_SQL} > 0 AND {cap} "
-            "ORDER BY p.price_per_accelerator_hour, p.id"
+            f"ORDER BY {order}, p.id"
             + (" LIMIT %s" if bound else "")
-            + f") AS b) AS f WHERE {cond} ORDER BY f.price, f.pool_id LIMIT %s) AS m{{i}}"
+            + f") AS b) AS f WHERE {cond} ORDER BY f.class_price, f.pool_id LIMIT %s) AS m{{i}}"
         )
         sql = " UNION ALL ".join(branch.replace("{i}", str(i)) for i in range(len(models)))
         all_params: list[Any] = []
@@ -301,6 +325,7 @@ def fetch_candidates(
                 green_power_share=float(row[16]),
                 verified_at=verified_at,
                 traits=frozenset(traits.get(row[0], ())),
+                spot_discount_percent=Decimal(str(row[18] or 0)),
             )
         )
     # One deterministic order whatever the branches returned: cheapest per unit of work.
@@ -309,11 +334,13 @@ def fetch_candidates(
 
 
 def _unit(spec: WorkloadSpec, cand: Candidate) -> Decimal:
-    if cand.price is None:
+    """The price per unit of work the spec's class pays (the candidates' order)."""
+    paid = cand.price_for(spec.booking_class)
+    if paid is None:
         return Decimal(0)
     if spec.accelerator_model or not cand.tflops:
-        return cand.price
-    return cand.price / Decimal(str(cand.tflops))
+        return paid
+    return paid / Decimal(str(cand.tflops))
 
 
 def prefilter_counts(spec: WorkloadSpec) -> dict[str, int]:

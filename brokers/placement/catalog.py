@@ -31,11 +31,12 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connection
 
+from brokers.choices import BookingClassSlug
 from brokers.ledger import slot_bounds
 from brokers.placement.candidates import aware_utc
 from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
 from brokers.placement.network import current_network
-from brokers.placement.spec import Candidate, WorkloadSpec
+from brokers.placement.spec import Candidate, WorkloadSpec, spot_price
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
 from registry.queries import (
     BOOKABLE_SQL,
@@ -54,7 +55,8 @@ SNAPSHOT_SQL = (
     "SELECT p.id, p.national_id, c.id, c.national_id, c.operator_id, h.code, a.slug, "
     "p.accelerators, p.accelerators_per_node, p.price_per_accelerator_hour, p.currency, "
     f"{tflops_sql()}, a.memory_gb, p.intra_node_interconnect, "
-    "p.inter_node_interconnect, c.green_power_share, p.verified_at, cl.code "
+    "p.inter_node_interconnect, c.green_power_share, p.verified_at, cl.code, "
+    "p.spot_discount_percent "
     f"{POOL_FROM_SQL} WHERE {BOOKABLE_SQL}"
 )
 
@@ -111,12 +113,16 @@ class PoolCatalog:
         hubs: dict[str, set[str]] = defaultdict(set)
         classes: dict[str, set[tuple[int, int]]] = defaultdict(set)
         max_tflops: dict[str, float] = defaultdict(float)
+        max_discount: dict[str, Decimal] = defaultdict(Decimal)
         for pool in pools:
             k = size_class(pool.accelerators)
             groups[(pool.accelerator, pool.hub, k)].append(pool)
             hubs[pool.accelerator].add(pool.hub)
             classes[pool.accelerator].add(k)
             max_tflops[pool.accelerator] = max(max_tflops[pool.accelerator], pool.tflops)
+            max_discount[pool.accelerator] = max(
+                max_discount[pool.accelerator], pool.spot_discount_percent
+            )
         for group in groups.values():
             group.sort(key=_key)
         self.groups = dict(groups)
@@ -124,6 +130,8 @@ class PoolCatalog:
         self.hubs = {m: sorted(h) for m, h in hubs.items()}
         self.classes = {m: sorted(k) for m, k in classes.items()}
         self.max_tflops = dict(max_tflops)
+        # The largest spot discount per model: a walk by price bounds the spot prices ahead.
+        self.max_discount = dict(max_discount)
 
     def walk(self, model: str, hubs: tuple[str, ...], min_accelerators: int) -> Iterator[Candidate]:
         """Pools of ``model`` (in ``hubs`` if given) with room for ``min_accelerators`` by size
@@ -189,6 +197,7 @@ def _candidates(
                 green_power_share=float(r[15]),
                 verified_at=verified_at,
                 traits=frozenset(traits.get(r[0], ())),
+                spot_discount_percent=Decimal(str(r[18] or 0)),
             )
         )
     return pools, clusters
@@ -436,15 +445,23 @@ def candidates_from(
             least = math.ceil(units / best - 1e-9)
         walks[model] = snapshot.walk(model, hubs, least)
     cap = spec.price_cap
+    spot = spec.booking_class == BookingClassSlug.SPOT
     out: list[Candidate] = []
     for _ in range(MAX_BATCHES):
         proposed: list[Candidate] = []
         for model in list(walks):
             taken = 0
+            # Walks go by the pool's price. A spot request pays the spot price, which a larger
+            # discount further on may bring under the cap: the walk stops only when even the
+            # model's largest discount leaves the next pools over it (``price_within_cap``, a
+            # static filter, skips the pools over the cap before that).
+            discount = snapshot.max_discount.get(model, Decimal(0)) if spot else Decimal(0)
             for cand in walks[model]:
-                if cap is not None and cand.price is not None and cand.price > cap:
-                    del walks[model]  # sorted by price: nothing further is cheap enough
-                    break
+                if cap is not None and cand.price is not None:
+                    lowest = spot_price(cand.price, discount) if spot else cand.price
+                    if lowest is not None and lowest > cap:
+                        del walks[model]  # nothing further is cheap enough
+                        break
                 if cand.pool_id in exclude:
                     continue
                 if fits_statically(spec, cand, ctx):

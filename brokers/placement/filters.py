@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brokers.choices import LatencyClass
+from brokers.choices import BookingClassSlug, LatencyClass
 from brokers.placement.network import Network
 from brokers.placement.spec import Candidate, Rejection, WorkloadSpec
 
@@ -76,13 +76,24 @@ def center_allowed(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejecti
 
 
 def price_within_cap(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    """The cap applies to the price the booking's class pays: a spot booking's is the pool's
+    spot price (:func:`brokers.placement.spec.spot_price`), the other classes' the pool's price."""
     if spec.price_cap is None:
         return None
-    if cand.price is None or cand.price > spec.price_cap:
+    price = cand.price_for(spec.booking_class)
+    if price is None:
         return Rejection(
-            cand.national_id,
-            "price.over_cap",
-            f"{cand.price} {cand.currency}/accelerator-hour is over the cap {spec.price_cap}",
+            cand.national_id, "price.over_cap", f"no price, and the cap is {spec.price_cap}"
+        )
+    if price > spec.price_cap:
+        what = (
+            f"spot price {price} {cand.currency}/accelerator-hour "
+            f"({cand.price} less {cand.spot_discount_percent}%)"
+            if spec.booking_class == BookingClassSlug.SPOT
+            else f"{price} {cand.currency}/accelerator-hour"
+        )
+        return Rejection(
+            cand.national_id, "price.over_cap", f"{what} is over the cap {spec.price_cap}"
         )
     return None
 

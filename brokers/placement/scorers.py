@@ -24,13 +24,15 @@ VERIFICATION_FRESH = dt.timedelta(days=7)
 
 
 def unit_price(spec: WorkloadSpec, cand: Candidate) -> float:
-    """Price per unit of work: per accelerator-hour, or per A100-equivalent-hour (any model)."""
-    if cand.price is None:
+    """Price per unit of work: per accelerator-hour, or per A100-equivalent-hour (any model),
+    at the price the spec's booking class pays (spot: the spot price)."""
+    paid = cand.price_for(spec.booking_class)
+    if paid is None:
         return float("inf")
     if spec.accelerator_model:
-        return float(cand.price)
+        return float(paid)
     per = cand.a100_per_accelerator
-    return float(cand.price) / per if per else float("inf")
+    return float(paid) / per if per else float("inf")
 
 
 def price(spec: WorkloadSpec, cand: Candidate, ctx: Context, peers: Sequence[Candidate]) -> float:

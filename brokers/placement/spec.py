@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -51,6 +51,30 @@ def check_start(start: dt.datetime | None, *, now: dt.datetime | None = None) ->
     error = past_start_error(start, now=now or timezone.now())
     if error:
         raise ValidationError({"earliest_start": [error]})
+
+
+def spot_price(price: Decimal | None, discount_percent: Decimal) -> Decimal | None:
+    """The pool's price less its spot discount, to 4 decimals like prices (half to even, the
+    rounding the candidate query's cap condition reproduces: :func:`spot_cap_threshold`)."""
+    if price is None:
+        return None
+    return (price * (Decimal(100) - discount_percent) / Decimal(100)).quantize(
+        Decimal("0.0001"), rounding=ROUND_HALF_EVEN
+    )
+
+
+def spot_cap_threshold(cap: Decimal) -> tuple[str, Decimal]:
+    """``(operator, bound)`` such that ``spot_price(price, d) <= cap`` exactly when
+    ``price * (100 - d) <operator> bound``: the cap condition on the unrounded product, which
+    SQL computes exactly (no division), reproducing :func:`spot_price`'s rounding.
+
+    A spot price is a multiple of 0.0001, so it is within the cap when it is at most ``c``, the
+    cap rounded down to 0.0001; the product over 100 rounds to ``c`` or below when it is under
+    ``c + 0.00005``, and at exactly ``c + 0.00005`` when ``c`` ends in an even digit.
+    """
+    units = (cap * 10000).to_integral_value(rounding=ROUND_FLOOR)
+    bound = (units + Decimal("0.5")) / 100
+    return ("<=" if units % 2 == 0 else "<"), bound
 
 
 @dataclass(frozen=True)
@@ -243,10 +267,19 @@ class Candidate:
     green_power_share: float
     verified_at: dt.datetime | None
     traits: frozenset[str] = frozenset()
+    # Spot bookings pay ``price`` less this share (``Pool.spot_discount_percent``).
+    spot_discount_percent: Decimal = Decimal(0)
 
     @property
     def a100_per_accelerator(self) -> float:
         return self.tflops / A100_BF16_DENSE_TFLOPS if self.tflops else 0.0
+
+    def price_for(self, booking_class: str) -> Decimal | None:
+        """The price a booking of ``booking_class`` pays per accelerator-hour here: the spot
+        price for spot, the pool's price for the other classes."""
+        if booking_class == BookingClassSlug.SPOT:
+            return spot_price(self.price, self.spot_discount_percent)
+        return self.price
 
 
 @dataclass(frozen=True)

@@ -329,3 +329,147 @@ def test_the_expiry_sweep_expires_each_offer_once_with_an_event_and_is_scheduled
     assert sweep.enabled and sweep.interval.every == 60
     app.loader.import_default_modules()
     assert "brokers.tasks.offers_expire" in app.tasks
+
+
+def _cap_pools(acme: Any, active_pool: Any) -> tuple[Pool, Pool]:
+    """``cheap``: 7.00 with no spot discount (spot 7.00); ``deep``: 10.00 less 40 % (spot 6.00).
+    By the pool's price ``cheap`` comes first, so a walk that stops at the first pool over a cap
+    of 6.50 never reaches ``deep``."""
+    cheap = active_pool(acme, size=8, price="7.00")
+    deep = active_pool(acme, size=8, price="10.00")
+    Pool.objects.filter(pk=deep.pk).update(spot_discount_percent=Decimal("40"))
+    return cheap, deep
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["sql", "snapshot"])
+def test_a_spot_cap_is_compared_with_the_spot_price_and_a_reserved_one_with_the_price(
+    dave: Any, acme: Any, active_pool: Any, settings: Any, snapshot: bool
+) -> None:
+    from brokers.placement import catalog
+
+    settings.BROKER_PLACEMENT_CACHE_SECONDS = 60 if snapshot else 0
+    catalog.invalidate()
+    cheap, deep = _cap_pools(acme, active_pool)
+    cap = Decimal("6.50")
+    try:
+        spot = services.placement_preview(
+            spec=spec(count=4, booking_class="spot", price_cap=cap), actor=dave
+        )
+        assert [[p.pool for p in o.parts] for o in spot.options] == [[deep.national_id]]
+        assert spot.options[0].parts[0].price_per_accelerator_hour == Decimal("6.0000")
+        assert spot.options[0].cost == Decimal("24.00")
+        # A limit of one candidate: the search pages on until it reaches ``deep``.
+        settings.BROKER_CANDIDATE_LIMIT = 1
+        paged = services.placement_preview(
+            spec=spec(count=4, booking_class="spot", price_cap=cap), actor=dave
+        )
+        assert [[p.pool for p in o.parts] for o in paged.options] == [[deep.national_id]]
+        del settings.BROKER_CANDIDATE_LIMIT
+        # Reserved (and priority) pay the pool's price: nothing within 6.50.
+        reserved = services.placement_preview(spec=spec(count=4, price_cap=cap), actor=dave)
+        assert reserved.options == []
+        assert reserved.prefiltered.get("price.over_cap") == 2
+        # Booking from the specification (no chosen option) places the same way.
+        booked = services.booking_create(
+            spec=spec(count=4, booking_class="spot", price_cap=cap),
+            idempotency_key=uuid.uuid4().hex,
+            actor=dave,
+            door="api",
+        )
+        allocation = booked.allocations.get()
+        assert (allocation.pool_id, allocation.price_per_accelerator_hour) == (
+            deep.pk,
+            Decimal("6.0000"),
+        )
+        with pytest.raises(CapacityExhausted):
+            services.booking_create(
+                spec=spec(count=4, price_cap=cap),
+                idempotency_key=uuid.uuid4().hex,
+                actor=dave,
+                door="api",
+            )
+    finally:
+        catalog.invalidate()
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["sql", "snapshot"])
+@pytest.mark.parametrize(
+    ("price", "discount", "cap", "fits"),
+    [
+        # 10.0001 less 50 % = 5.00005: half to even gives 5.0000.
+        ("10.0001", "50", "5.0000", True),
+        # 10.0003 less 50 % = 5.00015: half to even gives 5.0002.
+        ("10.0003", "50", "5.0001", False),
+        ("10.0003", "50", "5.0002", True),
+        # A cap finer than prices: 5.00019 admits 5.0001 only.
+        ("10.0003", "50", "5.00019", False),
+        ("10.0001", "50", "4.99999", False),
+        ("10.0000", "100", "0", True),
+    ],
+)
+def test_the_spot_cap_rounds_the_spot_price_as_spot_price_does_on_both_paths(
+    dave: Any,
+    acme: Any,
+    active_pool: Any,
+    settings: Any,
+    snapshot: bool,
+    price: str,
+    discount: str,
+    cap: str,
+    fits: bool,
+) -> None:
+    from brokers.placement import catalog
+
+    settings.BROKER_PLACEMENT_CACHE_SECONDS = 60 if snapshot else 0
+    catalog.invalidate()
+    p = active_pool(acme, size=8, price=price)
+    Pool.objects.filter(pk=p.pk).update(spot_discount_percent=Decimal(discount))
+    assert (market.spot_price(Decimal(price), Decimal(discount)) <= Decimal(cap)) is fits
+    try:
+        result = services.placement_preview(
+            spec=spec(count=4, booking_class="spot", price_cap=Decimal(cap)), actor=dave
+        )
+    finally:
+        catalog.invalidate()
+    assert bool(result.options) is fits
+    assert result.prefiltered.get("price.over_cap", 0) == (0 if fits else 1)
+
+
+def test_the_over_cap_reason_names_the_price_compared() -> None:
+    from brokers.placement.filters import Context, price_within_cap
+    from brokers.placement.network import Network
+    from tests.brokers.test_placement import candidate
+
+    cand = candidate(price=Decimal("10.0000"), spot_discount_percent=Decimal("30"))
+    ctx = Context(network=Network({}))
+    spot = price_within_cap(spec(booking_class="spot", price_cap=Decimal("6.50")), cand, ctx)
+    assert spot is not None and spot.reason_code == "price.over_cap"
+    assert "spot price 7.0000" in spot.detail and "over the cap 6.50" in spot.detail
+    assert price_within_cap(spec(booking_class="spot", price_cap=Decimal("7")), cand, ctx) is None
+    firm = price_within_cap(spec(price_cap=Decimal("7")), cand, ctx)
+    assert firm is not None and firm.detail.startswith("10.0000 ")
+
+
+def test_a_spot_cap_finds_the_pool_through_rest(dave: Any, acme: Any, active_pool: Any) -> None:
+    from rest_framework.test import APIClient
+
+    from registry import services as registry_services
+
+    _, deep = _cap_pools(acme, active_pool)
+    client = APIClient()
+    token = registry_services.token_create(user=dave, name="cap")[1]
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    body = {
+        "accelerator_model": "nvidia-a100-80g",
+        "count": 4,
+        "earliest_start": spec().start.isoformat(),
+        "price_cap": "6.50",
+    }
+    spot = client.post("/api/v1/placements/", {**body, "booking_class": "spot"}, format="json")
+    assert spot.status_code == 200, spot.content
+    parts = spot.json()["options"][0]["parts"]
+    assert [(p["pool"], p["price_per_accelerator_hour"]) for p in parts] == [
+        (deep.national_id, "6.0000")
+    ]
+    reserved = client.post("/api/v1/placements/", body, format="json")
+    assert reserved.status_code == 200 and reserved.json()["options"] == [], reserved.content

@@ -4,7 +4,8 @@ Hypothesis builds a random inventory (models, interconnects, traits, sizes, node
 green shares, verification ages, pools or centers that are not active, slot counters partly
 booked around the window) and a random specification (a model and a count or A100-equivalents,
 gangs, interconnect, traits, memory, node shape, price cap, hubs allowed or excluded, centers
-excluded, latency class and data, split). The oracle is plain Python over the ORM objects: it
+excluded, latency class and data, split, booking class) and each pool's spot discount. The
+oracle is plain Python over the ORM objects: it
 re-states every filter and scorer and looks at every pool. Properties:
 
 1. Whenever a pool passes every filter and has room for the whole workload alone, ``place``
@@ -34,7 +35,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
@@ -52,8 +53,9 @@ LONG_RUN = int(os.environ.get("PLACEMENT_ORACLE_EXAMPLES", "0"))
 EXAMPLES = LONG_RUN or 100
 # ``make test`` draws the same examples every run from this seed (hypothesis' own
 # ``derandomize`` seeds from the test's code, so any edit would change what is covered; this
-# seed's 100 examples include splits, paging and pools that fit); a long run is random.
-SEED = int(os.environ.get("PLACEMENT_ORACLE_SEED", "0")) or 20261130
+# seed's 100 examples include splits, paging, pools that fit, and spot requests whose cap only
+# the spot price meets); a long run is random.
+SEED = int(os.environ.get("PLACEMENT_ORACLE_SEED", "0")) or 7
 SCORE_TOLERANCE = 1e-4
 # A split option ranks this much below a single pool of the same quality (engine.py says so).
 SPLIT_PENALTY = 0.05
@@ -66,6 +68,11 @@ FABRICS_INTRA = ["nvlink", "pcie", "hccs", ""]
 FABRICS_INTER = ["infiniband", "roce", ""]
 TRAITS = ["fp8", "rdma", "nvlink", "liquid-cooled"]
 PRICES = [None, "2.50", "4.00", "6.00", "9.00", "14.00"]
+# Spot bookings pay the price less the pool's discount: 14.00 less 40 % is 8.40, within a cap
+# of 10.00 that the price is not; 9.00 less 60 % is 3.60.
+SPOT_DISCOUNTS = ["0", "0", "25", "40", "60", "100"]
+BOOKING_CLASSES = ["reserved", "spot", "priority"]
+CAPS = [Decimal("3.00"), Decimal("5.00"), Decimal("10.00")]
 HUBS = ["BTH", "YRD", "GBA", "NX", "GS", "CC"]
 # Interactive work may run this far (round trip, ms) from its data (filters.py says 15).
 INTERACTIVE_MAX_RTT_MS = 15.0
@@ -98,6 +105,8 @@ pool_strategy = st.fixed_dictionaries(
         ),
         # Put this pool in the previous pool's center when the model differs.
         "same_center": st.booleans(),
+        # Drawn last, so that the fixed seed's earlier draws keep their meaning.
+        "spot_discount": st.sampled_from(SPOT_DISCOUNTS),
     }
 )
 
@@ -144,7 +153,7 @@ def spec_strategy(draw: st.DrawFn, pools: list[dict[str, Any]]) -> dict[str, Any
     if "node" in kinds:
         values["min_accelerators_per_node"] = draw(st.sampled_from([4, 8]))
     if "price" in kinds:
-        values["price_cap"] = draw(st.sampled_from([Decimal("5.00"), Decimal("10.00")]))
+        values["price_cap"] = draw(st.sampled_from(CAPS))
     if "hubs-allowed" in kinds:
         values["hubs_allowed"] = tuple(
             sorted(draw(st.sets(st.sampled_from(HUBS), min_size=1, max_size=4)))
@@ -165,6 +174,10 @@ def spec_strategy(draw: st.DrawFn, pools: list[dict[str, Any]]) -> dict[str, Any
         values["data_gb"] = draw(st.sampled_from([0.0, 50.0, 5000.0]))
     values["start_slots"] = draw(st.integers(0, 8))
     values["duration"] = dt.timedelta(minutes=draw(st.sampled_from([15, 60, 100, 240])))
+    # Drawn last (the fixed seed): spot pays the spot price, and the cap applies to it.
+    values["booking_class"] = draw(st.sampled_from(BOOKING_CLASSES))
+    if values["booking_class"] == "spot" and "price_cap" not in values and draw(st.booleans()):
+        values["price_cap"] = draw(st.sampled_from(CAPS))
     return values
 
 
@@ -209,6 +222,7 @@ def build_inventory(pools: list[dict[str, Any]], operator: Any, window: dt.datet
             accelerators_per_node=drawn["per_node"],
             nodes=drawn["nodes"],
             price_per_accelerator_hour=None if drawn["price"] is None else Decimal(drawn["price"]),
+            spot_discount_percent=Decimal(drawn.get("spot_discount", "0")),
             currency="CNY",
             declared_tflops_per_accelerator=drawn["declared"] or None,
             intra_node_interconnect=drawn["intra"],
@@ -281,6 +295,16 @@ def _ceil_slot(moment: dt.datetime) -> dt.datetime:
     return floor if floor == moment else floor + SLOT
 
 
+def class_price(spec: WorkloadSpec, pool: Pool) -> Decimal | None:
+    """What a booking of the spec's class pays per accelerator-hour: spot pays the price less
+    the pool's spot discount, to 4 decimals (half to even); the other classes the price."""
+    price = pool.price_per_accelerator_hour
+    if price is None or spec.booking_class != "spot":
+        return price
+    paid = price * (100 - pool.spot_discount_percent) / 100
+    return paid.quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+
+
 def oracle(spec: WorkloadSpec) -> list[Seen]:
     """Every pool in the database, judged against the spec the slow, obvious way."""
     first, last = _floor_slot(spec.start), _ceil_slot(spec.end)
@@ -334,10 +358,7 @@ def oracle(spec: WorkloadSpec) -> list[Seen]:
             (
                 "price",
                 spec.price_cap is None
-                or (
-                    pool.price_per_accelerator_hour is not None
-                    and pool.price_per_accelerator_hour <= spec.price_cap
-                ),
+                or ((paid := class_price(spec, pool)) is not None and paid <= spec.price_cap),
             ),
             ("traits", set(spec.traits) <= traits),
             (
@@ -369,7 +390,7 @@ def oracle_scores(spec: WorkloadSpec, seen: list[Seen]) -> dict[int, float]:
     now = timezone.now()
 
     def unit(s: Seen) -> float:
-        price = s.pool.price_per_accelerator_hour
+        price = class_price(spec, s.pool)
         if price is None:
             return math.inf
         return float(price) if spec.accelerator_model else float(price) / s.per
@@ -487,7 +508,15 @@ def test_placement_agrees_with_the_brute_force_oracle(
     # What the examples cover (``--hypothesis-show-statistics``).
     event(f"pools that fit alone: {min(len(fits), 3)}{'+' if len(fits) >= 3 else ''}")
     event(f"paged on (a limit of 1): {paged.candidates_considered > 1}")
-    for kind in sorted(set(drawn) - {"gang_size", "count", "duration", "latency_class"}):
+    event(f"booking class: {spec.booking_class}")
+    cap = spec.price_cap
+    if cap is not None and any(
+        (s.pool.price_per_accelerator_hour or 0) > cap >= (class_price(spec, s.pool) or cap + 1)
+        for s in fits
+    ):
+        event("a pool fits alone only at its spot price")
+    skip = {"gang_size", "count", "duration", "latency_class", "booking_class"}
+    for kind in sorted(set(drawn) - skip):
         if drawn[kind] and kind != "max_centers":
             event(f"spec sets {kind}")
     for s in seen.values():

@@ -149,3 +149,16 @@ def make_pool() -> Callable[..., Pool]:
         return pool
 
     return make
+
+
+@pytest.fixture
+def held_deliveries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Webhook delivery messages recorded instead of sent, for tests that attempt a delivery
+    themselves (``webhooks.webhook_deliver``): the session's Celery worker
+    (``tests/verification/conftest.py``) consumes the same broker, and a delivery it claimed
+    first made the test's own attempt ``DeliveryBusy`` (seen in CI under load)."""
+    from registry import webhooks
+
+    held: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(webhooks, "enqueue_on_commit", lambda *args: held.append(args))
+    return held

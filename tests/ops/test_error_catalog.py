@@ -9,8 +9,10 @@ ended with, and the portal's message.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -32,7 +34,7 @@ from brokers.errors import (
     RetryableConflict,
 )
 from brokers.ledger import DeadlineExceeded
-from brokers.market import NeedsPreemption
+from brokers.market import NeedsPreemption, OfferExpired
 from brokers.rpc.interceptors import ErrorInterceptor
 from interconnect.middleware import DatabaseUnavailableMiddleware
 from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec, exit_status
@@ -56,6 +58,11 @@ SAMPLES: list[BaseException] = [
     CapacityExhausted("Not enough free accelerators.", code="booking.no_placement"),
     QuotaExceeded("Quota exceeded.", code="quota.max_concurrent_accelerators"),
     NeedsPreemption("Not enough free accelerators on CN-T-T-0001-P001 for the whole window."),
+    OfferExpired(
+        SimpleNamespace(  # type: ignore[arg-type]
+            national_id="OF-20261201-00000001", expires_at=dt.datetime(2026, 12, 1, 8, 0)
+        )
+    ),
     RetryableConflict("The ledger was busy."),
     IdempotencyKeyReused("run-1", "BK-20261201-00000001"),
     DeadlineExceeded("The deadline passed."),

@@ -51,6 +51,7 @@ def _verify(pool: Any) -> None:
         )
 
 
+@pytest.mark.usefixtures("held_deliveries")
 @pytest.mark.django_db(transaction=True)
 def test_a_verified_pool_sends_a_signed_event_to_its_operator(
     alice: Any, carol: Any, acme: Any, rival: Any, make_pool: Any, receiver: Receiver, api_as: Any
@@ -82,6 +83,7 @@ def test_a_verified_pool_sends_a_signed_event_to_its_operator(
     assert len(receiver.requests) == 1
 
 
+@pytest.mark.usefixtures("held_deliveries")
 @pytest.mark.django_db(transaction=True)
 def test_server_errors_are_retried_and_client_errors_are_final(
     alice: Any, acme: Any, make_pool: Any, receiver: Receiver

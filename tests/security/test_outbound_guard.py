@@ -130,6 +130,7 @@ def _one_delivery(alice: Any, acme: Any, make_pool: Any, url: str) -> WebhookDel
     return WebhookDelivery.objects.get()
 
 
+@pytest.mark.usefixtures("held_deliveries")
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 def test_a_webhook_redirect_is_not_followed(
     code: int, alice: Any, acme: Any, make_pool: Any, receivers: Callable[..., Receiver]
@@ -146,6 +147,7 @@ def test_a_webhook_redirect_is_not_followed(
     assert "redirects are not followed" in delivery.last_error
 
 
+@pytest.mark.usefixtures("held_deliveries")
 def test_a_webhook_whose_dns_answer_turned_private_is_not_sent(
     settings: Any,
     alice: Any,
@@ -192,6 +194,7 @@ def loopback_one_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+@pytest.mark.usefixtures("held_deliveries")
 def test_the_webhook_post_goes_to_the_address_checked_with_its_host_header(
     settings: Any,
     alice: Any,

@@ -326,6 +326,13 @@ def oversold_pools(*, firm_only: bool = False) -> dict[int, int]:
 firm_view: contextvars.ContextVar[bool] = contextvars.ContextVar("firm_view", default=False)
 USED_ALL = "MAX(s.reserved)"
 USED_FIRM = "MAX(s.reserved - s.spot_reserved)"
+# The accelerators a pool (alias ``p``) has reserved over a window: its most reserved slot, an
+# index probe on (pool_id, slot_start); the parameters are the window's first and last slot
+# bounds (:func:`slot_bounds`). Every free-capacity figure is ``p.accelerators`` less this.
+USED_SQL = (
+    f"(SELECT {USED_ALL} FROM brokers_poolslot s WHERE s.pool_id = p.id "
+    "AND s.slot_start >= %s AND s.slot_start < %s)"
+)
 
 
 def used_expression(sql: str) -> str:

@@ -41,7 +41,6 @@ from brokers.errors import (
 from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
 from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
-from brokers.placement.candidates import TFLOPS_SQL, USED_SQL
 from brokers.placement.engine import explain_counts
 from brokers.placement.spec import Candidate
 from interconnect.metrics import BOOKINGS, refusals_counted
@@ -51,7 +50,6 @@ from registry import services as registry_services
 from registry.actors import Actor, signed_in
 from registry.choices import ChangeAction, Door, OrgKind, Status
 from registry.models import Organization, Pool
-from registry.queries import BOOKABLE_SQL, POOL_FROM_SQL
 from registry.webhooks import WEBHOOK_DELIVER_TASK, webhook_emit
 
 # Sent by name (interconnect.tasking): services never import task modules.
@@ -171,78 +169,22 @@ def capacity_query(
         cluster=("cluster", [cluster]),
         interconnect=("interconnect", [interconnect]),
     )
-    snapshot = catalog.current()
-    if snapshot is not None:
-        # Static facts from the per-process snapshot, status and free capacity fresh.
-        page, token = catalog.capacity_page(
-            snapshot,
-            start=start,
-            end=end,
-            model=accelerator_model,
-            hub=hub,
-            cluster=cluster,
-            interconnect=interconnect,
-            max_price=max_price,
-            min_free=min_free,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return _with_spot_prices(
-            [
-                _capacity_row(pool, free, snapshot.clusters.get(pool.pool_id, ""))
-                for pool, free in page
-            ]
-        ), token
-    first, last = (
-        connection.ops.adapt_datetimefield_value(x) for x in ledger.slot_bounds(start, end)
+    # One listing whether or not this process keeps the pool snapshot: the snapshot (or the
+    # database) proposes pools by national id, status and free capacity are read fresh.
+    page, token = catalog.capacity_page(
+        catalog.current(),
+        start=start,
+        end=end,
+        model=accelerator_model,
+        hub=hub,
+        cluster=cluster,
+        interconnect=interconnect,
+        max_price=max_price,
+        min_free=min_free,
+        page_size=page_size,
+        page_token=page_token,
     )
-    where = [BOOKABLE_SQL, "p.national_id > %s"]
-    params: list[Any] = [page_token]
-    for column, value in (("a.slug", accelerator_model), ("h.code", hub), ("cl.code", cluster)):
-        if value:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if interconnect:
-        where.append(
-            "(LOWER(p.intra_node_interconnect) LIKE %s OR LOWER(p.inter_node_interconnect) LIKE %s)"
-        )
-        params += [f"%{interconnect.lower()}%"] * 2
-    if max_price is not None:
-        where.append("p.price_per_accelerator_hour <= %s")
-        params.append(max_price)
-    sql = (
-        "SELECT * FROM (SELECT p.national_id, c.national_id AS center, h.code, cl.code, a.slug, "
-        f"p.accelerators, p.accelerators - COALESCE({USED_SQL}, 0) AS free, "
-        "p.price_per_accelerator_hour, p.currency, p.intra_node_interconnect, "
-        f"p.inter_node_interconnect, c.green_power_share, {TFLOPS_SQL} AS tflops "
-        f"{POOL_FROM_SQL}WHERE {' AND '.join(where)}) q "
-        "WHERE free >= %s ORDER BY national_id LIMIT %s"
-    )
-    from registry.models import A100_BF16_DENSE_TFLOPS
-
-    with connection.cursor() as cur:
-        cur.execute(sql, [first, last, *params, min_free, page_size + 1])
-        rows = cur.fetchall()
-    out = [
-        CapacityRow(
-            pool=r[0],
-            center=r[1],
-            hub=r[2],
-            cluster=r[3],
-            accelerator=r[4],
-            accelerators=r[5],
-            free=int(r[6]),
-            price_per_accelerator_hour=None if r[7] is None else Decimal(str(r[7])),
-            currency=r[8] or "",
-            intra_node_interconnect=r[9] or "",
-            inter_node_interconnect=r[10] or "",
-            green_power_share=float(r[11]),
-            a100_equivalent_per_accelerator=round(float(r[12] or 0) / A100_BF16_DENSE_TFLOPS, 3),
-        )
-        for r in rows[:page_size]
-    ]
-    next_token = out[-1].pool if len(rows) > page_size else ""
-    return _with_spot_prices(out), next_token
+    return _with_spot_prices([_capacity_row(p, free, code) for p, free, code in page]), token
 
 
 def placement_preview(

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connection
 
 from brokers.choices import BookingClassSlug
-from brokers.ledger import slot_bounds, used_expression
+from brokers.ledger import USED_SQL, slot_bounds, used_expression
 from brokers.placement import catalog
 from brokers.placement.filters import hubs_within_reach
 from brokers.placement.network import current_network
@@ -38,11 +38,6 @@ from registry.queries import (
 )
 
 TFLOPS_SQL = tflops_sql()
-# The most reserved slot of the window: an index probe on (pool_id, slot_start) per pool.
-USED_SQL = (
-    "(SELECT MAX(s.reserved) FROM brokers_poolslot s WHERE s.pool_id = p.id "
-    "AND s.slot_start >= %s AND s.slot_start < %s)"
-)
 # With fewer candidates than this among the cheapest pools, every pool is examined.
 MIN_CANDIDATES = 8
 FROM_SQL = POOL_FROM_SQL

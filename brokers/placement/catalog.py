@@ -24,15 +24,16 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
 from brokers.choices import BookingClassSlug
-from brokers.ledger import slot_bounds
+from brokers.ledger import USED_SQL, slot_bounds, used_expression
 from brokers.placement.candidates import aware_utc
 from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
 from brokers.placement.network import current_network
@@ -149,28 +150,28 @@ class PoolCatalog:
 
 
 def _candidates(
-    where: str = "", params: list[list[int]] | None = None
+    where: str = "", params: Sequence[Any] = (), *, tail: str = ""
 ) -> tuple[list[Candidate], dict[int, str]]:
-    """Active pools in active centers (``where`` narrows them further) as candidates, and
-    each one's cluster code."""
+    """Active pools in active centers (``where`` narrows them further, ``tail`` orders and
+    limits them) as candidates, in the order read, and each one's cluster code."""
     with connection.cursor() as cur:
-        cur.execute(SNAPSHOT_SQL + where, params or [])
+        cur.execute(SNAPSHOT_SQL + where + tail, list(params))
         rows = cur.fetchall()
         ids = [r[0] for r in rows]
-        if where:
-            cur.execute(
-                f"SELECT pt.pool_id, t.slug FROM {POOL_TRAITS_TABLE} pt "
-                f"JOIN {TRAIT_TABLE} t ON t.id = pt.trait_id WHERE pt.pool_id = ANY(%s)",
-                [ids],
-            )
-        else:
-            cur.execute(
+        traits: dict[int, set[str]] = defaultdict(set)
+        if ids:
+            read = (
                 f"SELECT pt.pool_id, t.slug FROM {POOL_TRAITS_TABLE} pt "
                 f"JOIN {TRAIT_TABLE} t ON t.id = pt.trait_id"
             )
-        traits: dict[int, set[str]] = defaultdict(set)
-        for pool_id, slug in cur.fetchall():
-            traits[pool_id].add(slug)
+            if not where:
+                cur.execute(read)  # the whole snapshot: every pool's traits
+            elif connection.vendor == "postgresql":
+                cur.execute(read + " WHERE pt.pool_id = ANY(%s)", [ids])
+            else:
+                cur.execute(read + f" WHERE pt.pool_id IN ({','.join(['%s'] * len(ids))})", ids)
+            for pool_id, slug in cur.fetchall():
+                traits[pool_id].add(slug)
     pools = []
     clusters: dict[int, str] = {}
     for r in rows:
@@ -494,7 +495,8 @@ def _fits_now(spec: WorkloadSpec, cand: Candidate, free: int) -> bool:
 
 
 def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dict[int, int]:
-    """``{pool_id: free accelerators over the window}`` for those still active (one query)."""
+    """``{pool_id: free accelerators over the window}`` for those still active (one query):
+    the pool's size less its most reserved slot of the window (``ledger.USED_SQL``)."""
     first, last = (connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(start, end))
     if connection.vendor == "postgresql":
         # One array parameter: client-side binding of hundreds of placeholders costs more
@@ -505,13 +507,9 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
         match = f"p.id IN ({','.join(['%s'] * len(pool_ids))})"
         params = [first, last, *pool_ids]
     with connection.cursor() as cur:
-        from brokers.ledger import used_expression
-
         cur.execute(
             used_expression(
-                "SELECT p.id, p.accelerators - COALESCE((SELECT MAX(s.reserved) FROM "
-                "brokers_poolslot s WHERE s.pool_id = p.id AND s.slot_start >= %s "
-                f"AND s.slot_start < %s), 0) FROM {POOL_TABLE} p "
+                f"SELECT p.id, p.accelerators - COALESCE({USED_SQL}, 0) FROM {POOL_TABLE} p "
                 f"JOIN {CENTER_TABLE} c ON c.id = p.center_id "
                 f"WHERE {match} AND {BOOKABLE_SQL}"
             ),
@@ -520,43 +518,96 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
         return {pool_id: max(0, int(n)) for pool_id, n in cur.fetchall()}
 
 
+def by_national_id(
+    snapshot: PoolCatalog | None,
+    *,
+    model: str = "",
+    hub: str = "",
+    cluster: str = "",
+    after: str = "",
+    chunk: int = 100,
+) -> Iterator[tuple[Candidate, str]]:
+    """Bookable pools (of ``model``, in ``hub`` and ``cluster`` when given) by national id after
+    ``after``, each with its cluster code: from the snapshot when there is one, else read from
+    the database ``chunk`` rows at a time, in the same order (the pool's unique index). Static
+    facts only: free capacity is the caller's to read fresh."""
+    if snapshot is not None:
+        group = snapshot.by_nid.get((model, hub), [])
+        keys = snapshot.nid_keys.get((model, hub), [])
+        for pool in group[bisect.bisect_right(keys, after) if after else 0 :]:
+            code = snapshot.clusters.get(pool.pool_id, "")
+            if not cluster or code == cluster:
+                yield pool, code
+        return
+    where = ""
+    narrow: list[str] = []
+    for column, value in (("a.slug", model), ("h.code", hub), ("cl.code", cluster)):
+        if value:
+            where += f" AND {column} = %s"
+            narrow.append(value)
+    while True:
+        pools, clusters = _candidates(
+            where + " AND p.national_id > %s",
+            [*narrow, after, chunk],
+            tail=" ORDER BY p.national_id LIMIT %s",
+        )
+        for pool in pools:
+            yield pool, clusters[pool.pool_id]
+        if len(pools) < chunk:
+            return
+        after = pools[-1].national_id
+
+
 def capacity_page(
-    snapshot: PoolCatalog,
+    snapshot: PoolCatalog | None,
     *,
     start: dt.datetime,
     end: dt.datetime,
-    model: str,
-    hub: str,
-    cluster: str,
-    interconnect: str,
-    max_price: Decimal | None,
-    min_free: int,
-    page_size: int,
-    page_token: str,
-) -> tuple[list[tuple[Candidate, int]], str]:
-    """One page of pools with at least ``min_free`` free accelerators over the window, by
-    national id after ``page_token``; free capacity and status read fresh, a batch at a time."""
-    group = snapshot.by_nid.get((model, hub), [])
-    keys = snapshot.nid_keys.get((model, hub), [])
-    i = bisect.bisect_right(keys, page_token) if page_token else 0
+    model: str = "",
+    hub: str = "",
+    cluster: str = "",
+    interconnect: str = "",
+    max_price: Decimal | None = None,
+    min_free: int = 1,
+    page_size: int = 100,
+    page_token: str = "",
+) -> tuple[list[tuple[Candidate, int, str]], str]:
+    """One page of bookable pools with at least ``min_free`` free accelerators over the window,
+    by national id after ``page_token``, each with its free count and cluster code, and the
+    token of the next page ("" at the end). The one capacity listing: every door
+    (``services.capacity_query``) asks it, with the snapshot or without (``snapshot=None``:
+    static facts read from the database, :func:`by_national_id`); free capacity and status are
+    read fresh either way, a batch at a time (:func:`fresh_free`)."""
     wanted = interconnect.lower()
-    out: list[tuple[Candidate, int]] = []
-    while i < len(group) and len(out) <= page_size:
-        batch: list[Candidate] = []
-        while i < len(group) and len(batch) < page_size + 1 - len(out):
-            pool = group[i]
-            i += 1
-            if cluster and snapshot.clusters.get(pool.pool_id) != cluster:
-                continue
-            if max_price is not None and (pool.price is None or pool.price > max_price):
-                continue
-            fabrics = f"{pool.intra_node_interconnect} {pool.inter_node_interconnect}".lower()
-            if wanted and wanted not in fabrics:
-                continue
-            batch.append(pool)
-        if batch:
-            free = fresh_free(start, end, [p.pool_id for p in batch])
-            out += [(p, free[p.pool_id]) for p in batch if free.get(p.pool_id, -1) >= min_free]
+
+    def listed(pool: Candidate) -> bool:
+        if max_price is not None and (pool.price is None or pool.price > max_price):
+            return False
+        fabrics = f"{pool.intra_node_interconnect} {pool.inter_node_interconnect}".lower()
+        return not wanted or wanted in fabrics
+
+    out: list[tuple[Candidate, int, str]] = []
+    batch: list[tuple[Candidate, str]] = []
+
+    def read_batch() -> None:
+        free = fresh_free(start, end, [p.pool_id for p, _ in batch])
+        out.extend((p, free[p.pool_id], c) for p, c in batch if free.get(p.pool_id, -1) >= min_free)
+        batch.clear()
+
+    pools = by_national_id(
+        snapshot, model=model, hub=hub, cluster=cluster, after=page_token, chunk=page_size + 1
+    )
+    for pool, code in pools:
+        if not listed(pool):
+            continue
+        batch.append((pool, code))
+        # A batch is what could still complete the page (and tell whether another follows).
+        if len(batch) >= page_size + 1 - len(out):
+            read_batch()
+            if len(out) > page_size:
+                break
+    if batch:
+        read_batch()
     next_token = out[page_size - 1][0].national_id if len(out) > page_size else ""
     return out[:page_size], next_token
 

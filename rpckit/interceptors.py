@@ -19,8 +19,8 @@ from rpckit.server import OPEN_SERVICES
 
 
 def wrap(
-    handler: grpc.RpcMethodHandler, around: Callable[[Callable[..., Any], Any, Any], Any]
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], around: Callable[[Callable[..., Any], Any, Any], Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler whose behaviour runs inside ``around`` (unary-unary and unary-stream)."""
     if handler.unary_unary is not None:
         inner = handler.unary_unary
@@ -85,9 +85,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler

@@ -8,8 +8,9 @@ certificate files (:mod:`rpckit.tls`). ``Runtime.stop`` is the graceful stop: NO
 owner's ``on_stopped`` callbacks.
 
 Used by the telemetry server (``verification/rpc/telemetry.py``) and the site agent
-(``agent/server.py``); the broker (``brokers/rpc/server.py``) is a ``grpc.aio`` server and shares
-the interceptors (``rpckit.interceptors``) and credentials (``rpckit.tls``). No Django.
+(``agent/server.py``). The broker (``brokers/rpc/server.py``) is a ``grpc.aio`` server:
+``rpckit.aio.build_aio_server`` builds it from the same pieces (``server_options``, ``bind``,
+``reflected``), with the same health, limits, interceptors and graceful stop. No Django.
 """
 
 from __future__ import annotations
@@ -77,6 +78,44 @@ class Runtime:
             callback()
 
 
+def server_options(max_message_bytes: int, reuse_port: bool) -> list[tuple[str, int]]:
+    """The channel options of every server: explicit message limits both ways (gRPC's default
+    receive limit is implicit) and whether several processes may share the port."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+
+
+def reflected(services: Sequence[Service]) -> tuple[str, ...]:
+    """The service names server reflection lists: the given ones, health and reflection."""
+    return (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME)
+
+
+def bind(
+    server: grpc.Server | grpc.aio.Server, address: str, *, name: str, tls: ServerTls | None
+) -> tuple[int, ReloadingServerCredentials | None]:
+    """Add the listening port (plaintext, TLS or mutual TLS with reloading credentials) and
+    return it with the credentials; ``OSError`` when the address cannot be bound."""
+    credentials = None
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = ReloadingServerCredentials(
+            tls.files, require_client_auth=tls.require_client_auth
+        )
+        port = server.add_secure_port(address, credentials.credentials)
+    if port == 0:
+        raise OSError(f"cannot bind the {name} gRPC server to {address}")
+    return port, credentials
+
+
+def log_listening(name: str, port: int, tls: ServerTls | None) -> None:
+    mode = "plaintext" if tls is None else ("mutual TLS" if tls.require_client_auth else "TLS")
+    logger.info("%s listening on port %d (%s)", name, port, mode)
+
+
 def build_server(
     address: str,
     *,
@@ -95,11 +134,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name),
         interceptors=list(interceptors),
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
+        options=server_options(max_message_bytes, reuse_port),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     for service in services:
@@ -111,22 +146,10 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service_name in ("", *(s.name for s in services)):  # "" is the whole server
         health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME), server
-    )
-    credentials = None
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        credentials = ReloadingServerCredentials(
-            tls.files, require_client_auth=tls.require_client_auth
-        )
-        port = server.add_secure_port(address, credentials.credentials)
-    if port == 0:
-        raise OSError(f"cannot bind the {name} gRPC server to {address}")
+    reflection.enable_server_reflection(reflected(services), server)
+    port, credentials = bind(server, address, name=name, tls=tls)
     server.start()
-    mode = "plaintext" if tls is None else ("mutual TLS" if tls.require_client_auth else "TLS")
-    logger.info("%s listening on port %d (%s)", name, port, mode)
+    log_listening(name, port, tls)
     return Runtime(
         server=server,
         port=port,
@@ -137,8 +160,8 @@ def build_server(
 
 
 def guard_handler(
-    handler: grpc.RpcMethodHandler, check: Callable[[grpc.ServicerContext], None]
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], check: Callable[[grpc.ServicerContext], None]
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that runs ``check(context)`` (which may abort) before the method, for unary
     and server-streaming methods."""
     if handler.unary_unary is not None:
@@ -202,9 +225,9 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler

@@ -35,6 +35,7 @@ from brokers.ledger import deadline_at
 from registry.context import new_request_id, request_id_var
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
+from rpckit.aio import AbortedCall
 from rpckit.auth import bearer_from_header
 from rpckit.interceptors import Drain, wrap
 from rpckit.server import OPEN_SERVICES
@@ -122,9 +123,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
@@ -185,9 +186,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
@@ -217,11 +218,6 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return result
 
         return wrap(handler, around)
-
-
-class AbortedCall(Exception):
-    """Raised by the aio server's call context (``brokers.rpc.server.CallContext``) when a
-    handler aborts; the status is already recorded."""
 
 
 def _is_abort(exc: Exception) -> bool:

@@ -223,7 +223,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
 
 async def watch_booking(
     request: pb.WatchBookingRequest,
-    call: grpc.aio.ServicerContext,
+    call: grpc.aio.ServicerContext[Any, Any],
     executor: futures.Executor,
 ) -> AsyncIterator[pb.WatchBookingResponse]:
     """WatchBooking: past events, then new ones as they commit, until the booking ends; follows

@@ -150,7 +150,7 @@ def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloa
             # Checked again on every attempt (outbound guard; with mutual TLS, the identity).
             stub = agent_stub(endpoint, allocation.pool.center.national_id)
             key = _pool_key(stub, endpoint, allocation.pool.accelerator.slug)
-            return stub.StartWorkload(
+            started: agent_pb2.StartWorkloadResponse = stub.StartWorkload(
                 agent_pb2.StartWorkloadRequest(
                     workload_id=workload_id(allocation),
                     pool_key=key,
@@ -161,6 +161,7 @@ def _start(allocation: Allocation, spec: WorkloadSpec) -> agent_pb2.StartWorkloa
                 ),
                 timeout=CALL_TIMEOUT,
             )
+            return started
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code not in TRANSIENT or attempt == START_ATTEMPTS - 1:
@@ -366,7 +367,7 @@ def _hold(allocation: Allocation, booking: Booking) -> agent_pb2.HoldCapacityRes
     start, end = Timestamp(), Timestamp()
     start.FromDatetime(booking.window_start)
     end.FromDatetime(booking.window_end)
-    return stub.HoldCapacity(
+    held: agent_pb2.HoldCapacityResponse = stub.HoldCapacity(
         agent_pb2.HoldCapacityRequest(
             hold_id=workload_id(allocation),
             pool_key=_pool_key(stub, endpoint, allocation.pool.accelerator.slug),
@@ -376,6 +377,7 @@ def _hold(allocation: Allocation, booking: Booking) -> agent_pb2.HoldCapacityRes
         ),
         timeout=CALL_TIMEOUT * 4,  # a Slurm agent runs scontrol (slow while the ctld is busy)
     )
+    return held
 
 
 def sync_holds(booking_id: int) -> Outcome:

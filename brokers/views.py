@@ -96,7 +96,7 @@ def _refresh_activity() -> None:
 
 def national_activity() -> dict[str, Any]:
     """Utilization over the last day and demand flows, at most a minute stale (see above)."""
-    entry = cache.get(ACTIVITY_KEY)
+    entry: dict[str, Any] | None = cache.get(ACTIVITY_KEY)
     if entry is None:
         entry = _compute_activity()
         cache.set(ACTIVITY_KEY, entry, ACTIVITY_KEEP_SECONDS)

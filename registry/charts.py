@@ -356,7 +356,7 @@ def trend_chart(
     pad_left, pad_right, pad_y = 44, 16, 22
     values = [p["value"] for p in points if p["value"] is not None]
     floors = [p["floor"] for p in points if p["floor"] is not None]
-    top = max([*values, *floors, declared or 0.0, 1e-9]) * 1.1
+    top = float(max([*values, *floors, declared or 0.0, 1e-9])) * 1.1
     base_y = height - pad_y
     span_x = width - pad_left - pad_right
     step = span_x / max(len(points) - 1, 1)

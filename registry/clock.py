@@ -15,7 +15,7 @@ def db_now() -> dt.datetime:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT statement_timestamp()")
-            value = cursor.fetchone()[0]
+            value: dt.datetime = cursor.fetchone()[0]
             return value.astimezone(dt.UTC)
         # SQLite: the embedded default runs on one machine, whose clock it reads.
         cursor.execute("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")

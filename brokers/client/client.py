@@ -112,9 +112,10 @@ class BrokerClient:
         self.close()
 
     def capacity(self, **filters: Any) -> pb.QueryCapacityResponse:
-        return self.stub.QueryCapacity(
+        reply: pb.QueryCapacityResponse = self.stub.QueryCapacity(
             pb.QueryCapacityRequest(**filters), metadata=self.metadata, timeout=self.timeout
         )
+        return reply
 
     def capacity_all(self, **filters: Any) -> Iterator[pb.CapacityEntry]:
         """Every page of a capacity query."""
@@ -129,11 +130,12 @@ class BrokerClient:
     def place(
         self, spec: pb.WorkloadSpec, *, max_options: int = 5, brief: bool = False
     ) -> pb.PlaceResponse:
-        return self.stub.Place(
+        reply: pb.PlaceResponse = self.stub.Place(
             pb.PlaceRequest(spec=spec, max_options=max_options, brief=brief),
             metadata=self.metadata,
             timeout=self.timeout,
         )
+        return reply
 
     def book(
         self,
@@ -150,62 +152,73 @@ class BrokerClient:
             option=[pb.OptionChoice(pool=p, accelerators=n) for p, n in option],
             hold=hold,
         )
-        return self.stub.Book(
+        reply: pb.BookResponse = self.stub.Book(
             request, metadata=self.metadata, timeout=timeout or self.timeout
-        ).booking
+        )
+        return reply.booking
 
     def booking(self, booking_id: str) -> pb.Booking:
-        return self.stub.GetBooking(
+        reply: pb.GetBookingResponse = self.stub.GetBooking(
             pb.GetBookingRequest(booking_id=booking_id),
             metadata=self.metadata,
             timeout=self.timeout,
-        ).booking
+        )
+        return reply.booking
 
     def bookings(self, *, page_size: int = 50, page_token: str = "") -> pb.ListBookingsResponse:
-        return self.stub.ListBookings(
+        reply: pb.ListBookingsResponse = self.stub.ListBookings(
             pb.ListBookingsRequest(page_size=page_size, page_token=page_token),
             metadata=self.metadata,
             timeout=self.timeout,
         )
+        return reply
 
     def cancel(self, booking_id: str, reason: str = "") -> pb.Booking:
-        return self.stub.CancelBooking(
+        reply: pb.CancelBookingResponse = self.stub.CancelBooking(
             pb.CancelBookingRequest(booking_id=booking_id, reason=reason),
             metadata=self.metadata,
             timeout=self.timeout,
-        ).booking
+        )
+        return reply.booking
 
     def confirm(self, booking_id: str) -> pb.Booking:
-        return self.stub.ConfirmBooking(
+        reply: pb.ConfirmBookingResponse = self.stub.ConfirmBooking(
             pb.ConfirmBookingRequest(booking_id=booking_id),
             metadata=self.metadata,
             timeout=self.timeout,
-        ).booking
+        )
+        return reply.booking
 
     def offer(self, booking_id: str, *, price: str, start: dt.datetime | None = None) -> pb.Offer:
         request = pb.OfferBookingRequest(booking_id=booking_id, price=price)
         if start is not None:
             request.start.CopyFrom(timestamp(start))
-        return self.stub.OfferBooking(request, metadata=self.metadata, timeout=self.timeout).offer
+        reply: pb.OfferBookingResponse = self.stub.OfferBooking(
+            request, metadata=self.metadata, timeout=self.timeout
+        )
+        return reply.offer
 
     def offers(self, *, page_size: int = 50, page_token: str = "") -> pb.ListOffersResponse:
-        return self.stub.ListOffers(
+        reply: pb.ListOffersResponse = self.stub.ListOffers(
             pb.ListOffersRequest(page_size=page_size, page_token=page_token),
             metadata=self.metadata,
             timeout=self.timeout,
         )
+        return reply
 
     def buy(self, offer_id: str, *, image: str = "", command: str = "") -> pb.Booking:
-        return self.stub.BuyOffer(
+        reply: pb.BuyOfferResponse = self.stub.BuyOffer(
             pb.BuyOfferRequest(offer_id=offer_id, image=image, command=command),
             metadata=self.metadata,
             timeout=self.timeout,
-        ).booking
+        )
+        return reply.booking
 
     def withdraw(self, offer_id: str) -> pb.Offer:
-        return self.stub.WithdrawOffer(
+        reply: pb.WithdrawOfferResponse = self.stub.WithdrawOffer(
             pb.WithdrawOfferRequest(offer_id=offer_id), metadata=self.metadata, timeout=self.timeout
-        ).offer
+        )
+        return reply.offer
 
     def watch(self, booking_id: str, *, timeout: float = 3600.0) -> Iterator[pb.BookingEvent]:
         """Events of the booking until it ends (a long deadline: the stream lasts the run)."""

@@ -184,4 +184,4 @@ class Pool(LifecycleMixin):
         per = tflops_of(self)
         if per is None:
             return None
-        return round(self.accelerators * per / A100_BF16_DENSE_TFLOPS, 2)
+        return round(float(self.accelerators) * per / A100_BF16_DENSE_TFLOPS, 2)

@@ -43,7 +43,7 @@ def percent(value: float | None) -> str:
 
 
 @register.filter
-def ratio(value: float | None) -> str:
+def ratio(value: float | str | None) -> str:
     """A small ratio as a plain decimal (``9e-06`` reads ``0.000009``), "–" when unknown."""
     if value is None or value == "":
         return "–"

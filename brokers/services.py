@@ -42,7 +42,7 @@ from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
 from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
 from brokers.placement.engine import explain_counts
-from brokers.placement.spec import Candidate
+from brokers.placement.spec import Candidate, spot_price
 from interconnect.metrics import BOOKINGS, refusals_counted
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
@@ -105,8 +105,6 @@ class CapacityRow:
 
 
 def _with_spot_prices(rows: list[CapacityRow]) -> list[CapacityRow]:
-    from brokers import market
-
     discounts = dict(
         Pool.objects.filter(national_id__in=[r.pool for r in rows]).values_list(
             "national_id", "spot_discount_percent"
@@ -115,7 +113,7 @@ def _with_spot_prices(rows: list[CapacityRow]) -> list[CapacityRow]:
     return [
         dataclasses.replace(
             r,
-            spot_price_per_accelerator_hour=market.spot_price(
+            spot_price_per_accelerator_hour=spot_price(
                 r.price_per_accelerator_hour, discounts.get(r.pool, Decimal(0))
             ),
         )

@@ -31,6 +31,7 @@ from brokers.forms import BookingForm, CancelForm, OfferForm, WindowForm, Worklo
 from brokers.ledger import DeadlineExceeded
 from brokers.models import ResaleOffer
 from brokers.placement import WorkloadSpec
+from brokers.placement.spec import spot_price
 from registry import charts
 from registry import selectors as registry_selectors
 from registry import views as registry_views
@@ -159,9 +160,7 @@ def capacity_search(request: HttpRequest) -> HttpResponse:
     free = selectors.free_accelerators(pools=rows, start=start, end=end) if rows else {}
     for pool in rows:
         pool.free = free.get(pool.pk)
-        pool.spot_price = market.spot_price(
-            pool.price_per_accelerator_hour, pool.spot_discount_percent
-        )
+        pool.spot_price = spot_price(pool.price_per_accelerator_hour, pool.spot_discount_percent)
     context["page"].object_list = rows
     context.update(
         {"window": window, "window_start": start, "window_end": end, "can_book": _booker(request)}

@@ -24,6 +24,7 @@ Every booking run ends with the oversell sweep (``ledger.oversold_pools``), prin
 
     .venv/bin/python bench/broker_bench.py --scales 1000,10000 --profile bench/profiles
     .venv/bin/python bench/broker_bench.py --quick               # smaller, for a smoke run
+    .venv/bin/python bench/broker_bench.py --quick --scales 10000 --query-only  # QueryCapacity
     BROKER_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ci_bench (default)
 
 The database (and ``<name>_pgbench``) is dropped and rebuilt on every run: use one the bench may
@@ -989,6 +990,10 @@ def pool_visibility(target: str, token: str, limit: float) -> tuple[float | None
     return out[0], out[1]
 
 
+# A frame of the project's own code: ``function (brokers/services.py)``.
+_OWN_FRAME = re.compile(r"\((brokers|registry|rpckit|interconnect|verification|agent|protos)/")
+
+
 def _spy_summary(raw: Path, top: int = 14) -> str:
     """Where the broker's CPU went, from py-spy's collapsed stacks: each line is
     ``frame;frame;... samples``, a frame ``function (file:line)``."""
@@ -1008,7 +1013,7 @@ def _spy_summary(raw: Path, top: int = 14) -> str:
         total += n
         own[frames[-1]] += n
         for frame in set(frames):
-            if "/site-packages/" not in frame and "/lib/python" not in frame:
+            if _OWN_FRAME.search(frame):
                 inclusive[frame] += n  # our own code, including what it calls
     if not total:
         return "  (no samples)"
@@ -1032,6 +1037,30 @@ def profile_grpc_booking(
 ) -> str:
     """The spread run once more, with py-spy sampling both broker processes (not timed): a
     flame graph (SVG) and collapsed stacks in ``out_dir``, and their summary."""
+
+    def run() -> str:
+        result = grpc_booking(target, "spread", tokens, pools, start, seconds)
+        return f"profiled spread run ({result['ok']:.0f} bookings/s under py-spy)"
+
+    return _profiled(broker_pid, seconds, out_dir, label, run)
+
+
+def profile_grpc_query(
+    target: str, broker_pid: int, token: str, seconds: float, out_dir: Path, label: str
+) -> str:
+    """The QueryCapacity run once more, with py-spy sampling both broker processes."""
+
+    def run() -> str:
+        rate = rpc_rate(target, "broker", token, seconds)
+        return f"profiled QueryCapacity run ({rate:.0f} calls/s under py-spy)"
+
+    # rpc_rate's clients take 3 s to start before they call: record that much longer.
+    return _profiled(broker_pid, seconds + 3.0, out_dir, label, run)
+
+
+def _profiled(broker_pid: int, seconds: float, out_dir: Path, label: str, run: Any) -> str:
+    """``run()`` (which returns its headline) with py-spy sampling the broker's processes: a
+    flame graph (SVG) and collapsed stacks in ``out_dir``, and their summary."""
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -1049,7 +1078,7 @@ def profile_grpc_booking(
         for fmt, path in (("flamegraph", svg), ("raw", raw))
     ]
     time.sleep(1.0)
-    result = grpc_booking(target, "spread", tokens, pools, start, seconds)
+    headline = run()
     for r in recorders:
         try:
             r.wait(600)  # writing the flame graph takes minutes on a loaded machine
@@ -1057,7 +1086,7 @@ def profile_grpc_booking(
             r.kill()
     summary = _spy_summary(raw) if raw.exists() else "  (py-spy wrote nothing)"
     text = (
-        f"profiled spread run ({result['ok']:.0f} bookings/s under py-spy); flame graph "
+        f"{headline}; flame graph "
         f"{svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg}\n{summary}"
     )
     (out_dir / f"{label}.summary.txt").write_text(text + "\n")
@@ -1132,6 +1161,52 @@ def grpc_phases(
     return out
 
 
+def grpc_query_phase(
+    token: str, seconds: float, profile_dir: Path | None, label: str
+) -> dict[str, Any]:
+    """Only ``QueryCapacity`` through ``run_broker --processes 2`` and the bare echo servers
+    (``--query-only``), with an extra py-spy'd query run when ``profile_dir`` is given."""
+    from django.db import connections
+
+    connections.close_all()
+    workers = 16
+    out: dict[str, Any] = {}
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    broker = _start(
+        [
+            sys.executable,
+            "manage.py",
+            "run_broker",
+            "--port",
+            str(port),
+            "--processes",
+            "2",
+            "--workers",
+            str(workers),
+        ],
+        "broker listening",
+        2,
+    )
+    try:
+        out["query"] = rpc_rate(target, "broker", token, seconds)
+        print("  gRPC capacity queries measured", flush=True)
+        if profile_dir is not None:
+            out["profile"] = profile_grpc_query(
+                target, broker.pid, token, seconds, profile_dir, label
+            )
+    finally:
+        _stop(broker)
+    for kind in ("threads", "aio"):
+        echo, port = _start_echo(workers, kind)
+        try:
+            out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", token, seconds)
+        finally:
+            _stop(echo)
+    out["echo"] = max(out["echo_threads"], out["echo_aio"])
+    return out
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -1196,6 +1271,12 @@ def main() -> None:
         help="only the booking rows: gRPC spread and contended, QueryCapacity and echo, "
         "in-process spread and pgbench (no placement, streams, visibility)",
     )
+    parser.add_argument(
+        "--query-only",
+        action="store_true",
+        help="only QueryCapacity through gRPC and the bare echo servers (with --profile, the "
+        "query run once more under py-spy)",
+    )
     parser.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--echo-workers", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--echo-kind", default="threads", help=argparse.SUPPRESS)
@@ -1239,6 +1320,19 @@ def main() -> None:
         t1 = time.perf_counter()
         catalog.load()
         loads[scale] = time.perf_counter() - t1
+        if args.query_only:
+            if scale == 10_000:
+                q = grpc_query_phase(firms[0][2], seconds, profile_dir, args.label)
+                print(
+                    f"\nQueryCapacity only, {seconds:.0f} s per run, 10,000 pools (model+hub, 20 "
+                    f"per page; 4 client processes x 4 channels): {q['query']:.0f}/s; bare echo: "
+                    f"16 threads {q['echo_threads']:.0f}/s, grpc.aio {q['echo_aio']:.0f}/s -> "
+                    f"{q['query'] / q['echo']:.2f}x"
+                )
+                if "profile" in q:
+                    print("  " + q["profile"].replace("\n", "\n  "))
+                print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
+            continue
         if args.booking_only:
             if scale == 10_000:
                 pools = list(Pool.objects.values_list("national_id", flat=True).order_by("id"))
@@ -1278,6 +1372,8 @@ def main() -> None:
             results["booking_profile"] = booking_profile(users[0], pools, start)
             results["pgbench"] = pgbench(int(seconds))
             print("  in-process bookings and pgbench measured", flush=True)
+    if args.query_only:
+        return
     if args.booking_only:
         print_booking_rows(results, seconds)
         return

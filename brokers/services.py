@@ -104,23 +104,6 @@ class CapacityRow:
     spot_price_per_accelerator_hour: Decimal | None = None
 
 
-def _with_spot_prices(rows: list[CapacityRow]) -> list[CapacityRow]:
-    discounts = dict(
-        Pool.objects.filter(national_id__in=[r.pool for r in rows]).values_list(
-            "national_id", "spot_discount_percent"
-        )
-    )
-    return [
-        dataclasses.replace(
-            r,
-            spot_price_per_accelerator_hour=spot_price(
-                r.price_per_accelerator_hour, discounts.get(r.pool, Decimal(0))
-            ),
-        )
-        for r in rows
-    ]
-
-
 def _capacity_row(pool: Candidate, free: int, cluster: str) -> CapacityRow:
     return CapacityRow(
         pool=pool.national_id,
@@ -155,6 +138,41 @@ def capacity_query(
 ) -> tuple[list[CapacityRow], str]:
     """Verified (``active``) pools with free accelerators over ``[start, end)``, by national id,
     one page at a time; returns the rows and the token of the next page ("" at the end)."""
+    rows, token, _ = capacity_query_probed(
+        actor=actor,
+        start=start,
+        end=end,
+        accelerator_model=accelerator_model,
+        hub=hub,
+        cluster=cluster,
+        interconnect=interconnect,
+        max_price=max_price,
+        min_free=min_free,
+        page_size=page_size,
+        page_token=page_token,
+    )
+    return rows, token
+
+
+def capacity_query_probed(
+    *,
+    actor: Actor,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    accelerator_model: str = "",
+    hub: str = "",
+    cluster: str = "",
+    interconnect: str = "",
+    max_price: Decimal | None = None,
+    min_free: int = 1,
+    page_size: int = 100,
+    page_token: str = "",
+    offers_window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> tuple[list[CapacityRow], str, bool | None]:
+    """``capacity_query``, and with ``offers_window`` whether any resale offer is open over it,
+    read by the same statement as the free capacity (``catalog.capacity_page``): False spares
+    the caller ``market.offers_in_window`` over that window; None when it was not read (no
+    pool to read, not PostgreSQL)."""
     start = start or _now()
     end = end or start + dt.timedelta(hours=1)
     if end <= start:
@@ -169,7 +187,7 @@ def capacity_query(
     )
     # One listing whether or not this process keeps the pool snapshot: the snapshot (or the
     # database) proposes pools by national id, status and free capacity are read fresh.
-    page, token = catalog.capacity_page(
+    page, token, offers = catalog.capacity_page(
         catalog.current(),
         start=start,
         end=end,
@@ -181,8 +199,17 @@ def capacity_query(
         min_free=min_free,
         page_size=page_size,
         page_token=page_token,
+        offers_window=offers_window,
     )
-    return _with_spot_prices([_capacity_row(p, free, code) for p, free, code in page]), token
+    # The spot discount came with the free capacity (the same query): no second read.
+    rows = [
+        dataclasses.replace(
+            _capacity_row(p, free, code),
+            spot_price_per_accelerator_hour=spot_price(p.price, discount),
+        )
+        for p, free, code, discount in page
+    ]
+    return rows, token, offers
 
 
 def placement_preview(

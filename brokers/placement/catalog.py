@@ -497,6 +497,39 @@ def _fits_now(spec: WorkloadSpec, cand: Candidate, free: int) -> bool:
 def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dict[int, int]:
     """``{pool_id: free accelerators over the window}`` for those still active (one query):
     the pool's size less its most reserved slot of the window (``ledger.USED_SQL``)."""
+    return {pool_id: free for pool_id, (free, _) in _fresh(start, end, pool_ids)[0].items()}
+
+
+def fresh_free_and_discount(
+    start: dt.datetime,
+    end: dt.datetime,
+    pool_ids: list[int],
+    *,
+    offers_window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> tuple[dict[int, tuple[int, Decimal]], bool | None]:
+    """``{pool_id: (free accelerators over the window, spot discount percent)}`` for those
+    still active, in the same one query (``QueryCapacity`` shows the spot price: no second
+    round trip for the discounts); with ``offers_window``, also whether any resale offer is
+    open over that window (PostgreSQL; None elsewhere), read by the same statement."""
+    return _fresh(start, end, pool_ids, offers_window=offers_window)
+
+
+# Whether any resale offer is open (status, not expired by database time) over the window: the
+# superset ``brokers.market.offers_in_window`` narrows down; a false one spares its query.
+OFFER_PROBE_SQL = (
+    "SELECT NULL, NULL, NULL, EXISTS (SELECT 1 FROM brokers_resaleoffer o WHERE "
+    "o.status = 'open' AND o.start < %s AND o.\"end\" > %s AND o.expires_at > "
+    "STATEMENT_TIMESTAMP())"
+)
+
+
+def _fresh(
+    start: dt.datetime,
+    end: dt.datetime,
+    pool_ids: list[int],
+    *,
+    offers_window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> tuple[dict[int, tuple[int, Decimal]], bool | None]:
     first, last = (connection.ops.adapt_datetimefield_value(x) for x in slot_bounds(start, end))
     if connection.vendor == "postgresql":
         # One array parameter: client-side binding of hundreds of placeholders costs more
@@ -506,16 +539,27 @@ def fresh_free(start: dt.datetime, end: dt.datetime, pool_ids: list[int]) -> dic
     else:
         match = f"p.id IN ({','.join(['%s'] * len(pool_ids))})"
         params = [first, last, *pool_ids]
+    sql = used_expression(
+        f"SELECT p.id, p.accelerators - COALESCE({USED_SQL}, 0), p.spot_discount_percent, NULL "
+        f"FROM {POOL_TABLE} p JOIN {CENTER_TABLE} c ON c.id = p.center_id "
+        f"WHERE {match} AND {BOOKABLE_SQL}"
+    )
+    probe = offers_window is not None and connection.vendor == "postgresql"
+    if offers_window is not None and probe:  # one more row, same round trip and snapshot
+        sql = f"{sql} UNION ALL {OFFER_PROBE_SQL}"
+        o_start, o_end = offers_window
+        params += [connection.ops.adapt_datetimefield_value(x) for x in (o_end, o_start)]
     with connection.cursor() as cur:
-        cur.execute(
-            used_expression(
-                f"SELECT p.id, p.accelerators - COALESCE({USED_SQL}, 0) FROM {POOL_TABLE} p "
-                f"JOIN {CENTER_TABLE} c ON c.id = p.center_id "
-                f"WHERE {match} AND {BOOKABLE_SQL}"
-            ),
-            params,
-        )
-        return {pool_id: max(0, int(n)) for pool_id, n in cur.fetchall()}
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    offers: bool | None = None
+    free: dict[int, tuple[int, Decimal]] = {}
+    for pool_id, n, d, open_offers in rows:
+        if pool_id is None:
+            offers = bool(open_offers)
+        else:
+            free[pool_id] = (max(0, int(n)), Decimal(str(d)) if d is not None else Decimal(0))
+    return free, offers if probe else None
 
 
 def by_national_id(
@@ -571,13 +615,17 @@ def capacity_page(
     min_free: int = 1,
     page_size: int = 100,
     page_token: str = "",
-) -> tuple[list[tuple[Candidate, int, str]], str]:
+    offers_window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> tuple[list[tuple[Candidate, int, str, Decimal]], str, bool | None]:
     """One page of bookable pools with at least ``min_free`` free accelerators over the window,
-    by national id after ``page_token``, each with its free count and cluster code, and the
-    token of the next page ("" at the end). The one capacity listing: every door
-    (``services.capacity_query``) asks it, with the snapshot or without (``snapshot=None``:
-    static facts read from the database, :func:`by_national_id`); free capacity and status are
-    read fresh either way, a batch at a time (:func:`fresh_free`)."""
+    by national id after ``page_token``, each with its free count, cluster code and spot
+    discount percent, and the token of the next page ("" at the end). The one capacity
+    listing: every door (``services.capacity_query``) asks it, with the snapshot or without
+    (``snapshot=None``: static facts read from the database, :func:`by_national_id`); free
+    capacity, status and the spot discount are read fresh either way, a batch at a time, one
+    query each (:func:`fresh_free_and_discount`). With ``offers_window``, the first of those
+    queries also says whether any resale offer is open over it (the third value; None when no
+    query ran, or not on PostgreSQL)."""
     wanted = interconnect.lower()
 
     def listed(pool: Candidate) -> bool:
@@ -586,12 +634,24 @@ def capacity_page(
         fabrics = f"{pool.intra_node_interconnect} {pool.inter_node_interconnect}".lower()
         return not wanted or wanted in fabrics
 
-    out: list[tuple[Candidate, int, str]] = []
+    out: list[tuple[Candidate, int, str, Decimal]] = []
     batch: list[tuple[Candidate, str]] = []
+    offers: list[bool | None] = []  # the probe's answer, asked by the first query only
 
     def read_batch() -> None:
-        free = fresh_free(start, end, [p.pool_id for p, _ in batch])
-        out.extend((p, free[p.pool_id], c) for p, c in batch if free.get(p.pool_id, -1) >= min_free)
+        fresh, probed = fresh_free_and_discount(
+            start,
+            end,
+            [p.pool_id for p, _ in batch],
+            offers_window=None if offers else offers_window,
+        )
+        if not offers:
+            offers.append(probed)
+        out.extend(
+            (p, fresh[p.pool_id][0], c, fresh[p.pool_id][1])
+            for p, c in batch
+            if p.pool_id in fresh and fresh[p.pool_id][0] >= min_free
+        )
         batch.clear()
 
     pools = by_national_id(
@@ -609,7 +669,7 @@ def capacity_page(
     if batch:
         read_batch()
     next_token = out[page_size - 1][0].national_id if len(out) > page_size else ""
-    return out[:page_size], next_token
+    return out[:page_size], next_token, offers[0] if offers else None
 
 
 def static_reason(spec: WorkloadSpec, pool: Candidate, ctx: Context | None = None) -> str | None:

@@ -65,8 +65,16 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
         self, request: pb.QueryCapacityRequest, context: grpc.ServicerContext
     ) -> pb.QueryCapacityResponse:
         """Verified pools with free accelerators over a window, by national id, paged."""
-        rows, token = services.capacity_query(
-            actor=current_user.get(),
+        user = current_user.get()
+        offers_window = None
+        if not request.page_token:  # the first page lists open resale offers too
+            start = convert.from_ts(request.start, request.HasField("start")) or timezone.now()
+            offers_window = (
+                start,
+                convert.from_ts(request.end, request.HasField("end")) or start + _HOUR,
+            )
+        rows, token, open_offers = services.capacity_query_probed(
+            actor=user,
             start=convert.from_ts(request.start, request.HasField("start")),
             end=convert.from_ts(request.end, request.HasField("end")),
             accelerator_model=request.accelerator_model,
@@ -76,20 +84,21 @@ class BrokerServicer(broker_pb2_grpc.BrokerServicer):
             max_price=convert.decimal_from_pb(request.max_price, "max_price"),
             page_size=request.page_size or 100,
             page_token=request.page_token,
+            # Whether any offer is open over that window, asked by the free-capacity statement
+            # (no round trip of its own; issue 14): False spares the offers query.
+            offers_window=offers_window,
         )
         offers = []
-        if not request.page_token:
-            user = current_user.get()
-            start = convert.from_ts(request.start, request.HasField("start")) or timezone.now()
-            end = convert.from_ts(request.end, request.HasField("end")) or start + _HOUR
+        if offers_window is not None and open_offers is not False:
             offers = [
                 market.offer_view(o, user)
                 for o in market.offers_in_window(
                     user,
-                    start=start,
-                    end=end,
+                    start=offers_window[0],
+                    end=offers_window[1],
                     accelerator_model=request.accelerator_model,
                     hub=request.hub,
+                    probed=open_offers is True,
                 )
             ]
         return convert.capacity_to_pb(rows, token, offers)

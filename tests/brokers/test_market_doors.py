@@ -197,6 +197,71 @@ def test_offer_and_buy_at_every_door(broker: BrokerRuntime, pool: Pool, dave: An
     assert again.returncode == ERRORS["not_found"].exit and "NOT_FOUND" in again.stderr
 
 
+@pytest.mark.parametrize("snapshot", [True, False], ids=["snapshot", "sql"])
+def test_query_capacity_lists_other_firms_open_offers_over_its_window_only(
+    snapshot: bool,
+    broker: BrokerRuntime,
+    pool: Pool,
+    acme: Any,
+    active_pool: Any,
+    dave: Any,
+    settings: Any,
+) -> None:
+    """QueryCapacity asks the free-capacity statement whether any offer is open over the
+    window, and the spot discounts, in the same round trip (issue 14), and reads the offers
+    only then: the answers must be those of the full offers query, first page only, never the
+    caller's own offer, nothing once withdrawn; spot prices as before."""
+    from brokers import services
+    from brokers.placement import catalog
+    from registry.choices import Door
+    from tests.brokers.conftest import spec
+
+    other = active_pool(acme, size=8, price="10.00")  # a second pool: a second page
+    settings.BROKER_PLACEMENT_CACHE_SECONDS = 60 if snapshot else 0
+    catalog.invalidate()
+    assert (catalog.current() is not None) is snapshot
+    start = next_hour() + dt.timedelta(hours=2)
+    booking = services.booking_create(
+        spec=spec(count=4, earliest_start=start), idempotency_key="q-1", actor=dave, door=Door.API
+    )
+    offer = market.offer_create(booking=booking, actor=dave, door=Door.API, price=Decimal("30"))
+    ts = pb.QueryCapacityRequest().start.__class__
+
+    def at(when: dt.datetime) -> Any:
+        t = ts()
+        t.FromDatetime(when)
+        return t
+
+    def offers(user: Any, **filters: Any) -> list[str]:
+        with BrokerClient(f"127.0.0.1:{broker.port}", token_of(user)) as client:
+            reply = client.capacity(**filters)
+            return [o.offer_id for o in reply.offers]
+
+    buyer = firm()
+    window = {"start": at(start), "accelerator_model": A100}
+    assert offers(buyer, **window) == [offer.national_id]
+    with BrokerClient(f"127.0.0.1:{broker.port}", token_of(buyer)) as client:
+        spot = {
+            e.pool: e.spot_price_per_accelerator_hour for e in client.capacity(**window).entries
+        }
+    assert spot == {pool.national_id: "7.5000", other.national_id: "10.0000"}
+    # The window's edges: an hour ending at the offer's start, and one starting at its end.
+    assert offers(buyer, start=at(start - dt.timedelta(hours=1)), end=at(start)) == []
+    assert offers(buyer, start=at(start + dt.timedelta(hours=1))) == []
+    assert offers(buyer, start=at(start - dt.timedelta(minutes=30))) == [offer.national_id]
+    # No pool read (none under this price): the offers are still listed (no probe answer).
+    assert offers(buyer, max_price="0.01", **window) == [offer.national_id]
+    # Pages after the first list no offers; the seller never sees its own offer here.
+    with BrokerClient(f"127.0.0.1:{broker.port}", token_of(buyer)) as client:
+        first = client.capacity(page_size=1, **window)
+        assert len(first.entries) == 1 and first.next_page_token
+        second = client.capacity(page_size=1, page_token=first.next_page_token, **window)
+        assert len(second.entries) == 1 and list(second.offers) == []
+    assert offers(dave, **window) == []
+    market.offer_withdraw(offer=offer, actor=dave, door=Door.API)
+    assert offers(buyer, **window) == []
+
+
 def test_concurrent_buyers_through_grpc_and_rest_one_wins(
     broker: BrokerRuntime, pool: Pool, dave: Any
 ) -> None:

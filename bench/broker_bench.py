@@ -1109,23 +1109,7 @@ def grpc_phases(
     workers = 16
     tokens = [f[2] for f in firms]
     out: dict[str, Any] = {}
-    port = _free_port()
-    target = f"127.0.0.1:{port}"
-    broker = _start(
-        [
-            sys.executable,
-            "manage.py",
-            "run_broker",
-            "--port",
-            str(port),
-            "--processes",
-            "2",
-            "--workers",
-            str(workers),
-        ],
-        "broker listening",
-        2,
-    )
+    broker, target = _start_broker(workers)
     try:
         out["spread"] = grpc_booking(target, "spread", tokens, pools, start, seconds)
         print("  gRPC spread measured", flush=True)
@@ -1150,29 +1134,13 @@ def grpc_phases(
         out["group_commit"] = [
             line for line in getattr(broker, "lines", []) if line.startswith("group commit:")
         ]
-    for kind in ("threads", "aio"):
-        echo, port = _start_echo(workers, kind)
-        try:
-            out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", tokens[0], seconds)
-        finally:
-            _stop(echo)
-    # The yardstick is the faster of the two bare servers.
-    out["echo"] = max(out["echo_threads"], out["echo_aio"])
+    out.update(echo_rates(workers, tokens[0], seconds))
     return out
 
 
-def grpc_query_phase(
-    token: str, seconds: float, profile_dir: Path | None, label: str
-) -> dict[str, Any]:
-    """Only ``QueryCapacity`` through ``run_broker --processes 2`` and the bare echo servers
-    (``--query-only``), with an extra py-spy'd query run when ``profile_dir`` is given."""
-    from django.db import connections
-
-    connections.close_all()
-    workers = 16
-    out: dict[str, Any] = {}
+def _start_broker(workers: int) -> tuple[Any, str]:
+    """``run_broker --processes 2`` on a free port; the process and its target."""
     port = _free_port()
-    target = f"127.0.0.1:{port}"
     broker = _start(
         [
             sys.executable,
@@ -1188,6 +1156,34 @@ def grpc_query_phase(
         "broker listening",
         2,
     )
+    return broker, f"127.0.0.1:{port}"
+
+
+def echo_rates(workers: int, token: str, seconds: float) -> dict[str, float]:
+    """The bare echo servers' call rates (threads and grpc.aio); ``echo`` is the faster, the
+    yardstick."""
+    out: dict[str, float] = {}
+    for kind in ("threads", "aio"):
+        echo, port = _start_echo(workers, kind)
+        try:
+            out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", token, seconds)
+        finally:
+            _stop(echo)
+    out["echo"] = max(out["echo_threads"], out["echo_aio"])
+    return out
+
+
+def grpc_query_phase(
+    token: str, seconds: float, profile_dir: Path | None, label: str
+) -> dict[str, Any]:
+    """Only ``QueryCapacity`` through ``run_broker --processes 2`` and the bare echo servers
+    (``--query-only``), with an extra py-spy'd query run when ``profile_dir`` is given."""
+    from django.db import connections
+
+    connections.close_all()
+    workers = 16
+    out: dict[str, Any] = {}
+    broker, target = _start_broker(workers)
     try:
         out["query"] = rpc_rate(target, "broker", token, seconds)
         print("  gRPC capacity queries measured", flush=True)
@@ -1197,13 +1193,7 @@ def grpc_query_phase(
             )
     finally:
         _stop(broker)
-    for kind in ("threads", "aio"):
-        echo, port = _start_echo(workers, kind)
-        try:
-            out[f"echo_{kind}"] = rpc_rate(f"127.0.0.1:{port}", "echo", token, seconds)
-        finally:
-            _stop(echo)
-    out["echo"] = max(out["echo_threads"], out["echo_aio"])
+    out.update(echo_rates(workers, token, seconds))
     return out
 
 

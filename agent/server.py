@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health
+from grpc_status import rpc_status
 
 from agent.backends import backend_for
 from agent.benchmark import (
@@ -37,7 +38,7 @@ from agent.inventory import Inventory, build_inventory
 from agent.simulation import backend_for_simulation, faults_for, health_delay
 from agent.workloads import CapacityHold, Workload, WorkloadRunner, WorkloadSpec, WorkloadState
 from protos import agent_pb2, agent_pb2_grpc
-from protos.errors import ERRORS
+from protos.errors import ERRORS, reason_status
 from rpckit import server as rpc_server
 from rpckit.server import PeerIdentityInterceptor, ServerTls, Service
 from rpckit.tls import PLATFORM_URI, CertFiles, expiry_warning
@@ -68,13 +69,14 @@ def rpc_errors(method: _F) -> _F:
     """Map domain errors to gRPC statuses: the one place that does it, for unary and streams.
 
     AgentError subclasses name their entry of the error catalog (``protos.errors``), whose gRPC
-    status is sent; anything else is INTERNAL and logged with the method name (the caller never
-    sees a traceback).
+    status and reason code (``ErrorInfo``, as the platform's servers send) are sent; anything
+    else is INTERNAL and logged with the method name (the caller never sees a traceback).
     """
 
     def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, AgentError):
-            context.abort(exc.spec.grpc_code, str(exc))
+            status = reason_status(exc.spec, exc.reason, str(exc))
+            context.abort_with_status(rpc_status.to_status(status))
         logger.exception("agent RPC %s failed", method.__name__)
         context.abort(ERRORS["internal"].grpc_code, f"{method.__name__} failed: internal error")
 

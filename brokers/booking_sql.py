@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 
 from brokers import group_commit, ledger
 from brokers.errors import CapacityExhausted, RetryableConflict
+from registry.context import deadline_at
 
 BOOK_SQL = (
     "SELECT existing, booking_id, created_at, hold_expires_at, deliveries FROM broker_book("
@@ -199,7 +200,7 @@ def _in_a_batch(committer: group_commit.GroupCommitter, params: list[Any]) -> tu
     """The booking in the committer's next batch; answered once that batch committed. A refusal
     or integrity violation of this booking alone (its savepoint rolled back) is raised as the
     single-transaction path raises it."""
-    deadline = ledger.deadline_at.get()
+    deadline = deadline_at.get()
     if deadline is not None and deadline <= time.monotonic():
         raise ledger.DeadlineExceeded("The deadline passed before the booking started.")
     global _pipelines
@@ -221,7 +222,7 @@ def _one_round_trip(params: list[Any]) -> tuple[Any, ...] | None:
     """BEGIN, statement_timeout, the call and COMMIT in one pipeline (one network round trip);
     on any error the transaction is rolled back."""
     timeout_ms = None
-    deadline = ledger.deadline_at.get()
+    deadline = deadline_at.get()
     if deadline is not None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -56,6 +56,7 @@ from brokers.choices import RESERVING_STATUSES
 from brokers.errors import CapacityExhausted, RetryableConflict
 from protos.errors import ERRORS, Catalogued
 from registry.choices import Status
+from registry.context import deadline_at
 from registry.queries import CENTER_TABLE, POOL_TABLE
 
 _T = TypeVar("_T")
@@ -64,13 +65,6 @@ _T = TypeVar("_T")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # PostgreSQL's "canceling statement due to statement timeout".
 QUERY_CANCELED = "57014"
-
-# The caller's deadline (``time.monotonic()`` scale), set by the gRPC door; the ledger turns
-# what remains of it into the statement_timeout and refuses to commit after it, so work for a
-# caller who gave up stops on the server and leaves nothing behind.
-deadline_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "deadline_at", default=None
-)
 
 
 class DeadlineExceeded(Catalogued, Exception):

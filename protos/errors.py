@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 # gRPC ErrorInfo.domain of every status the platform's servers send.
 DOMAIN = "interconnect.broker.v1"
@@ -96,6 +98,14 @@ class Catalogued:
     def extra(self) -> dict[str, object]:
         """Fields a REST body carries besides ``detail`` and ``code`` (none by default)."""
         return {}
+
+
+def reason_status(spec: ErrorSpec, reason: str, message: str) -> status_pb2.Status:
+    """The google.rpc.Status of an entry: its gRPC code, the message, an ErrorInfo with the
+    reason code (``reason``: the entry's, or an instance's more precise one)."""
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    return status_pb2.Status(code=spec.grpc_code.value[0], message=message[:1000], details=[packed])
 
 
 def exit_status(code: grpc.StatusCode, reason: str = "") -> int:

@@ -2,7 +2,7 @@
 
 The request id follows a workload across web, broker, worker and agent: the web middleware sets
 it from ``X-Request-ID`` (or makes one), gRPC servicers and Celery tasks set it from their own
-metadata, and change records store it.
+metadata, and change records store it. The gRPC doors also set the caller's deadline.
 """
 
 import contextvars
@@ -10,6 +10,14 @@ import re
 import uuid
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+# The caller's deadline (``time.monotonic()`` scale), set by the gRPC doors
+# (``registry.rpc.AuthInterceptor``); the booking ledger turns what remains of it into the
+# statement_timeout and refuses to commit after it, so work for a caller who gave up stops on the
+# server and leaves nothing behind.
+deadline_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "deadline_at", default=None
+)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 

@@ -13,7 +13,7 @@ from django.db import DataError, InterfaceError, OperationalError
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec
+from protos.errors import ERRORS, Catalogued, ErrorSpec, reason_status
 
 
 class StaleVersion(Catalogued, Exception):
@@ -112,17 +112,14 @@ def rpc_status_for(exc: BaseException, *, field: str = "request") -> status_pb2.
     spec = spec_for(exc)
     if spec is None:
         return None
-    code = spec.grpc_code.value[0]
+    if not isinstance(exc, ValidationError):
+        return reason_status(spec, reason_of(exc), message_of(exc))
+    violations = field_messages(exc, default_field=field)
+    detail = error_details_pb2.BadRequest()
+    for name, messages in violations.items():
+        for text in messages:
+            detail.field_violations.add(field=name, description=text)
     packed = any_pb2.Any()
-    if isinstance(exc, ValidationError):
-        violations = field_messages(exc, default_field=field)
-        detail = error_details_pb2.BadRequest()
-        for name, messages in violations.items():
-            for text in messages:
-                detail.field_violations.add(field=name, description=text)
-        packed.Pack(detail)
-        message = "; ".join(f"{k}: {m}" for k, ms in violations.items() for m in ms)
-    else:
-        packed.Pack(error_details_pb2.ErrorInfo(reason=reason_of(exc), domain=DOMAIN))
-        message = message_of(exc)
-    return status_pb2.Status(code=code, message=message[:1000], details=[packed])
+    packed.Pack(detail)
+    message = "; ".join(f"{k}: {m}" for k, ms in violations.items() for m in ms)
+    return status_pb2.Status(code=spec.grpc_code.value[0], message=message[:1000], details=[packed])

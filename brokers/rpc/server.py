@@ -5,10 +5,10 @@ Built by the project's one server builder in its ``grpc.aio`` variant
 flight, credentials, graceful stop), on an event loop in a thread of its own, so a stream costs
 no thread: ``WatchBooking`` waits on the booking's database notification (``brokers.notify``),
 and 1,000 watchers are 1,000 coroutines. Unary methods are the synchronous servicer
-(``brokers.rpc.servicer``, Django underneath) behind the broker's interceptors
-(``brokers.rpc.interceptors``: metrics, authentication, error mapping), run in a pool of
-``BROKER_GRPC_WORKERS`` threads; the interceptors see a ``rpckit.aio.CallContext`` that turns
-``abort`` into the aio call's status.
+(``brokers.rpc.servicer``, Django underneath) behind the interceptors the telemetry server
+has too (``rpckit.interceptors`` and ``registry.rpc``: metrics, authentication, error mapping),
+run in a pool of ``BROKER_GRPC_WORKERS`` threads; the interceptors see a
+``rpckit.aio.CallContext`` that turns ``abort`` into the aio call's status.
 
 ``build_server(address)`` builds and starts it and returns its :class:`BrokerRuntime` (port 0
 picks a free port, for tests); with ``tls_files`` it serves TLS (``run_broker --tls-cert
@@ -28,14 +28,15 @@ from typing import Any
 from django.conf import settings
 
 from brokers import booking_sql, group_commit, notify
-from brokers.rpc.interceptors import (
-    AuthInterceptor,
-    ErrorInterceptor,
-    close_handler_connections,
+from brokers.rpc.servicer import (
+    ERROR_FIELD,
+    HANDLER_CONNECTIONS,
+    BrokerServicer,
+    watch_booking,
 )
-from brokers.rpc.servicer import BrokerServicer, watch_booking
 from interconnect.metrics import observe_grpc_call
 from protos import broker_pb2, broker_pb2_grpc
+from registry.rpc import AuthInterceptor, ErrorInterceptor
 from rpckit.aio import AioRuntime, build_aio_server
 from rpckit.interceptors import MetricsInterceptor
 from rpckit.server import ServerTls, Service
@@ -79,7 +80,11 @@ def build_server(
             Service(BROKER_SERVICE, broker_pb2_grpc.add_BrokerServicer_to_server, BrokerServicer())
         ],
         # Outermost first: the metric sees the status the inner ones end the call with.
-        interceptors=[MetricsInterceptor(observe_grpc_call), AuthInterceptor(), ErrorInterceptor()],
+        interceptors=[
+            MetricsInterceptor(observe_grpc_call),
+            AuthInterceptor(HANDLER_CONNECTIONS),
+            ErrorInterceptor(field=ERROR_FIELD, server="broker"),
+        ],
         streams={WATCH_METHOD: watch_booking},
         max_workers=workers,
         max_message_bytes=int(settings.BROKER_GRPC_MAX_MESSAGE_BYTES),
@@ -104,7 +109,7 @@ def build_server(
             int(getattr(settings, "BROKER_GROUP_COMMIT_FLIGHTS", 1)),
         )
         runtime.on_stopped.append(runtime.stop_group_commit)
-    runtime.on_stopped.append(close_handler_connections)
+    runtime.on_stopped.append(HANDLER_CONNECTIONS.close)
     return runtime
 
 

@@ -1,6 +1,6 @@
 """The ``Broker`` gRPC servicer: convert the request, call one service, convert back.
 
-Authentication and error mapping happen in ``brokers.rpc.interceptors``; tenancy in
+Authentication and error mapping happen in the interceptors (``registry.rpc``); tenancy in
 ``brokers.selectors``. Method docstrings follow the comments of ``protos/broker.proto``.
 """
 
@@ -18,29 +18,35 @@ import grpc
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
-from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from brokers import market, notify, selectors, services
 from brokers.choices import FINAL_STATUSES, BookingStatus
 from brokers.models import Booking, BookingEvent
 from brokers.rpc import convert
-from brokers.rpc.interceptors import (
-    _fit_connection,
-    _remember_connection,
-    authenticate,
-    current_user,
-    status_for,
-)
 from interconnect.metrics import GRPC_LATENCY
 from protos import broker_pb2 as pb
 from protos import broker_pb2_grpc
 from registry.choices import Door
 from registry.context import new_request_id, request_id_var
+from registry.errors import rpc_status_for
+from registry.rpc import (
+    DATABASE_UNAVAILABLE_MESSAGE,
+    UNAUTHENTICATED_MESSAGE,
+    HandlerConnections,
+    authenticate,
+    current_user,
+    fit_connection,
+    internal_status,
+)
 
 logger = logging.getLogger(__name__)
 
 DOOR = Door.BROKER
+# Where a bad-input message on no field is reported (``registry.rpc.ErrorInterceptor``).
+ERROR_FIELD = "spec"
+# The connections of the broker's handler threads (closed once the broker stopped).
+HANDLER_CONNECTIONS = HandlerConnections()
 # How often WatchBooking looks for new events without notifications (SQLite).
 WATCH_POLL_SECONDS = 0.2
 # With notifications, a stream reads again when woken, or after this long regardless.
@@ -243,7 +249,7 @@ async def watch_booking(
     (``brokers.notify``; every ``WATCH_IDLE_SECONDS`` regardless, or every
     ``WATCH_POLL_SECONDS`` without notifications), then reads the new events in a worker
     thread. Authentication, error mapping and the latency metric are the interceptors' rules
-    (``brokers.rpc.interceptors``), applied here since a stream does not pass through them."""
+    (``registry.rpc``), applied here since a stream does not pass through them."""
     loop = asyncio.get_running_loop()
     metadata = dict(call.invocation_metadata() or ())
     header = str(metadata.get("authorization", ""))
@@ -264,10 +270,10 @@ async def watch_booking(
             user = await db(authenticate, header)
         except (OperationalError, InterfaceError):
             outcome = "UNAVAILABLE"
-            await call.abort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; retry.")
+            await call.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE)
         if user is None:
             outcome = "UNAUTHENTICATED"
-            await call.abort(grpc.StatusCode.UNAUTHENTICATED, "A valid bearer token is required.")
+            await call.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
         booking = await db(_visible_booking, user, request.booking_id)
         after = request.after_event_id
         unsubscribe = notify.subscribe(booking.pk, wake)
@@ -300,12 +306,10 @@ async def watch_booking(
         outcome = "CANCELLED"
         raise
     except Exception as exc:
-        status = status_for(exc)
+        status = rpc_status_for(exc, field=ERROR_FIELD)
         if status is None:
             logger.exception("broker RPC WatchBooking failed")
-            status = status_pb2.Status(
-                code=code_pb2.INTERNAL, message="WatchBooking failed: internal error"
-            )
+            status = internal_status("WatchBooking")
         mapped = rpc_status.to_status(status)
         outcome = mapped.code.name
         await call.abort(mapped.code, mapped.details, mapped.trailing_metadata)
@@ -319,13 +323,13 @@ async def watch_booking(
 def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], request_id: str) -> Any:
     """Run ``fn`` in a worker thread the way the interceptors run a handler: a connection fit
     for use, the request id set, the connection remembered for the server's stop."""
-    _fit_connection()
+    fit_connection()
     token = request_id_var.set(request_id)
     try:
         return fn(*args)
     finally:
         request_id_var.reset(token)
-        _remember_connection()
+        HANDLER_CONNECTIONS.remember()
 
 
 def _visible_booking(user: Any, booking_id: str) -> Booking:

@@ -1,10 +1,11 @@
 """The error catalog (``protos.errors``): every error the platform answers with, raised through
 every door, is answered as its entry declares (issue 16).
 
-The doors are the real ones: the REST exception handler and the database middleware, the broker's
-``ErrorInterceptor`` and the telemetry server's ``_abort_for`` and the agent's ``rpc_errors`` on
-real gRPC servers on loopback, the command line's exit status read from the status a real call
-ended with, and the portal's message.
+The doors are the real ones: the REST exception handler and the database middleware, the
+``ErrorInterceptor`` (``registry.rpc``) as the broker and the telemetry server configure it and
+the agent's ``rpc_errors`` on real gRPC servers on loopback (the telemetry server answering
+through it: ``tests/verification/test_telemetry.py``), the command line's exit status read from
+the status a real call ended with, and the portal's message.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from brokers.errors import (
 )
 from brokers.ledger import DeadlineExceeded
 from brokers.market import NeedsPreemption, OfferExpired
-from brokers.rpc.interceptors import ErrorInterceptor
+from brokers.rpc.servicer import ERROR_FIELD as BROKER_ERROR_FIELD
 from interconnect.middleware import DatabaseUnavailableMiddleware
 from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec, exit_status
 from registry.api.exceptions import exception_handler
 from registry.errors import BUILTIN_ERRORS, StaleVersion, portal_error, reason_of, spec_for
+from registry.rpc import ErrorInterceptor
 from verification.errors import UnknownPool
-from verification.rpc.telemetry import _abort_for
+from verification.rpc.telemetry import ERROR_FIELD as TELEMETRY_ERROR_FIELD
 
 
 def _subclasses(cls: type) -> set[type]:
@@ -177,10 +179,6 @@ def _server(
 def doors() -> Iterator[dict[str, Callable[[int], grpc.RpcError]]]:
     """``{door: call(i) -> the RpcError the i-th sample ended with}`` for the three servers."""
 
-    def telemetry(request: bytes, context: grpc.ServicerContext) -> bytes:
-        _abort_for(context, SAMPLES[int(request)])  # type: ignore[arg-type]
-        return b""
-
     @rpc_errors
     def agent(self: object, request: bytes, context: grpc.ServicerContext) -> bytes:
         raise AGENT_SAMPLES[int(request)]
@@ -188,9 +186,12 @@ def doors() -> Iterator[dict[str, Callable[[int], grpc.RpcError]]]:
     servers = [
         _server(
             {"Broker": grpc.unary_unary_rpc_method_handler(_raising(SAMPLES))},
-            [ErrorInterceptor()],
+            [ErrorInterceptor(field=BROKER_ERROR_FIELD, server="broker")],
         ),
-        _server({"Telemetry": grpc.unary_unary_rpc_method_handler(telemetry)}),
+        _server(
+            {"Telemetry": grpc.unary_unary_rpc_method_handler(_raising(SAMPLES))},
+            [ErrorInterceptor(field=TELEMETRY_ERROR_FIELD, server="telemetry")],
+        ),
         _server({"Agent": grpc.unary_unary_rpc_method_handler(lambda r, c: agent(None, r, c))}),
     ]
     channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _, port in servers]
@@ -256,12 +257,27 @@ def test_bad_input_carries_its_field_violations(
         assert [v.field for v in bad.field_violations] == ["count"]
 
 
+def test_a_message_on_no_field_is_reported_under_the_doors_field(
+    doors: dict[str, Callable[[int], grpc.RpcError]],
+) -> None:
+    """The broker's requests carry a ``spec``, the telemetry server's a ``request``."""
+    i = next(i for i, e in enumerate(SAMPLES) if str(e) == "['A message on no field.']")
+    for door, field in (("broker", BROKER_ERROR_FIELD), ("telemetry", TELEMETRY_ERROR_FIELD)):
+        status = rpc_status.from_call(doors[door](i))  # type: ignore[arg-type]
+        assert status is not None
+        bad = error_details_pb2.BadRequest()
+        assert any(d.Unpack(bad) for d in status.details)
+        assert [v.field for v in bad.field_violations] == [field]
+    assert (BROKER_ERROR_FIELD, TELEMETRY_ERROR_FIELD) == ("spec", "request")
+
+
 def test_the_agent_answers_as_declared(
     doors: dict[str, Callable[[int], grpc.RpcError]],
 ) -> None:
     for i, exc in enumerate(AGENT_SAMPLES):
         error = doors["agent"](i)
         assert error.code() is exc.spec.grpc_code  # type: ignore[attr-defined]
+        assert _reason(error) == exc.reason
         assert exit_status(error.code()) == exc.spec.exit  # type: ignore[attr-defined]
 
 

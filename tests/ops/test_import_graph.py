@@ -1,4 +1,4 @@
-"""Services and tasks without import cycles (issue 16).
+"""Services and tasks without import cycles, and layers that point one way (issue 16).
 
 Tasks import services; services send tasks by name through ``interconnect.tasking``. The import
 graph is read from the source (every ``import``, module-level or inside a function, since a
@@ -18,7 +18,16 @@ from django.db import transaction
 from interconnect import tasking
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("interconnect", "registry", "verification", "brokers", "agent")
+PACKAGES = ("interconnect", "registry", "verification", "brokers", "agent", "rpckit", "protos")
+# The layers point one way (brokers -> verification -> registry); what each may never import.
+# The agent, the gRPC plumbing and the error catalog run without Django (the agent ships alone).
+FORBIDDEN = {
+    "registry": {"verification", "brokers"},
+    "verification": {"brokers"},
+    "agent": {"interconnect", "registry", "verification", "brokers"},
+    "rpckit": {"interconnect", "registry", "verification", "brokers", "agent"},
+    "protos": {"interconnect", "registry", "verification", "brokers", "agent", "rpckit"},
+}
 
 
 def _module_name(path: Path) -> str:
@@ -126,6 +135,34 @@ def test_no_cycle_between_services_and_tasks() -> None:
         sorted(c) for c in cycles(graph) if any(map(_is_tasks, c)) and any(map(_is_service, c))
     ]
     assert tangled == []
+
+
+def _layer_offences(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    return {
+        module: sorted(bad)
+        for module, targets in graph.items()
+        if (
+            bad := {
+                t for t in targets if t.split(".")[0] in FORBIDDEN.get(module.split(".")[0], ())
+            }
+        )
+    }
+
+
+def test_the_layers_point_one_way() -> None:
+    """verification never imports brokers, registry neither: what both gRPC servers share (the
+    interceptors) lives in ``registry.rpc``; the agent, ``rpckit`` and ``protos`` stay free of
+    Django."""
+    graph = import_graph()
+    assert "registry.rpc" in graph["verification.rpc.telemetry"]
+    assert "registry.rpc" in graph["brokers.rpc.server"]
+    assert _layer_offences(graph) == {}
+
+
+def test_the_layer_check_finds_a_planted_offence() -> None:
+    graph = import_graph()
+    graph["verification.rpc.telemetry"].add("brokers.rpc.server")
+    assert _layer_offences(graph) == {"verification.rpc.telemetry": ["brokers.rpc.server"]}
 
 
 def test_the_cycle_finder_finds_a_planted_cycle() -> None:

@@ -1,7 +1,10 @@
 """The platform's Telemetry gRPC service: who may report heartbeats for which pool.
 
 The server runs in this process on 127.0.0.1:0 and serves calls on its own threads (with their
-own database connections), so these tests commit their rows (``transaction=True``).
+own database connections), so these tests commit their rows (``transaction=True``). It has the
+broker's interceptors (``registry.rpc``): the last tests prove that a bad call, a domain error, an
+unexpected error and a database away are answered by them, and that health and reflection stay
+open.
 """
 
 from __future__ import annotations
@@ -12,18 +15,27 @@ from typing import Any
 
 import grpc
 import pytest
+from django.db import OperationalError
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agent.config import HeartbeatConfig, PoolConfig
 from agent.heartbeat import HeartbeatSender
 from agent.workloads import WorkloadRunner
+from interconnect.metrics import GRPC_LATENCY
 from protos import agent_pb2, agent_pb2_grpc
+from protos.errors import DOMAIN, ERRORS
+from registry import rpc
 from registry import services as registry_services
+from registry.context import deadline_at, request_id_var
+from registry.errors import StaleVersion
 from tests.conftest import force_status
 from tests.factories import CenterFactory, PoolFactory
 from tests.verification.conftest import agent_config, wait_for
+from verification import services as verification_services
 from verification.models import Heartbeat
 from verification.rpc.telemetry import create_telemetry_server, stop_telemetry_server
 
@@ -183,3 +195,153 @@ def test_a_real_agent_heartbeats_into_the_platform(
     assert latest.agent_id == "test-honest"
     assert latest.accelerators_healthy == acme_pool.accelerators == 32
     assert isinstance(pool, PoolConfig)
+
+
+# --- The interceptors (registry.rpc), the same as the broker's ------------------------------------
+
+
+def calls_counted(code: str) -> float:
+    """How many SendHeartbeat calls the metrics interceptor saw end with ``code``."""
+    labels = {"method": "SendHeartbeat", "code": code}
+    return REGISTRY.get_sample_value(f"{GRPC_LATENCY._name}_count", labels) or 0.0
+
+
+def _reason(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.domain == DOMAIN
+    return info.reason
+
+
+@pytest.mark.parametrize(
+    "header", ["Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer   ", "bearer-token-without-scheme"]
+)
+def test_a_header_the_bearer_parser_refuses_is_unauthenticated(
+    telemetry: Any, acme_pool: Any, alice: Any, header: str
+) -> None:
+    """The one bearer-token parser (``rpckit.auth``) decides, in the auth interceptor, before
+    the servicer runs; the metrics interceptor counts the call with the status it ended with."""
+    _, stub = telemetry
+    token_of(alice)
+    before = calls_counted("UNAUTHENTICATED")
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.SendHeartbeat(
+            heartbeat(acme_pool.national_id), metadata=(("authorization", header),), timeout=10
+        )
+
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert raised.value.details() == rpc.UNAUTHENTICATED_MESSAGE
+    assert not Heartbeat.objects.exists()
+    assert calls_counted("UNAUTHENTICATED") == before + 1
+
+
+def test_the_call_runs_as_the_caller_with_its_request_id_and_deadline(
+    telemetry: Any, acme_pool: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, stub = telemetry
+    seen: dict[str, Any] = {}
+    record = verification_services.heartbeat_record
+
+    def spy(**kwargs: Any) -> Any:
+        seen.update(
+            actor=kwargs["actor"],
+            request_id=request_id_var.get(),
+            deadline=deadline_at.get(),
+        )
+        return record(**kwargs)
+
+    monkeypatch.setattr(verification_services, "heartbeat_record", spy)
+
+    stub.SendHeartbeat(
+        heartbeat(acme_pool.national_id),
+        metadata=(("authorization", f"Bearer {token_of(alice)}"), ("x-request-id", "req-42")),
+        timeout=10,
+    )
+
+    assert seen["actor"] == alice
+    assert seen["request_id"] == "req-42"
+    assert seen["deadline"] is not None
+    assert Heartbeat.objects.filter(pool=acme_pool).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "spec"),
+    [
+        (StaleVersion(3), ERRORS["version.stale"]),
+        (OperationalError("server closed the connection"), ERRORS["database.unavailable"]),
+    ],
+    ids=["stale", "database"],
+)
+def test_a_domain_error_is_answered_from_the_catalog(
+    telemetry: Any,
+    acme_pool: Any,
+    alice: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    spec: Any,
+) -> None:
+    """Any error of the catalog the service raises, not only the few the servicer caught
+    before: StaleVersion is ABORTED with its reason code, as at the broker."""
+    _, stub = telemetry
+
+    def refuse(**kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(verification_services, "heartbeat_record", refuse)
+
+    answer = call(stub, heartbeat(acme_pool.national_id), token_of(alice))
+
+    assert isinstance(answer, grpc.RpcError)
+    assert answer.code() == spec.grpc_code  # type: ignore[attr-defined]
+    assert _reason(answer) == spec.reason
+
+
+def test_an_unexpected_error_is_internal_and_leaks_nothing(
+    telemetry: Any, acme_pool: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, stub = telemetry
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("SELECT * FROM registry_pool WHERE operator = 'rival'")
+
+    monkeypatch.setattr(verification_services, "heartbeat_record", broken)
+
+    answer = call(stub, heartbeat(acme_pool.national_id), token_of(alice))
+
+    assert isinstance(answer, grpc.RpcError)
+    assert answer.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    assert "registry_pool" not in (answer.details() or "")  # type: ignore[attr-defined]
+
+
+def test_the_database_away_at_authentication_is_unavailable(
+    telemetry: Any, acme_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retryable, never UNKNOWN: the agent's heartbeat sender tries again."""
+    _, stub = telemetry
+
+    def away(token: str) -> None:
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(rpc, "user_for_token", away)
+
+    answer = call(stub, heartbeat(acme_pool.national_id), "never-seen-token")
+
+    assert isinstance(answer, grpc.RpcError)
+    assert answer.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def test_health_and_reflection_stay_open_without_a_token(telemetry: Any) -> None:
+    address, _ = telemetry
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        listed = {s.name for a in answers for s in a.list_services_response.service}
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert "interconnect.agent.v1.Telemetry" in listed

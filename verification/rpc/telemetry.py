@@ -1,12 +1,15 @@
 """The platform's ``Telemetry`` gRPC service (``protos/agent.proto``): agents report heartbeats.
 
-The servicer is thin: authenticate the bearer token, convert the request into ``PoolBeat``s,
-call ``verification.services.heartbeat_record``, convert back. Domain errors become statuses in
-one place, :func:`_abort_for`:
+The servicer is thin: convert the request into ``PoolBeat``s, call
+``verification.services.heartbeat_record``, convert back. The server has the broker's
+interceptors (``registry.rpc``, behind ``rpckit.interceptors.MetricsInterceptor``): they
+authenticate the bearer token, set the request id and the deadline, and answer every error from
+the error catalog (``protos.errors``):
 
 - no or bad token -> UNAUTHENTICATED; a token of a non-operator -> PERMISSION_DENIED;
 - a pool that is not the caller's (or does not exist) -> NOT_FOUND;
-- bad values -> INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations.
+- bad values -> INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations;
+- anything unexpected -> INTERNAL, logged, without its message.
 """
 
 from __future__ import annotations
@@ -16,37 +19,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import close_old_connections
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_status import rpc_status
 
 from interconnect.metrics import observe_grpc_call
 from protos import agent_pb2, agent_pb2_grpc
-from protos.errors import ERRORS
 from registry import certificates
-from registry.errors import rpc_status_for
-from registry.services import user_for_token
-from rpckit.auth import bearer_from_metadata
+from registry.rpc import AuthInterceptor, ErrorInterceptor, current_user
 from rpckit.interceptors import MetricsInterceptor
 from rpckit.server import Runtime, ServerTls, Service, build_server
 from rpckit.tls import CertFiles, center_of, peer_pem
 from verification import services
-from verification.errors import UnknownPool
 
 logger = logging.getLogger(__name__)
 
 TELEMETRY_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Where a bad-input message on no field is reported (``registry.rpc.ErrorInterceptor``).
+ERROR_FIELD = "request"
 
 
-def _abort_for(context: grpc.ServicerContext, exc: Exception) -> None:
-    """Abort with the error catalog's status for ``exc`` (INTERNAL, logged, for anything else)."""
-    status = rpc_status_for(exc, field="request")
-    if status is not None:
-        context.abort_with_status(rpc_status.to_status(status))
-    logger.exception("Telemetry call failed")
-    context.abort(ERRORS["internal"].grpc_code, "internal error")
+def telemetry_interceptors(auth: AuthInterceptor) -> list[grpc.ServerInterceptor]:
+    """The server's interceptors, outermost first (the broker's, with this server's field)."""
+    return [
+        MetricsInterceptor(observe_grpc_call),
+        auth,
+        ErrorInterceptor(field=ERROR_FIELD, server="telemetry"),
+    ]
 
 
 def beats_from_pb(request: agent_pb2.SendHeartbeatRequest) -> list[services.PoolBeat]:
@@ -89,46 +87,28 @@ class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
     def SendHeartbeat(
         self, request: agent_pb2.SendHeartbeatRequest, context: grpc.ServicerContext
     ) -> agent_pb2.SendHeartbeatResponse:
-        """Record that the agent is alive and how busy each of its pools is."""
-        # gRPC serves calls on pool threads that Django knows nothing about: drop connections
-        # that are too old or broken before and after, as Django does around a request.
-        close_old_connections()
-        try:
-            certified = self._certified_center(context)
-            token = bearer_from_metadata(context.invocation_metadata())
-            user = user_for_token(token) if token else None
-            if user is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
-            sent_at = (
-                request.sent_at.ToDatetime(tzinfo=UTC) if request.HasField("sent_at") else None
-            )
-            try:
-                services.heartbeat_record(
-                    actor=user,
-                    agent_id=request.agent_id,
-                    sent_at=sent_at,
-                    pools=beats_from_pb(request),
-                    center_national_id=request.center_national_id,
-                    certified_center=certified,
-                )
-            except (ValidationError, UnknownPool, PermissionDenied) as exc:
-                _abort_for(context, exc)
-            received = Timestamp()
-            received.FromDatetime(datetime.now(UTC))
-            return agent_pb2.SendHeartbeatResponse(received_at=received, next_interval_seconds=0)
-        finally:
-            close_old_connections()
-
-
-def register_telemetry(server: grpc.Server, *, mutual_tls: bool = False) -> None:
-    """Add the Telemetry servicer to a server (ours, or the broker's)."""
-    agent_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(mutual_tls=mutual_tls), server)
+        """Record that the agent is alive and how busy each of its pools is (the caller is
+        the operator the interceptors authenticated)."""
+        certified = self._certified_center(context)
+        sent_at = request.sent_at.ToDatetime(tzinfo=UTC) if request.HasField("sent_at") else None
+        services.heartbeat_record(
+            actor=current_user.get(),
+            agent_id=request.agent_id,
+            sent_at=sent_at,
+            pools=beats_from_pb(request),
+            center_national_id=request.center_national_id,
+            certified_center=certified,
+        )
+        received = Timestamp()
+        received.FromDatetime(datetime.now(UTC))
+        return agent_pb2.SendHeartbeatResponse(received_at=received, next_interval_seconds=0)
 
 
 def build_telemetry_server(
     address: str, *, max_workers: int = 16, tls_files: CertFiles | None = None
 ) -> Runtime:
-    """Build and start the Telemetry server (health, reflection, metrics: ``rpckit.server``).
+    """Build and start the Telemetry server (health, reflection: ``rpckit.server``; metrics,
+    authentication, error mapping: :func:`telemetry_interceptors`).
 
     With ``tls_files`` (the platform's certificate and the authority's bundle) it speaks mutual
     TLS only: agents present their center's certificate. Without, and with the platform's
@@ -136,7 +116,8 @@ def build_telemetry_server(
     """
     if tls_files is None and certificates.mutual_tls():
         tls_files = certificates.platform_files()
-    return build_server(
+    auth = AuthInterceptor()
+    runtime = build_server(
         address,
         name="telemetry",
         services=[
@@ -148,9 +129,12 @@ def build_telemetry_server(
         ],
         max_workers=max_workers,
         max_message_bytes=MAX_MESSAGE_BYTES,
-        interceptors=[MetricsInterceptor(observe_grpc_call)],
+        interceptors=telemetry_interceptors(auth),
         tls=ServerTls(tls_files, require_client_auth=True) if tls_files is not None else None,
     )
+    # Once stopped, the handler threads' database connections close.
+    runtime.on_stopped.append(auth.connections.close)
+    return runtime
 
 
 def create_telemetry_server(

@@ -1,13 +1,18 @@
-"""The broker's server interceptors: how long calls take, who is calling, and how errors
-become statuses.
+"""The interceptors of the platform's gRPC servers (the broker and the telemetry server): who is
+calling, how errors become statuses, and the call's environment.
 
-``AuthInterceptor`` reads ``authorization: Bearer <token>`` with the same function as the REST
-API (``registry.services.user_for_token``) and aborts UNAUTHENTICATED otherwise; health and
-reflection are open. ``ErrorInterceptor`` is the one place that maps domain errors to gRPC
-status codes with details, for unary and streaming methods alike. Both also prepare the call's
-environment: Django connections fit for this thread, the request id, the remaining deadline.
-``rpckit.interceptors.MetricsInterceptor``, outermost, records every call's duration and final
-status code in ``interconnect_grpc_request_duration_seconds`` (a stream until its last item).
+``AuthInterceptor`` reads ``authorization: Bearer <token>`` (``rpckit.auth``) with the same
+lookup as the REST API (``registry.services.user_for_token``), cached briefly per process, and
+aborts UNAUTHENTICATED otherwise (UNAVAILABLE when the database is away); it also prepares the
+call's environment: Django connections fit for this thread, the request id, the remaining
+deadline (``registry.context``), the caller (:data:`current_user`). ``ErrorInterceptor`` maps
+errors to statuses from the error catalog (``registry.errors.rpc_status_for``), for unary and
+streaming methods alike: a domain error is its entry's status with details; anything else is
+INTERNAL, logged with the method name. Health and reflection stay open.
+
+Here, in the registry, because both servers use them and the layers point one way
+(brokers -> verification -> registry). ``rpckit.interceptors.MetricsInterceptor``, outermost,
+records every call's duration and final status code.
 """
 
 from __future__ import annotations
@@ -31,8 +36,7 @@ from django.db import (
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from brokers.ledger import deadline_at
-from registry.context import new_request_id, request_id_var
+from registry.context import deadline_at, new_request_id, request_id_var
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
 from rpckit.aio import AbortedCall
@@ -43,34 +47,41 @@ from rpckit.server import OPEN_SERVICES
 logger = logging.getLogger(__name__)
 
 # The authenticated user of the current call (set by AuthInterceptor around the handler).
-current_user: contextvars.ContextVar[Any] = contextvars.ContextVar("broker_user", default=None)
+current_user: contextvars.ContextVar[Any] = contextvars.ContextVar("rpc_user", default=None)
 
-# Database connections opened by handler threads, so a stopping server can close them (Django
-# connections are per thread and the pool's threads outlive the calls).
-handler_connections: weakref.WeakSet[Any] = weakref.WeakSet()
-_connections_lock = threading.Lock()
+UNAUTHENTICATED_MESSAGE = "A valid bearer token is required."
+DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; retry."
 
 
-def _remember_connection() -> None:
-    conn = connections["default"]
-    with _connections_lock:
-        handler_connections.add(conn)
+class HandlerConnections:
+    """The database connections a server's handler threads opened, so that the stopped server
+    can close them (Django connections are per thread, and the pool's threads outlive the calls).
+    One per server: stopping one server leaves another's connections alone."""
 
+    def __init__(self) -> None:
+        self._held: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
-def close_handler_connections() -> None:
-    """Close the handler threads' connections (call after the server stopped)."""
-    with _connections_lock:
-        held = list(handler_connections)
-        handler_connections.clear()
-    for conn in held:
-        if conn.connection is not None:
-            # Closed from another thread on purpose: the owning thread is idle for good.
-            conn.connection.close()
-            conn.connection = None
+    def remember(self) -> None:
+        """Note this thread's connection."""
+        conn = connections["default"]
+        with self._lock:
+            self._held.add(conn)
+
+    def close(self) -> None:
+        """Close the noted connections (call after the server stopped)."""
+        with self._lock:
+            held = list(self._held)
+            self._held.clear()
+        for conn in held:
+            if conn.connection is not None:
+                # Closed from another thread on purpose: the owning thread is idle for good.
+                conn.connection.close()
+                conn.connection = None
 
 
 # A token is looked up in the database at most this often per process (seconds): a revoked
-# token keeps working that long on a broker that saw it, in exchange for one query less per call.
+# token keeps working that long on a server that saw it, in exchange for one query less per call.
 AUTH_CACHE_SECONDS = 5.0
 # Connection age and health are checked at most this often per handler thread (seconds); the
 # health check is a round trip, too dear for every call: at 1 s, with 16 handler threads per
@@ -106,7 +117,7 @@ def authenticate(header: str) -> Any:
     return user
 
 
-def _fit_connection() -> None:
+def fit_connection() -> None:
     """Drop this thread's connection if it is too old or broken (Django's per-request check),
     at most once per ``CONNECTION_CHECK_SECONDS``, and right after an error."""
     now = time.monotonic()
@@ -119,7 +130,11 @@ def _fit_connection() -> None:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """UNAUTHENTICATED unless the metadata carries a valid bearer token."""
+    """UNAUTHENTICATED unless the metadata carries a valid bearer token; notes the handler
+    threads' connections in ``connections`` (close them once the server stopped)."""
+
+    def __init__(self, connections: HandlerConnections | None = None) -> None:
+        self.connections = connections or HandlerConnections()
 
     def intercept_service(
         self,
@@ -137,14 +152,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
             behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
         ) -> Any:
             # Django connections are per thread: drop ones past their age or broken.
-            _fit_connection()
+            fit_connection()
             try:
                 user = authenticate(header)
             except (OperationalError, InterfaceError):
                 # The database is away (restart, cut connection): retryable, never UNKNOWN.
-                context.abort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; retry.")
+                context.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE)
             if user is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "A valid bearer token is required.")
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             remaining = context.time_remaining()
             tokens = (
                 current_user.set(user),
@@ -157,7 +172,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     return Drain(_with_vars(result.iterator, user, request_id))
                 return result
             finally:
-                _remember_connection()
+                self.connections.remember()
                 current_user.reset(tokens[0])
                 request_id_var.reset(tokens[1])
                 deadline_at.reset(tokens[2])
@@ -175,14 +190,22 @@ def _with_vars(iterator: Iterator[Any], user: Any, request_id: str) -> Iterator[
         request_id_var.reset(tokens[1])
 
 
-def status_for(exc: Exception) -> status_pb2.Status | None:
-    """The google.rpc.Status for an error of the catalog, or None for an unexpected one."""
-    return rpc_status_for(exc, field="spec")
+def internal_status(method: str) -> status_pb2.Status:
+    """The status of an unexpected error: INTERNAL, naming the method, nothing of the error."""
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=f"{method} failed: internal error")
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Domain errors become statuses with details; anything else is INTERNAL, logged with the
-    method name (the caller never sees a traceback)."""
+    """Errors of the catalog become statuses with details; anything else is INTERNAL, logged
+    with the method name (the caller never sees a traceback or the error's message).
+
+    ``field`` names the field a bad-input message on no field is reported under (the broker's
+    ``spec``, the telemetry server's ``request``); ``server`` names the server in the log.
+    """
+
+    def __init__(self, *, field: str = "request", server: str = "gRPC") -> None:
+        self.field = field
+        self.server = server
 
     def intercept_service(
         self,
@@ -195,12 +218,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = details.method
 
         def abort(context: grpc.ServicerContext, exc: Exception) -> None:
-            status = status_for(exc)
+            status = rpc_status_for(exc, field=self.field)
             if status is None:
-                logger.exception("broker RPC %s failed", method)
-                status = status_pb2.Status(
-                    code=code_pb2.INTERNAL, message=f"{method} failed: internal error"
-                )
+                logger.exception("%s RPC %s failed", self.server, method)
+                status = internal_status(method)
             context.abort_with_status(rpc_status.to_status(status))
 
         def around(

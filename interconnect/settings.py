@@ -8,8 +8,13 @@ every deploy check (HTTPS, HSTS, secure cookies) and refuses to start without a 
 
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+# Django's generic classes take their type parameters at run time too (``ModelAdmin[Pool]``,
+# ``ModelForm[Center]``, ``Paginator[Any]``), as the type checker wants them (pyproject.toml).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("INTERCONNECT_VAR_DIR", default=str(BASE_DIR / "var")))

@@ -45,7 +45,7 @@ def choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
     return field
 
 
-class CenterForm(forms.ModelForm):
+class CenterForm(forms.ModelForm[Center]):
     """Register a center: the fields ``registry.services.center_register`` accepts."""
 
     cluster = forms.ModelChoiceField(
@@ -74,7 +74,7 @@ class CenterForm(forms.ModelForm):
 PRECISION_INVALID = '"%(value)s" is not a valid choice.'
 
 
-class PoolForm(forms.ModelForm):
+class PoolForm(forms.ModelForm[Pool]):
     """Declare a pool: the fields ``registry.services.pool_create`` accepts, plus traits."""
 
     accelerator = forms.ModelChoiceField(queryset=Accelerator.objects.all())

@@ -48,7 +48,7 @@ PAGE_SIZE = 25
 COUNT_CAP = 10_000
 
 
-class CappedPaginator(Paginator):
+class CappedPaginator(Paginator[Any]):
     """A paginator whose count stops at ``COUNT_CAP`` (``SELECT COUNT(*) FROM (... LIMIT n)``)."""
 
     @property
@@ -64,7 +64,7 @@ class CappedPaginator(Paginator):
         return self.count == COUNT_CAP and self._capped_count > COUNT_CAP
 
 
-def paginate(request: HttpRequest, qs: QuerySet[Any], per_page: int = PAGE_SIZE) -> Page:
+def paginate(request: HttpRequest, qs: QuerySet[Any], per_page: int = PAGE_SIZE) -> Page[Any]:
     """One page of a long list (``?page=``); an out-of-range page shows the last one."""
     return CappedPaginator(qs, per_page).get_page(request.GET.get("page"))
 

@@ -6,7 +6,7 @@ from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 
 @admin.register(VerificationRun)
-class VerificationRunAdmin(admin.ModelAdmin):
+class VerificationRunAdmin(admin.ModelAdmin[VerificationRun]):
     list_display = ["run_id", "pool", "trigger", "state", "created_at", "finished_at"]
     list_filter = ["state", "trigger"]
     search_fields = ["run_id", "pool__national_id"]
@@ -16,11 +16,11 @@ class VerificationRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(Heartbeat)
-class HeartbeatAdmin(admin.ModelAdmin):
+class HeartbeatAdmin(admin.ModelAdmin[Heartbeat]):
     list_display = ["pool", "time", "agent_id", "utilization", "accelerators_busy"]
     search_fields = ["pool__national_id", "agent_id"]
 
 
 @admin.register(ScheduledDowntime)
-class ScheduledDowntimeAdmin(admin.ModelAdmin):
+class ScheduledDowntimeAdmin(admin.ModelAdmin[ScheduledDowntime]):
     list_display = ["pool", "center", "start", "end", "reason"]

@@ -10,9 +10,16 @@ from rest_framework import serializers
 
 from brokers import limits, selectors
 from brokers.choices import BookingClassSlug, LatencyClass, OfferStatus
-from brokers.models import Allocation, Booking, BookingEvent
+from brokers.models import Allocation, Booking, BookingClass, BookingEvent, Quota
 from brokers.placement import WorkloadSpec
-from brokers.placement.spec import past_start_error
+from brokers.placement.spec import (
+    OptionPart,
+    PlacementOption,
+    PlacementResult,
+    Preemption,
+    Rejection,
+    past_start_error,
+)
 
 
 def slugs() -> serializers.ListField:
@@ -23,7 +30,7 @@ def slugs() -> serializers.ListField:
     )
 
 
-class WorkloadSpecSerializer(serializers.Serializer):
+class WorkloadSpecSerializer(serializers.Serializer[None]):
     """A workload specification (see ``brokers.placement.spec.WorkloadSpec``)."""
 
     accelerator_model = serializers.CharField(max_length=60, required=False, allow_blank=True)
@@ -108,12 +115,12 @@ class PlacementRequestSerializer(WorkloadSpecSerializer):
         return super().to_spec()
 
 
-class OptionPartSerializer(serializers.Serializer):
+class OptionPartSerializer(serializers.Serializer[None]):
     pool = serializers.CharField(max_length=40)
     accelerators = serializers.IntegerField(min_value=1)
 
 
-class BookingCreateSerializer(serializers.Serializer):
+class BookingCreateSerializer(serializers.Serializer[None]):
     spec = WorkloadSpecSerializer()
     idempotency_key = serializers.CharField(max_length=100, required=False)
     option = OptionPartSerializer(many=True, required=False)
@@ -122,7 +129,7 @@ class BookingCreateSerializer(serializers.Serializer):
     )
 
 
-class AllocationSerializer(serializers.ModelSerializer):
+class AllocationSerializer(serializers.ModelSerializer[Allocation]):
     pool = serializers.CharField(source="pool.national_id")
     center = serializers.CharField(source="pool.center.national_id")
 
@@ -139,13 +146,13 @@ class AllocationSerializer(serializers.ModelSerializer):
         ]
 
 
-class BookingEventSerializer(serializers.ModelSerializer):
+class BookingEventSerializer(serializers.ModelSerializer[BookingEvent]):
     class Meta:
         model = BookingEvent
         fields = ["id", "time", "kind", "status", "message", "data"]
 
 
-class BookingSerializer(serializers.ModelSerializer):
+class BookingSerializer(serializers.ModelSerializer[Booking]):
     """A booking; the specification only for the booking firm and the platform."""
 
     organization = serializers.CharField(source="organization.slug")
@@ -189,7 +196,7 @@ class BookingSerializer(serializers.ModelSerializer):
         return obj.idempotency_key if self._owner_view(obj) else None
 
 
-class QuotaSerializer(serializers.Serializer):
+class QuotaSerializer(serializers.Serializer[Quota]):
     organization = serializers.CharField(source="organization.slug", read_only=True)
     max_concurrent_accelerators = serializers.IntegerField(
         min_value=0, max_value=1_000_000_000, allow_null=True
@@ -199,7 +206,7 @@ class QuotaSerializer(serializers.Serializer):
     )
 
 
-class CapacityQuerySerializer(serializers.Serializer):
+class CapacityQuerySerializer(serializers.Serializer[None]):
     """Query parameters of ``GET /api/v1/capacity/``."""
 
     accelerator = serializers.CharField(max_length=60, required=False, default="")
@@ -215,7 +222,7 @@ class CapacityQuerySerializer(serializers.Serializer):
     page_token = serializers.CharField(max_length=40, required=False, default="")
 
 
-class CapacityRowSerializer(serializers.Serializer):
+class CapacityRowSerializer(serializers.Serializer[dict[str, Any]]):
     pool = serializers.CharField()
     center = serializers.CharField()
     hub = serializers.CharField()
@@ -232,12 +239,12 @@ class CapacityRowSerializer(serializers.Serializer):
     spot_price_per_accelerator_hour = serializers.CharField(allow_null=True)
 
 
-class OfferPartSerializer(serializers.Serializer):
+class OfferPartSerializer(serializers.Serializer[dict[str, Any]]):
     pool = serializers.CharField()
     accelerators = serializers.IntegerField()
 
 
-class OfferSerializer(serializers.Serializer):
+class OfferSerializer(serializers.Serializer[dict[str, Any]]):
     """A resale offer as the caller may see it (``brokers.market.offer_view``)."""
 
     offer_id = serializers.CharField()
@@ -254,7 +261,7 @@ class OfferSerializer(serializers.Serializer):
     mine = serializers.BooleanField()
 
 
-class OfferCreateSerializer(serializers.Serializer):
+class OfferCreateSerializer(serializers.Serializer[None]):
     price = serializers.CharField(
         max_length=40, help_text="Price for all of it, a decimal that is not negative: 120.00."
     )
@@ -263,34 +270,31 @@ class OfferCreateSerializer(serializers.Serializer):
     )
 
 
-class OfferBuySerializer(serializers.Serializer):
+class OfferBuySerializer(serializers.Serializer[None]):
     image = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     command = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
 
 
-class BookingClassSerializer(serializers.Serializer):
-    slug = serializers.CharField()
-    name = serializers.CharField()
-    description = serializers.CharField(allow_blank=True)
-    preemptible = serializers.BooleanField()
-    preempts = serializers.BooleanField()
-    needs_grant = serializers.BooleanField()
+class BookingClassSerializer(serializers.ModelSerializer[BookingClass]):
+    class Meta:
+        model = BookingClass
+        fields = ["slug", "name", "description", "preemptible", "preempts", "needs_grant"]
 
 
-class PriorityGrantSerializer(serializers.Serializer):
+class PriorityGrantSerializer(serializers.Serializer[dict[str, Any]]):
     organization = serializers.CharField(read_only=True)
     accelerator_hours = serializers.IntegerField(
         min_value=0, max_value=1_000_000_000, allow_null=True
     )
 
 
-class CapacityPageSerializer(serializers.Serializer):
+class CapacityPageSerializer(serializers.Serializer[dict[str, Any]]):
     results = CapacityRowSerializer(many=True)
     next_page_token = serializers.CharField(allow_blank=True)
     offers = OfferSerializer(many=True)
 
 
-class OptionPartOutSerializer(serializers.Serializer):
+class OptionPartOutSerializer(serializers.Serializer[OptionPart]):
     pool = serializers.CharField()
     center = serializers.CharField()
     hub = serializers.CharField()
@@ -300,13 +304,13 @@ class OptionPartOutSerializer(serializers.Serializer):
     currency = serializers.CharField(allow_blank=True)
 
 
-class PreemptionSerializer(serializers.Serializer):
+class PreemptionSerializer(serializers.Serializer[Preemption]):
     pool = serializers.CharField()
     bookings = serializers.IntegerField()
     accelerators = serializers.IntegerField()
 
 
-class PlacementOptionSerializer(serializers.Serializer):
+class PlacementOptionSerializer(serializers.Serializer[PlacementOption]):
     parts = OptionPartOutSerializer(many=True)
     accelerators = serializers.IntegerField()
     score = serializers.FloatField()
@@ -319,30 +323,30 @@ class PlacementOptionSerializer(serializers.Serializer):
     offer = serializers.CharField(allow_blank=True, help_text="A resale offer: buy it by id.")
 
 
-class RejectionSerializer(serializers.Serializer):
+class RejectionSerializer(serializers.Serializer[Rejection]):
     pool = serializers.CharField()
     reason_code = serializers.CharField()
     detail = serializers.CharField()
 
 
-class PlacementSerializer(serializers.Serializer):
+class PlacementSerializer(serializers.Serializer[PlacementResult]):
     options = PlacementOptionSerializer(many=True)
     rejections = RejectionSerializer(many=True)
     prefiltered = serializers.DictField(child=serializers.IntegerField())
     candidates_considered = serializers.IntegerField()
 
 
-class UsageMonthSerializer(serializers.Serializer):
+class UsageMonthSerializer(serializers.Serializer[dict[str, Any]]):
     month = serializers.CharField()
     currency = serializers.CharField(allow_blank=True)
     accelerator_hours = serializers.CharField()
     cost = serializers.CharField()
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageSerializer(serializers.Serializer[dict[str, Any]]):
     organization = serializers.CharField()
     months = UsageMonthSerializer(many=True)
 
 
-class EventsQuerySerializer(serializers.Serializer):
+class EventsQuerySerializer(serializers.Serializer[None]):
     after = serializers.IntegerField(min_value=0, max_value=2**62, required=False, default=0)

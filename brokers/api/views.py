@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from brokers import market, selectors, services
 from brokers.api import serializers as s
 from brokers.filtersets import BookingFilterSet
-from brokers.models import Booking
+from brokers.models import Booking, BookingClass, PriorityGrant, ResaleOffer
 from registry.api.exceptions import validation_detail
 from registry.choices import Door
 
@@ -100,7 +100,7 @@ class PlacementView(APIView):
 class BookingViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
+    viewsets.GenericViewSet[Booking],
 ):
     """Bookings: create (with an idempotency key), list, retrieve, cancel. A firm sees its own;
     an operator sees the bookings on its pools, without their specification."""
@@ -203,30 +203,31 @@ class BookingViewSet(
         return Response(s.BookingEventSerializer(events, many=True).data)
 
 
-class OfferViewSet(viewsets.GenericViewSet):
+class OfferViewSet(viewsets.GenericViewSet[ResaleOffer]):
     """Resale offers: every open offer of other firms (without their bookings) and the
     caller's own offers and purchases; buy one, or withdraw one of yours."""
 
     permission_classes = [IsAuthenticated]
     lookup_field = "national_id"
-    serializer_class = s.OfferSerializer
+    # No serializer_class: an offer is rendered from what the caller may see of it
+    # (``market.offer_view``, a dict), by OfferSerializer, named in each method's schema.
 
-    def get_queryset(self) -> QuerySet[Any]:
+    def get_queryset(self) -> QuerySet[ResaleOffer]:
         if self.action == "withdraw":
             return market.offers_withdrawable_by(self.request.user)
         return market.offers_visible_to(self.request.user).order_by("-id")
 
-    def _one(self, offer: Any, code: int = status.HTTP_200_OK) -> Response:
+    def _one(self, offer: ResaleOffer, code: int = status.HTTP_200_OK) -> Response:
         return Response(s.OfferSerializer(market.offer_view(offer, self.request.user)).data, code)
 
     @extend_schema(responses=s.OfferSerializer(many=True))
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         items = page if page is not None else list(self.get_queryset()[:200])
-        data = s.OfferSerializer([market.offer_view(o, request.user) for o in items], many=True)
+        data = [s.OfferSerializer(market.offer_view(o, request.user)).data for o in items]
         if page is not None:
-            return self.get_paginated_response(data.data)
-        return Response(data.data)
+            return self.get_paginated_response(data)
+        return Response(data)
 
     @extend_schema(responses=s.OfferSerializer)
     def retrieve(self, request: Request, national_id: str) -> Response:
@@ -270,22 +271,24 @@ class PriorityGrantView(APIView):
 
         return registry_selectors.organizations_visible_to(request.user).filter(slug=slug).first()
 
+    def _answer(self, slug: str, grant: PriorityGrant | None) -> Response:
+        hours = grant.accelerator_hours if grant else None
+        return Response(
+            s.PriorityGrantSerializer({"organization": slug, "accelerator_hours": hours}).data
+        )
+
     @extend_schema(responses=s.PriorityGrantSerializer)
     def get(self, request: Request, slug: str) -> Response:
-        from brokers.models import PriorityGrant
-
         org = self._org(request, slug)
         if org is None:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
-        grant = PriorityGrant.objects.filter(organization=org).first()
-        hours = grant.accelerator_hours if grant else None
-        return Response({"organization": slug, "accelerator_hours": hours})
+            raise NotFound
+        return self._answer(slug, PriorityGrant.objects.filter(organization=org).first())
 
     @extend_schema(request=s.PriorityGrantSerializer, responses=s.PriorityGrantSerializer)
     def put(self, request: Request, slug: str) -> Response:
         org = self._org(request, slug)
         if org is None:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            raise NotFound
         ser = s.PriorityGrantSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         grant = market.priority_grant_set(
@@ -294,8 +297,7 @@ class PriorityGrantView(APIView):
             door=DOOR,
             accelerator_hours=ser.validated_data["accelerator_hours"],
         )
-        hours = grant.accelerator_hours if grant else None
-        return Response({"organization": slug, "accelerator_hours": hours})
+        return self._answer(slug, grant)
 
 
 class BookingClassView(APIView):
@@ -307,15 +309,8 @@ class BookingClassView(APIView):
 
     @extend_schema(responses=s.BookingClassSerializer(many=True))
     def get(self, request: Request) -> Response:
-        from brokers.models import BookingClass
-
-        return Response(
-            list(
-                BookingClass.objects.values(
-                    "slug", "name", "description", "preemptible", "preempts", "needs_grant"
-                )
-            )
-        )
+        classes = BookingClass.objects.all()
+        return Response(s.BookingClassSerializer(classes, many=True).data)
 
 
 class UsageView(APIView):

@@ -10,6 +10,7 @@ from registry import selectors
 from registry.choices import Status
 from registry.models import (
     Accelerator,
+    AgentCertificate,
     ApiToken,
     Center,
     ChangeRecord,
@@ -35,7 +36,7 @@ def validate_agent_endpoint(value: str) -> None:
         raise serializers.ValidationError("Expected host:port with a port between 1 and 65535.")
 
 
-class HubSerializer(serializers.ModelSerializer):
+class HubSerializer(serializers.ModelSerializer[Hub]):
     clusters: serializers.SlugRelatedField[Cluster] = serializers.SlugRelatedField(
         slug_field="code", many=True, read_only=True
     )
@@ -45,7 +46,7 @@ class HubSerializer(serializers.ModelSerializer):
         fields = ["code", "name", "region", "latitude", "longitude", "description", "clusters"]
 
 
-class ClusterSerializer(serializers.ModelSerializer):
+class ClusterSerializer(serializers.ModelSerializer[Cluster]):
     hub: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
         slug_field="code", read_only=True
     )
@@ -55,7 +56,7 @@ class ClusterSerializer(serializers.ModelSerializer):
         fields = ["code", "name", "hub", "province", "latitude", "longitude"]
 
 
-class HubLinkSerializer(serializers.ModelSerializer):
+class HubLinkSerializer(serializers.ModelSerializer[HubLink]):
     a: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
         slug_field="code", read_only=True
     )
@@ -68,7 +69,7 @@ class HubLinkSerializer(serializers.ModelSerializer):
         fields = ["a", "b", "latency_ms", "bandwidth_gbps", "source", "measured_at"]
 
 
-class AcceleratorSerializer(serializers.ModelSerializer):
+class AcceleratorSerializer(serializers.ModelSerializer[Accelerator]):
     a100_equivalent = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
@@ -92,13 +93,13 @@ class AcceleratorSerializer(serializers.ModelSerializer):
         ]
 
 
-class OrganizationSerializer(serializers.ModelSerializer):
+class OrganizationSerializer(serializers.ModelSerializer[Organization]):
     class Meta:
         model = Organization
         fields = ["slug", "name", "kind", "created_at"]
 
 
-class CenterSerializer(serializers.ModelSerializer):
+class CenterSerializer(serializers.ModelSerializer[Center]):
     """A center as its readers see it; the agent endpoint only for its operator and staff."""
 
     operator: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
@@ -140,7 +141,7 @@ class CenterSerializer(serializers.ModelSerializer):
         return None
 
 
-class CenterWriteSerializer(serializers.ModelSerializer):
+class CenterWriteSerializer(serializers.ModelSerializer[Center]):
     cluster = serializers.SlugRelatedField(slug_field="code", queryset=Cluster.objects.all())
     agent_endpoint = serializers.CharField(
         max_length=255, required=False, allow_blank=True, validators=[validate_agent_endpoint]
@@ -165,7 +166,7 @@ class CenterWriteSerializer(serializers.ModelSerializer):
         validators: list[Any] = []
 
 
-class PoolSerializer(serializers.ModelSerializer):
+class PoolSerializer(serializers.ModelSerializer[Pool]):
     center: serializers.SlugRelatedField[Center] = serializers.SlugRelatedField(
         slug_field="national_id", read_only=True
     )
@@ -215,7 +216,7 @@ class PoolSerializer(serializers.ModelSerializer):
         ]
 
 
-class PoolWriteSerializer(serializers.ModelSerializer):
+class PoolWriteSerializer(serializers.ModelSerializer[Pool]):
     center = serializers.SlugRelatedField(slug_field="national_id", queryset=Center.objects.none())
     accelerator = serializers.SlugRelatedField(
         slug_field="slug", queryset=Accelerator.objects.all()
@@ -270,18 +271,18 @@ class PoolWriteSerializer(serializers.ModelSerializer):
             self.fields["center"].read_only = True
 
 
-class CertificateRequestSerializer(serializers.Serializer):
+class CertificateRequestSerializer(serializers.Serializer[None]):
     csr = serializers.CharField(
         max_length=16 * 1024, trim_whitespace=False, help_text="PEM certificate signing request"
     )
 
 
-class CertificateRevokeSerializer(serializers.Serializer):
+class CertificateRevokeSerializer(serializers.Serializer[None]):
     serial = serializers.RegexField(r"^[0-9a-f]{1,40}$", help_text="hex serial of the certificate")
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
 
-class AgentCertificateSerializer(serializers.Serializer):
+class AgentCertificateSerializer(serializers.Serializer[AgentCertificate]):
     center = serializers.CharField(source="center.national_id")
     serial = serializers.CharField()
     identity = serializers.SerializerMethodField()
@@ -297,15 +298,20 @@ class AgentCertificateSerializer(serializers.Serializer):
 
 
 class IssuedCertificateSerializer(AgentCertificateSerializer):
-    ca = serializers.CharField(help_text="the authority's bundle to trust (PEM)")
+    """A certificate just issued, with the authority's bundle (``context["ca"]``, PEM)."""
+
+    ca = serializers.SerializerMethodField(help_text="the authority's bundle to trust (PEM)")
+
+    def get_ca(self, obj: AgentCertificate) -> str:
+        return str(self.context["ca"])
 
 
-class TransitionSerializer(serializers.Serializer):
+class TransitionSerializer(serializers.Serializer[None]):
     to = serializers.ChoiceField(choices=Status.choices)
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
 
-class ChangeRecordSerializer(serializers.ModelSerializer):
+class ChangeRecordSerializer(serializers.ModelSerializer[ChangeRecord]):
     actor = serializers.CharField(source="actor.username", read_only=True, allow_null=True)
 
     class Meta:
@@ -325,7 +331,7 @@ class ChangeRecordSerializer(serializers.ModelSerializer):
         ]
 
 
-class ApiTokenSerializer(serializers.ModelSerializer):
+class ApiTokenSerializer(serializers.ModelSerializer[ApiToken]):
     class Meta:
         model = ApiToken
         fields = ["key_id", "name", "created_at", "last_used_at", "revoked_at"]
@@ -333,13 +339,18 @@ class ApiTokenSerializer(serializers.ModelSerializer):
 
 
 class ApiTokenCreatedSerializer(ApiTokenSerializer):
-    token = serializers.CharField(read_only=True, help_text="Shown once; store it now.")
+    """A token just made, with its secret (``context["token"]``), shown this once."""
+
+    token = serializers.SerializerMethodField(help_text="Shown once; store it now.")
+
+    def get_token(self, obj: ApiToken) -> str:
+        return str(self.context["token"])
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
 
 
-class CapacityRowSerializer(serializers.Serializer):
+class CapacityRowSerializer(serializers.Serializer[dict[str, Any]]):
     pools = serializers.IntegerField()
     accelerators = serializers.IntegerField()
     verified_accelerators = serializers.IntegerField()
@@ -360,14 +371,14 @@ class OriginCapacitySerializer(CapacityRowSerializer):
     origin = serializers.CharField()
 
 
-class TotalsSerializer(serializers.Serializer):
+class TotalsSerializer(serializers.Serializer[dict[str, Any]]):
     pools = serializers.IntegerField()
     accelerators = serializers.IntegerField()
     verified_accelerators = serializers.IntegerField()
     verified_share = serializers.FloatField()
 
 
-class SummarySerializer(serializers.Serializer):
+class SummarySerializer(serializers.Serializer[dict[str, Any]]):
     totals = TotalsSerializer()
     centers = serializers.IntegerField()
     by_hub = HubCapacitySerializer(many=True)
@@ -375,7 +386,7 @@ class SummarySerializer(serializers.Serializer):
     by_origin = OriginCapacitySerializer(many=True)
 
 
-class WebhookSubscriptionSerializer(serializers.ModelSerializer):
+class WebhookSubscriptionSerializer(serializers.ModelSerializer[WebhookSubscription]):
     events = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
 
     class Meta:
@@ -391,7 +402,7 @@ class WebhookSubscriptionCreatedSerializer(WebhookSubscriptionSerializer):
         fields = [*WebhookSubscriptionSerializer.Meta.fields, "secret"]
 
 
-class WebhookDeliverySerializer(serializers.ModelSerializer):
+class WebhookDeliverySerializer(serializers.ModelSerializer[WebhookDelivery]):
     class Meta:
         model = WebhookDelivery
         fields = [

@@ -26,12 +26,24 @@ from registry.filtersets import (
     ClusterFilterSet,
     PoolFilterSet,
 )
-from registry.models import Accelerator, ApiToken, Center, Cluster, Hub, HubLink, Pool
+from registry.models import (
+    Accelerator,
+    ApiToken,
+    Center,
+    ChangeRecord,
+    Cluster,
+    Hub,
+    HubLink,
+    Organization,
+    Pool,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 
 DOOR = Door.API
 
 
-class HubViewSet(viewsets.ReadOnlyModelViewSet):
+class HubViewSet(viewsets.ReadOnlyModelViewSet[Hub]):
     """The 8 national hubs (public)."""
 
     queryset = Hub.objects.prefetch_related("clusters")
@@ -43,7 +55,7 @@ class HubViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["code", "name"]
 
 
-class ClusterViewSet(viewsets.ReadOnlyModelViewSet):
+class ClusterViewSet(viewsets.ReadOnlyModelViewSet[Cluster]):
     """The 10 national data-center clusters (public)."""
 
     queryset = Cluster.objects.select_related("hub")
@@ -55,7 +67,7 @@ class ClusterViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["code", "name"]
 
 
-class HubLinkViewSet(viewsets.ReadOnlyModelViewSet):
+class HubLinkViewSet(viewsets.ReadOnlyModelViewSet[HubLink]):
     """Network links between hubs: declared or measured latency and bandwidth (public)."""
 
     queryset = HubLink.objects.select_related("a", "b")
@@ -64,7 +76,7 @@ class HubLinkViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["source"]
 
 
-class AcceleratorViewSet(viewsets.ReadOnlyModelViewSet):
+class AcceleratorViewSet(viewsets.ReadOnlyModelViewSet[Accelerator]):
     """The accelerator catalog with datasheet figures and their sources (public)."""
 
     queryset = Accelerator.objects.all()
@@ -76,7 +88,7 @@ class AcceleratorViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["vendor", "model", "bf16_dense_tflops", "memory_gb"]
 
 
-class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):
+class OrganizationViewSet(viewsets.ReadOnlyModelViewSet[Organization]):
     """The caller's own organization (platform staff see all)."""
 
     serializer_class = s.OrganizationSerializer
@@ -88,7 +100,7 @@ class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.organizations_visible_to(self.request.user)
 
 
-class CenterViewSet(viewsets.ModelViewSet):
+class CenterViewSet(viewsets.ModelViewSet[Center]):
     """Compute centers. Operators create and change their own; everyone reads listed ones."""
 
     lookup_field = "national_id"
@@ -179,8 +191,8 @@ class CenterViewSet(viewsets.ModelViewSet):
                 {"detail": "This platform issues no certificates (no authority configured)."},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        data = {**s.AgentCertificateSerializer(row).data, "ca": bundle.decode()}
-        return Response(data, status=status.HTTP_201_CREATED)
+        issued = s.IssuedCertificateSerializer(row, context={"ca": bundle.decode()})
+        return Response(issued.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.CertificateRevokeSerializer, responses=s.AgentCertificateSerializer)
     @action(detail=True, methods=["post"], url_path="revoke-certificate")
@@ -196,7 +208,7 @@ class CenterViewSet(viewsets.ModelViewSet):
         return Response(s.AgentCertificateSerializer(row).data)
 
 
-class PoolViewSet(viewsets.ModelViewSet):
+class PoolViewSet(viewsets.ModelViewSet[Pool]):
     """Resource pools. Operators declare and change their own; everyone reads listed ones."""
 
     lookup_field = "national_id"
@@ -286,7 +298,7 @@ class PoolViewSet(viewsets.ModelViewSet):
         return self._render(pool)
 
 
-class ChangeRecordViewSet(viewsets.ReadOnlyModelViewSet):
+class ChangeRecordViewSet(viewsets.ReadOnlyModelViewSet[ChangeRecord]):
     """The change log of the caller's own objects (platform staff see all)."""
 
     serializer_class = s.ChangeRecordSerializer
@@ -311,7 +323,7 @@ class ApiTokenViewSet(
     mixins.ListModelMixin,
     mixins.CreateModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    viewsets.GenericViewSet[ApiToken],
 ):
     """The caller's API tokens. ``POST`` shows the token once; ``DELETE`` revokes it."""
 
@@ -328,8 +340,8 @@ class ApiTokenViewSet(
         ser = s.ApiTokenSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         row, token = services.token_create(user=request.user, name=ser.validated_data["name"])
-        data = s.ApiTokenSerializer(row).data | {"token": token}
-        return Response(data, status=status.HTTP_201_CREATED)
+        created = s.ApiTokenCreatedSerializer(row, context={"token": token})
+        return Response(created.data, status=status.HTTP_201_CREATED)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         services.token_revoke(token=self.get_object())
@@ -351,7 +363,7 @@ class WebhookViewSet(
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    viewsets.GenericViewSet[WebhookSubscription],
 ):
     """The organization's webhook subscriptions (admins). Payloads are HMAC-SHA256 signed."""
 
@@ -381,7 +393,7 @@ class WebhookViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class WebhookDeliveryViewSet(viewsets.ReadOnlyModelViewSet):
+class WebhookDeliveryViewSet(viewsets.ReadOnlyModelViewSet[WebhookDelivery]):
     """The delivery log of the organization's webhooks."""
 
     serializer_class = s.WebhookDeliverySerializer

@@ -6,9 +6,10 @@ from rest_framework import serializers
 
 from registry.models import Center, Pool
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
+from verification.selectors import DayAvailability
 
 
-class VerificationRunSerializer(serializers.ModelSerializer):
+class VerificationRunSerializer(serializers.ModelSerializer[VerificationRun]):
     pool: serializers.SlugRelatedField[Pool] = serializers.SlugRelatedField(
         slug_field="national_id", read_only=True
     )
@@ -49,7 +50,7 @@ class VerificationRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class HeartbeatSerializer(serializers.ModelSerializer):
+class HeartbeatSerializer(serializers.ModelSerializer[Heartbeat]):
     pool: serializers.SlugRelatedField[Pool] = serializers.SlugRelatedField(
         slug_field="national_id", read_only=True
     )
@@ -68,7 +69,7 @@ class HeartbeatSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ScheduledDowntimeSerializer(serializers.ModelSerializer):
+class ScheduledDowntimeSerializer(serializers.ModelSerializer[ScheduledDowntime]):
     """A downtime names a pool or a center by national id; which ones exist for the caller is
     decided by the service (an unknown or foreign one is a 400 on its field)."""
 
@@ -98,12 +99,12 @@ class ScheduledDowntimeSerializer(serializers.ModelSerializer):
             raise
 
 
-class AvailabilityQuerySerializer(serializers.Serializer):
+class AvailabilityQuerySerializer(serializers.Serializer[None]):
     pool = serializers.CharField()
     days = serializers.IntegerField(min_value=1, max_value=90, default=7)
 
 
-class DayAvailabilitySerializer(serializers.Serializer):
+class DayAvailabilitySerializer(serializers.Serializer[DayAvailability]):
     date = serializers.DateField()
     known_seconds = serializers.FloatField()
     up_seconds = serializers.FloatField()
@@ -114,7 +115,7 @@ class DayAvailabilitySerializer(serializers.Serializer):
     mean_utilization = serializers.FloatField(allow_null=True)
 
 
-class AvailabilitySerializer(serializers.Serializer):
+class AvailabilitySerializer(serializers.Serializer[dict[str, Any]]):
     """A pool's availability: one entry per UTC day, oldest first."""
 
     pool = serializers.CharField(help_text="pool national id")

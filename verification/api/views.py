@@ -33,7 +33,7 @@ from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 DOOR = Door.API
 
 
-class VerificationRunViewSet(viewsets.ReadOnlyModelViewSet):
+class VerificationRunViewSet(viewsets.ReadOnlyModelViewSet[VerificationRun]):
     """Verification runs with their evidence, for the pool's operator and platform staff."""
 
     serializer_class = s.VerificationRunSerializer
@@ -65,7 +65,7 @@ class PoolReverifyView(APIView):
         return Response(s.VerificationRunSerializer(run).data, status=code)
 
 
-class HeartbeatViewSet(viewsets.ReadOnlyModelViewSet):
+class HeartbeatViewSet(viewsets.ReadOnlyModelViewSet[Heartbeat]):
     """Heartbeats of the caller's pools, newest first (``?pool=`` narrows to one pool)."""
 
     serializer_class = s.HeartbeatSerializer
@@ -102,7 +102,7 @@ class AvailabilityView(APIView):
 class ScheduledDowntimeViewSet(
     mixins.CreateModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.ReadOnlyModelViewSet,
+    viewsets.ReadOnlyModelViewSet[ScheduledDowntime],
 ):
     """Maintenance windows operators announce for their pools and centers."""
 

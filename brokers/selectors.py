@@ -75,26 +75,6 @@ def usage_by_month(*, organization_id: int) -> list[dict[str, Any]]:
     ]
 
 
-def free_accelerators(*, pools: list[Any], start: dt.datetime, end: dt.datetime) -> dict[int, int]:
-    """Free accelerators of each pool over ``[start, end)``: its size minus its most reserved
-    slot of the window (the ledger's own measure; portal search rows)."""
-    from django.db.models import Max
-
-    from brokers.ledger import slot_bounds
-    from brokers.models import PoolSlot
-
-    first, last = slot_bounds(start, end)
-    used = dict(
-        PoolSlot.objects.filter(
-            pool_id__in=[p.pk for p in pools], slot_start__gte=first, slot_start__lt=last
-        )
-        .values("pool_id")
-        .annotate(m=Max("reserved"))
-        .values_list("pool_id", "m")
-    )
-    return {p.pk: max(p.accelerators - (used.get(p.pk) or 0), 0) for p in pools}
-
-
 def demand_flows() -> list[dict[str, Any]]:
     """Where demand comes from and where it is served: accelerator-hours of bookings that hold or
     held capacity, by the hub holding the workload's data (``spec.data_hub``, "" when not said)

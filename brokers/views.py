@@ -30,7 +30,7 @@ from brokers.errors import CapacityExhausted, IdempotencyKeyReused, RetryableCon
 from brokers.forms import BookingForm, CancelForm, OfferForm, WindowForm, WorkloadForm
 from brokers.ledger import DeadlineExceeded
 from brokers.models import ResaleOffer
-from brokers.placement import WorkloadSpec
+from brokers.placement import WorkloadSpec, catalog
 from brokers.placement.spec import spot_price
 from registry import charts
 from registry import selectors as registry_selectors
@@ -147,8 +147,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 def capacity_search(request: HttpRequest) -> HttpResponse:
-    """The registry's capacity search, with the accelerators free over a time window (the
-    ledger's figures) next to each pool of the page."""
+    """The registry's capacity search, with the accelerators free over a time window next to
+    each pool of the page.
+
+    The free figure is the capacity listing's (``catalog.fresh_free``, what
+    ``catalog.capacity_page`` reads for ``/api/v1/capacity/`` and ``QueryCapacity``): the pool's
+    size less its most reserved slot, for a pool that can be booked; a pool that cannot (not
+    active, or its center not active) shows none. The rows are not the listing's: this page
+    searches the registry (every status the caller may see, A100-equivalents, origin, traits),
+    where the listing answers "which bookable pools have this much free" (only bookable pools,
+    only those with enough free, by page token). ``tests/brokers/test_capacity_oracle.py``
+    checks both against one oracle."""
     context = registry_views.capacity_search_context(request)
     window = WindowForm(request.GET)
     start, hours = timezone.now(), 1.0
@@ -157,7 +166,7 @@ def capacity_search(request: HttpRequest) -> HttpResponse:
         hours = window.cleaned_data["hours"] or hours
     end = start + dt.timedelta(hours=hours)
     rows = list(context["page"].object_list)
-    free = selectors.free_accelerators(pools=rows, start=start, end=end) if rows else {}
+    free = catalog.fresh_free(start, end, [p.pk for p in rows]) if rows else {}
     for pool in rows:
         pool.free = free.get(pool.pk)
         pool.spot_price = spot_price(pool.price_per_accelerator_hour, pool.spot_discount_percent)

@@ -188,3 +188,55 @@ def test_the_capacity_listing_agrees_with_the_oracle_with_and_without_a_snapshot
         finally:
             catalog.invalidate()
             transaction.set_rollback(True)
+
+
+@settings(
+    max_examples=max(EXAMPLES // 3, 5),
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@(seed(SEED) if not LONG_RUN else (lambda test: test))
+@given(
+    pools=st.lists(pool_strategy, min_size=3, max_size=12),
+    start_slots=st.integers(0, 8),
+    slots=st.sampled_from([1, 4, 7, 16]),
+)
+def test_the_portal_search_shows_the_listings_free_counts(
+    pools: list[dict[str, Any]], start_slots: int, slots: int, acme: Any, dave: Any, client: Any
+) -> None:
+    """The portal's capacity search lists the registry's search, not the listing, but its free
+    figure is the listing's: the oracle's count for every bookable pool (also one with nothing
+    free, which the listing leaves out), none for a pool that cannot be booked."""
+    now = timezone.now()
+    base = now.replace(minute=(now.minute // 15) * 15, second=0, microsecond=0) + dt.timedelta(
+        hours=1
+    )
+    start = base + start_slots * SLOT
+    client.force_login(dave)
+    with transaction.atomic():
+        made = build_inventory(pools, acme, base)
+        try:
+            expected = {
+                pool: free
+                for pool, free, _, _ in oracle(
+                    {**NO_FILTERS, "min_free": 0}, start, start + slots * SLOT
+                )
+            }
+            page = client.get(
+                "/capacity/",
+                {"status": "", "start": start.strftime("%Y-%m-%dT%H:%M"), "hours": slots / 4},
+            ).context["page"]
+            shown = {p.national_id: p.free for p in page}
+            assert set(shown) == {p.national_id for p in made}
+            assert shown == {p.national_id: expected.get(p.national_id) for p in made}
+            if any(free is None for free in shown.values()):
+                event("a pool that cannot be booked shows no free figure")
+            if 0 in shown.values():
+                event("a bookable pool with nothing free")
+        finally:
+            transaction.set_rollback(True)

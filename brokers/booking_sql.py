@@ -33,7 +33,9 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from psycopg.types.json import Jsonb
 
 from brokers import group_commit, ledger
+from brokers.choices import BookingStatus
 from brokers.errors import CapacityExhausted, RetryableConflict
+from registry.choices import Door
 from registry.context import deadline_at
 
 BOOK_SQL = (
@@ -80,12 +82,12 @@ class Request:
 
     organization_id: int
     user_id: int | None
-    door: str
+    door: Door
     idempotency_key: str
     fingerprint: str
     national_id: str
     spec: dict[str, Any]
-    status: str
+    status: BookingStatus
     hold_seconds: float | None
     start: dt.datetime
     end: dt.datetime

@@ -45,11 +45,11 @@ from brokers.models import Allocation, Booking, BookingClass, PriorityGrant, Res
 from brokers.placement.spec import PlacementOption, Preemption, WorkloadSpec, spot_price
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
+from registry.actors import Actor, signed_in
 from registry.choices import Door
 from registry.models import Organization, Pool
 from registry.webhooks import webhook_emit
 
-User = Any
 logger = logging.getLogger(__name__)
 # Seconds a preempted workload may run on to save its state before the agent stops it.
 DEFAULT_PREEMPTION_GRACE_SECONDS = 30.0
@@ -214,7 +214,7 @@ def check_priority(org: Organization, spec: WorkloadSpec, *, lock: bool = False)
 
 @transaction.atomic
 def priority_grant_set(
-    *, organization: Organization, actor: User, door: Door, accelerator_hours: int | None
+    *, organization: Organization, actor: Actor, door: Door, accelerator_hours: int | None
 ) -> PriorityGrant | None:
     """Grant (or, with None, withdraw) the priority class to an organization: platform staff
     only, with a change record."""
@@ -641,7 +641,7 @@ def open_offers() -> QuerySet[ResaleOffer]:
     )
 
 
-def offers_visible_to(user: User) -> QuerySet[ResaleOffer]:
+def offers_visible_to(user: Actor) -> QuerySet[ResaleOffer]:
     """An AI firm sees every open offer (without the seller's booking) and its own offers and
     purchases in any status; platform staff see all; operators none (they do not book)."""
     from registry.choices import OrgKind
@@ -656,7 +656,7 @@ def offers_visible_to(user: User) -> QuerySet[ResaleOffer]:
     return qs.filter(is_open | Q(seller=org) | Q(buyer=org))
 
 
-def offers_withdrawable_by(user: User) -> QuerySet[ResaleOffer]:
+def offers_withdrawable_by(user: Actor) -> QuerySet[ResaleOffer]:
     """Only the seller (and platform staff) withdraw an offer; to anyone else it is not found."""
     qs = ResaleOffer.objects.select_related("booking", "seller", "buyer", "bought")
     if registry_selectors.is_platform_staff(user):
@@ -665,7 +665,7 @@ def offers_withdrawable_by(user: User) -> QuerySet[ResaleOffer]:
     return qs.filter(seller=org) if org is not None else qs.none()
 
 
-def offer_is_mine(user: User, offer: ResaleOffer) -> bool:
+def offer_is_mine(user: Actor, offer: ResaleOffer) -> bool:
     """Whether the caller sold (or offers) it or bought it: they see the booking ids."""
     if registry_selectors.is_platform_staff(user):
         return True
@@ -693,8 +693,8 @@ def parse_price(value: object) -> Decimal:
 def offer_create(
     *,
     booking: Booking,
-    actor: User,
-    door: str,
+    actor: Actor,
+    door: Door,
     price: Decimal,
     start: dt.datetime | None = None,
 ) -> ResaleOffer:
@@ -761,7 +761,7 @@ def offer_create(
     return ledger.in_fresh_transactions(work)
 
 
-def offer_withdraw(*, offer: ResaleOffer, actor: User, door: str) -> ResaleOffer:
+def offer_withdraw(*, offer: ResaleOffer, actor: Actor, door: Door) -> ResaleOffer:
     """The seller takes an open offer back (withdrawing twice is harmless)."""
     from brokers import services
 
@@ -848,7 +848,7 @@ class OfferExpired(CapacityExhausted):
 
 
 def offer_buy(
-    *, offer: ResaleOffer, actor: User, door: str, image: str = "", command: str = ""
+    *, offer: ResaleOffer, actor: Actor, door: Door, image: str = "", command: str = ""
 ) -> Booking:
     """Buy an open offer: in one transaction, under a lock on the offer, a new confirmed booking
     of the buyer takes the offered allocations over (the slot counters do not move: the same
@@ -906,7 +906,7 @@ def offer_buy(
         bought = Booking.objects.create(
             national_id=services._new_booking_id(),
             organization=org,
-            created_by=actor if getattr(actor, "is_authenticated", False) else None,
+            created_by=signed_in(actor),
             door=door,
             idempotency_key=f"buy:{o.national_id}",
             spec=spec.to_json(),
@@ -1058,7 +1058,7 @@ def offer_options(spec: WorkloadSpec, *, organization_id: int | None) -> list[Pl
     return out
 
 
-def offer_view(offer: ResaleOffer, user: User) -> dict[str, Any]:
+def offer_view(offer: ResaleOffer, user: Actor) -> dict[str, Any]:
     """What the caller may see of an offer (every door renders this): the seller's booking
     only for the seller, the bought booking only for the buyer, never the other firm."""
     org = registry_selectors.organization_of(user)
@@ -1091,7 +1091,7 @@ def offer_view(offer: ResaleOffer, user: User) -> dict[str, Any]:
 
 
 def offers_in_window(
-    user: User,
+    user: Actor,
     *,
     start: dt.datetime,
     end: dt.datetime,

@@ -526,12 +526,9 @@ def offer_buy(request: HttpRequest, national_id: str) -> HttpResponse:
         booking = market.offer_buy(offer=offer, actor=request.user, door=Door.PORTAL)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-    except CapacityExhausted as exc:
-        messages.error(request, f"Not bought: {exc.detail}")
-    except PermissionDenied as exc:
-        messages.error(request, str(exc))
-    except (RetryableConflict, DeadlineExceeded):
-        messages.error(request, "The ledger was busy; buy again.")
+    except (CapacityExhausted, PermissionDenied, RetryableConflict, DeadlineExceeded) as exc:
+        # The catalog says whether buying again is safe (a busy ledger, a passed deadline).
+        messages.error(request, portal_error(exc, "Not bought"))
     else:
         messages.success(request, f"Bought {offer.national_id}: booking {booking.national_id}.")
         return redirect("booking-detail", national_id=booking.national_id)

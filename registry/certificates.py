@@ -36,6 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry import selectors
+from registry.actors import Actor, signed_in
 from registry.choices import ChangeAction, Door
 from registry.models import AgentCertificate, Center
 from rpckit.tls import (
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 MAX_CSR_BYTES = 16 * 1024
 CA_DAYS = 3650
 PLATFORM_CERT_DAYS = 90
-
-User = Any
 
 
 # --- the authority ----------------------------------------------------------------------------
@@ -307,7 +306,7 @@ def _fingerprint(certificate: x509.Certificate) -> str:
 def center_certificate_issue(
     *,
     center: Center,
-    actor: User | None,
+    actor: Actor | None,
     csr_pem: str,
     door: Door,
     days: float | None = None,
@@ -342,7 +341,7 @@ def center_certificate_issue(
             certificate_pem=cert_pem(certificate).decode(),
             not_before=certificate.not_valid_before_utc,
             not_after=certificate.not_valid_after_utc,
-            issued_by=actor if getattr(actor, "is_authenticated", False) else None,
+            issued_by=signed_in(actor),
         )
         change_record(
             obj=row,
@@ -362,7 +361,7 @@ def center_certificate_issue(
 
 
 def certificate_revoke(
-    *, certificate: AgentCertificate, actor: User | None, reason: str, door: Door
+    *, certificate: AgentCertificate, actor: Actor | None, reason: str, door: Door
 ) -> AgentCertificate:
     """Revoke a center's certificate (idempotent: a revoked one keeps its first revocation)."""
     from registry.services import change_record

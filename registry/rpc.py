@@ -36,6 +36,7 @@ from django.db import (
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from protos.errors import ERRORS, reason_status
 from registry.context import deadline_at, new_request_id, request_id_var
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
@@ -51,6 +52,13 @@ current_user: contextvars.ContextVar[Any] = contextvars.ContextVar("rpc_user", d
 
 UNAUTHENTICATED_MESSAGE = "A valid bearer token is required."
 DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; retry."
+
+
+def refusal(reason: str, message: str) -> grpc.Status:
+    """The status a door refuses a call with, from the catalog entry ``reason`` (its code and
+    an ErrorInfo with the reason), for ``context.abort_with_status``."""
+    status: grpc.Status = rpc_status.to_status(reason_status(ERRORS[reason], reason, message))
+    return status
 
 
 class HandlerConnections:
@@ -151,15 +159,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def around(
             behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
         ) -> Any:
-            # Django connections are per thread: drop ones past their age or broken.
+            # Django connections are per thread: drop ones past their age or broken, and note
+            # this one before any query, so that the stopped server closes it even when the call
+            # is refused.
             fit_connection()
+            self.connections.remember()
             try:
                 user = authenticate(header)
             except (OperationalError, InterfaceError):
                 # The database is away (restart, cut connection): retryable, never UNKNOWN.
-                context.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE)
+                context.abort_with_status(
+                    refusal("database.unavailable", DATABASE_UNAVAILABLE_MESSAGE)
+                )
             if user is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+                context.abort_with_status(refusal("unauthenticated", UNAUTHENTICATED_MESSAGE))
             remaining = context.time_remaining()
             tokens = (
                 current_user.set(user),
@@ -172,7 +185,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     return Drain(_with_vars(result.iterator, user, request_id))
                 return result
             finally:
-                self.connections.remember()
                 current_user.reset(tokens[0])
                 request_id_var.reset(tokens[1])
                 deadline_at.reset(tokens[2])

@@ -121,7 +121,7 @@ def _owner_of(obj: models.Model) -> Organization | None:
 def change_record(
     *,
     obj: models.Model,
-    action: str,
+    action: ChangeAction,
     actor: Actor | None,
     door: Door,
     before: dict[str, Any] | None,

@@ -65,17 +65,23 @@ class Runtime:
 
     def stop(self, grace: float | None = None) -> threading.Event:
         """NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` seconds;
-        returns the event set once the server has stopped (several stop in parallel)."""
+        returns the event set once the server has stopped and the ``on_stopped`` callbacks
+        ran (several servers stop in parallel)."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(self.grace_seconds if grace is None else grace)
-        if self.on_stopped:
-            threading.Thread(target=self._after, args=(stopped,), daemon=True).start()
-        return stopped
+        if not self.on_stopped:
+            return stopped
+        done = threading.Event()
+        threading.Thread(target=self._after, args=(stopped, done), daemon=True).start()
+        return done
 
-    def _after(self, stopped: threading.Event) -> None:
+    def _after(self, stopped: threading.Event, done: threading.Event) -> None:
         stopped.wait()
-        for callback in self.on_stopped:
-            callback()
+        try:
+            for callback in self.on_stopped:
+                callback()
+        finally:
+            done.set()
 
 
 def server_options(max_message_bytes: int, reuse_port: bool) -> list[tuple[str, int]]:

@@ -38,6 +38,7 @@ from registry.rpc import (
     current_user,
     fit_connection,
     internal_status,
+    refusal,
 )
 
 logger = logging.getLogger(__name__)
@@ -270,10 +271,10 @@ async def watch_booking(
             user = await db(authenticate, header)
         except (OperationalError, InterfaceError):
             outcome = "UNAVAILABLE"
-            await call.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE)
+            await _abort(call, refusal("database.unavailable", DATABASE_UNAVAILABLE_MESSAGE))
         if user is None:
             outcome = "UNAUTHENTICATED"
-            await call.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+            await _abort(call, refusal("unauthenticated", UNAUTHENTICATED_MESSAGE))
         booking = await db(_visible_booking, user, request.booking_id)
         after = request.after_event_id
         unsubscribe = notify.subscribe(booking.pk, wake)
@@ -312,12 +313,16 @@ async def watch_booking(
             status = internal_status("WatchBooking")
         mapped = rpc_status.to_status(status)
         outcome = mapped.code.name
-        await call.abort(mapped.code, mapped.details, mapped.trailing_metadata)
+        await _abort(call, mapped)
     finally:
         unsubscribe()
         GRPC_LATENCY.labels(method="WatchBooking", code=outcome).observe(
             time.perf_counter() - started
         )
+
+
+async def _abort(call: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    await call.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], request_id: str) -> Any:

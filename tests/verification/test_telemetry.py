@@ -234,6 +234,7 @@ def test_a_header_the_bearer_parser_refuses_is_unauthenticated(
 
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert raised.value.details() == rpc.UNAUTHENTICATED_MESSAGE
+    assert _reason(raised.value) == "unauthenticated"  # the catalog entry, as at the broker
     assert not Heartbeat.objects.exists()
     assert calls_counted("UNAUTHENTICATED") == before + 1
 
@@ -345,3 +346,39 @@ def test_health_and_reflection_stay_open_without_a_token(telemetry: Any) -> None
         listed = {s.name for a in answers for s in a.list_services_response.service}
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert "interconnect.agent.v1.Telemetry" in listed
+
+
+def _token_lookups_since(moment: Any) -> int:
+    """Sessions opened since ``moment`` whose last statement read the API tokens (what a
+    handler thread's connection did for a refused call), besides this test's own."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_start >= %s AND query LIKE %s",
+            [moment, "%registry_apitoken%"],
+        )
+        return int(cur.fetchone()[0])
+
+
+def test_the_stopped_server_closes_its_handlers_connections_refused_calls_too(
+    acme_pool: Any,
+) -> None:
+    """A refused call (a token looked up and not found) opened a connection in a handler
+    thread too; the stopped server closes it, or the test database could not be dropped."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT clock_timestamp()")
+        started = cur.fetchone()[0]
+    server, port = create_telemetry_server("127.0.0.1:0")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = agent_pb2_grpc.TelemetryStub(channel)
+        assert call(stub, heartbeat(acme_pool.national_id), "ci_nope_nope").code() == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    assert _token_lookups_since(started) == 1
+    stop_telemetry_server(server, grace=0)
+    # The backend ends a moment after its client closed the connection.
+    wait_for(lambda: _token_lookups_since(started) == 0, what="the handler's connection closed")

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from interconnect.metrics import observe_grpc_call
 from protos import agent_pb2, agent_pb2_grpc
 from registry import certificates
-from registry.rpc import AuthInterceptor, ErrorInterceptor, current_user
+from registry.rpc import AuthInterceptor, ErrorInterceptor, current_user, refusal
 from rpckit.interceptors import MetricsInterceptor
 from rpckit.server import Runtime, ServerTls, Service, build_server
 from rpckit.tls import CertFiles, center_of, peer_pem
@@ -81,7 +81,7 @@ class TelemetryServicer(agent_pb2_grpc.TelemetryServicer):
         problem = certificates.refusal(pem) if center else "the certificate names no center"
         if problem:
             logger.warning("telemetry refused a certificate: %s", problem)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+            context.abort_with_status(refusal("unauthenticated", problem))
         return center
 
     def SendHeartbeat(

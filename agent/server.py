@@ -40,7 +40,8 @@ from agent.workloads import CapacityHold, Workload, WorkloadRunner, WorkloadSpec
 from protos import agent_pb2, agent_pb2_grpc
 from protos.errors import ERRORS, reason_status
 from rpckit import server as rpc_server
-from rpckit.server import PeerIdentityInterceptor, ServerTls, Service
+from rpckit.interceptors import PeerIdentityInterceptor
+from rpckit.server import ServerTls, Service
 from rpckit.tls import PLATFORM_URI, CertFiles, expiry_warning
 
 logger = logging.getLogger(__name__)

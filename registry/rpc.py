@@ -42,8 +42,7 @@ from registry.errors import rpc_status_for
 from registry.services import user_for_token
 from rpckit.aio import AbortedCall
 from rpckit.auth import bearer_from_header
-from rpckit.interceptors import Drain, wrap
-from rpckit.server import OPEN_SERVICES
+from rpckit.interceptors import Around, Drain, MethodInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -137,21 +136,14 @@ def fit_connection() -> None:
         _thread_state.checked = now
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """UNAUTHENTICATED unless the metadata carries a valid bearer token; notes the handler
     threads' connections in ``connections`` (close them once the server stopped)."""
 
     def __init__(self, connections: HandlerConnections | None = None) -> None:
         self.connections = connections or HandlerConnections()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
+    def around_method(self, details: grpc.HandlerCallDetails) -> Around:
         metadata = dict(details.invocation_metadata or ())
         header = str(metadata.get("authorization", ""))
         request_id = new_request_id(str(metadata.get("x-request-id", "")) or None)
@@ -189,7 +181,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 request_id_var.reset(tokens[1])
                 deadline_at.reset(tokens[2])
 
-        return wrap(handler, around)
+        return around
 
 
 def _with_vars(iterator: Iterator[Any], user: Any, request_id: str) -> Iterator[Any]:
@@ -207,7 +199,7 @@ def internal_status(method: str) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"{method} failed: internal error")
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(MethodInterceptor):
     """Errors of the catalog become statuses with details; anything else is INTERNAL, logged
     with the method name (the caller never sees a traceback or the error's message).
 
@@ -219,14 +211,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         self.field = field
         self.server = server
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
+    def around_method(self, details: grpc.HandlerCallDetails) -> Around:
         method = details.method
 
         def abort(context: grpc.ServicerContext, exc: Exception) -> None:
@@ -250,7 +235,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return Drain(_mapped(result.iterator, context, abort))
             return result
 
-        return wrap(handler, around)
+        return around
 
 
 def _is_abort(exc: Exception) -> bool:

@@ -1,5 +1,7 @@
 """Server interceptor plumbing shared by every gRPC server: wrapping a method's behaviour (unary
-and server-streaming alike) and the metrics interceptor. No Django.
+and server-streaming alike), the base of every interceptor of the project
+(:class:`MethodInterceptor`: health and reflection pass untouched), the metrics interceptor and
+the agent's peer-identity check. No Django.
 
 ``wrap(handler, around)`` runs a handler inside ``around(behaviour, request, context)``; for a
 server stream, ``behaviour`` returns a :class:`Drain` whose iterator each layer may wrap, so
@@ -9,6 +11,7 @@ returned.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,10 +19,16 @@ from typing import Any
 import grpc
 
 from rpckit.server import OPEN_SERVICES
+from rpckit.tls import identity_of, peer_pem
+
+logger = logging.getLogger(__name__)
+
+# What a method's behaviour runs inside: ``around(behaviour, request, context)``.
+Around = Callable[[Callable[..., Any], Any, grpc.ServicerContext], Any]
 
 
 def wrap(
-    handler: grpc.RpcMethodHandler[Any, Any], around: Callable[[Callable[..., Any], Any, Any], Any]
+    handler: grpc.RpcMethodHandler[Any, Any], around: Around
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler whose behaviour runs inside ``around`` (unary-unary and unary-stream)."""
     if handler.unary_unary is not None:
@@ -71,7 +80,26 @@ def timed(iterator: Iterator[Any], done: Callable[[str | None], None]) -> Iterat
         done(ended)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MethodInterceptor(grpc.ServerInterceptor):
+    """An interceptor of the project's methods: each call of a method runs inside
+    :meth:`around_method`; health and reflection (``OPEN_SERVICES``) pass untouched."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        return wrap(handler, self.around_method(details))
+
+    def around_method(self, details: grpc.HandlerCallDetails) -> Around:
+        """What each call of the method ``details`` names runs inside."""
+        raise NotImplementedError
+
+
+class MetricsInterceptor(MethodInterceptor):
     """Duration and status code of every call (health and reflection left out), reported to
     ``observe(method, code, seconds)``.
 
@@ -83,14 +111,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self, observe: Callable[[str, str, float], None]) -> None:
         self.observe = observe
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
+    def around_method(self, details: grpc.HandlerCallDetails) -> Around:
         method = details.method.rsplit("/", 1)[-1]
 
         def observe(context: grpc.ServicerContext, started: float, ended: str | None) -> None:
@@ -114,4 +135,46 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             observe(context, started, None)
             return result
 
-        return wrap(handler, around)
+        return around
+
+
+class PeerIdentityInterceptor(MethodInterceptor):
+    """PERMISSION_DENIED unless the caller's certificate (mutual TLS) names ``allowed``.
+
+    The handshake has already checked that the certificate is the authority's and not expired;
+    this checks *who* it names: the agent serves the platform only, never another center's agent
+    holding a certificate of the same authority. Health and reflection stay open to any holder
+    of a certificate. ``is_revoked(pem)`` may refuse a listed certificate (UNAUTHENTICATED).
+    """
+
+    def __init__(
+        self, allowed: str, *, is_revoked: Callable[[bytes], str | None] | None = None
+    ) -> None:
+        self.allowed = allowed
+        self.is_revoked = is_revoked
+
+    def check(self, context: grpc.ServicerContext) -> None:
+        pem = peer_pem(context)
+        if pem is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        assert pem is not None
+        identity = identity_of(pem)
+        if identity != self.allowed:
+            logger.warning("refused a caller whose certificate names %s", identity or "nothing")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the caller's certificate names {identity or 'no identity'}, not {self.allowed}",
+            )
+        refused = self.is_revoked(pem) if self.is_revoked else None
+        if refused:
+            logger.warning("refused a revoked certificate: %s", refused)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, refused)
+
+    def around_method(self, details: grpc.HandlerCallDetails) -> Around:
+        def around(
+            behaviour: Callable[..., Any], request: Any, context: grpc.ServicerContext
+        ) -> Any:
+            self.check(context)
+            return behaviour(request, context)
+
+        return around

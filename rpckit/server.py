@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rpckit.tls import CertFiles, ReloadingServerCredentials, identity_of, peer_pem
+from rpckit.tls import CertFiles, ReloadingServerCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -163,78 +163,3 @@ def build_server(
         grace_seconds=grace_seconds,
         credentials=credentials,
     )
-
-
-def guard_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], check: Callable[[grpc.ServicerContext], None]
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler that runs ``check(context)`` (which may abort) before the method, for unary
-    and server-streaming methods."""
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
-
-        def checked_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            checked_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        stream = handler.unary_stream
-
-        def checked_stream(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return stream(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            checked_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
-
-
-class PeerIdentityInterceptor(grpc.ServerInterceptor):
-    """PERMISSION_DENIED unless the caller's certificate (mutual TLS) names ``allowed``.
-
-    The handshake has already checked that the certificate is the authority's and not expired;
-    this checks *who* it names: the agent serves the platform only, never another center's agent
-    holding a certificate of the same authority. Health and reflection stay open to any holder
-    of a certificate. ``is_revoked(pem)`` may refuse a listed certificate (UNAUTHENTICATED).
-    """
-
-    def __init__(
-        self, allowed: str, *, is_revoked: Callable[[bytes], str | None] | None = None
-    ) -> None:
-        self.allowed = allowed
-        self.is_revoked = is_revoked
-
-    def check(self, context: grpc.ServicerContext) -> None:
-        pem = peer_pem(context)
-        if pem is None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-        assert pem is not None
-        identity = identity_of(pem)
-        if identity != self.allowed:
-            logger.warning("refused a caller whose certificate names %s", identity or "nothing")
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the caller's certificate names {identity or 'no identity'}, not {self.allowed}",
-            )
-        refused = self.is_revoked(pem) if self.is_revoked else None
-        if refused:
-            logger.warning("refused a revoked certificate: %s", refused)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, refused)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
-        return guard_handler(handler, self.check)

@@ -25,14 +25,19 @@ import pytest
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from brokers import ledger, services
 from brokers.models import PoolSlot
 from brokers.placement import catalog
 from registry.models import Pool
-from tests.brokers.test_placement_oracle import MODELS, build_inventory, pool_strategy
+from tests.brokers.test_placement_oracle import (
+    MODELS,
+    build_inventory,
+    oracle_settings,
+    pool_strategy,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -136,17 +141,7 @@ def every_page(
             return listed
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-@(seed(SEED) if not LONG_RUN else (lambda test: test))
+@oracle_settings(EXAMPLES, None if LONG_RUN else SEED)
 @given(
     pools=st.lists(pool_strategy, min_size=3, max_size=12),
     data=st.data(),
@@ -190,17 +185,7 @@ def test_the_capacity_listing_agrees_with_the_oracle_with_and_without_a_snapshot
             transaction.set_rollback(True)
 
 
-@settings(
-    max_examples=max(EXAMPLES // 3, 5),
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-@(seed(SEED) if not LONG_RUN else (lambda test: test))
+@oracle_settings(max(EXAMPLES // 3, 5), None if LONG_RUN else SEED)
 @given(
     pools=st.lists(pool_strategy, min_size=3, max_size=12),
     start_slots=st.integers(0, 8),

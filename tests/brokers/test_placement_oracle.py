@@ -34,6 +34,7 @@ import datetime as dt
 import itertools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -447,22 +448,28 @@ def check_option(spec: WorkloadSpec, option: PlacementOption, seen: dict[int, Se
         assert covered >= spec.a100_equivalents - 1e-6, (covered, option)
 
 
+def oracle_settings(examples: int, fixed_seed: int | None) -> Callable[[Any], Any]:
+    """Hypothesis' settings of the oracle tests (this one, ``test_capacity_oracle.py``):
+    ``examples``, from ``fixed_seed`` (a random search when None), no deadline,
+    function-scoped fixtures reused across examples."""
+    fixed = settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+    )
+    return lambda test: fixed(test if fixed_seed is None else seed(fixed_seed)(test))
+
+
 # --- the property -------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=False,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-@(seed(SEED) if not LONG_RUN else (lambda test: test))
+@oracle_settings(EXAMPLES, None if LONG_RUN else SEED)
 @given(
     pools=st.lists(pool_strategy, min_size=4, max_size=14),
     snapshot=st.booleans(),

@@ -7,9 +7,11 @@ in the same transaction, and answers with the new booking's id, or with the id o
 that already holds the idempotency key.
 
 Outside a transaction the whole exchange is one network round trip: ``BEGIN``, the caller's
-remaining deadline as ``statement_timeout``, the call and ``COMMIT`` go out together in
-psycopg's pipeline mode. Inside a caller's transaction (tests, re-placement) the call runs in a
-savepoint and commits with the caller. Deadlocks and serialization failures are retried, each
+remaining deadline (less the server's margin, ``registry.context.server_deadline``) as
+``statement_timeout``, the call, ``broker_deadline_guard`` (no COMMIT once that time has passed
+on the server's clock since BEGIN) and ``COMMIT`` go out together in psycopg's pipeline mode.
+Inside a caller's transaction (tests, re-placement) the call runs in a savepoint and commits
+with the caller. Deadlocks and serialization failures are retried, each
 attempt in a NEW transaction, like ``ledger.in_fresh_transactions``.
 
 PostgreSQL only, and only for firms without a quota row (the function refuses them with
@@ -44,6 +46,8 @@ BOOK_SQL = (
     "%s::bigint[], %s::integer[], %s::numeric[], %s::bigint[], %s::integer[], "
     "%s::timestamptz[], %s, %s, %s, %s)"
 )
+# The last statement before COMMIT: 57014 once the transaction has run for its budget (ms).
+GUARD_SQL = "SELECT broker_deadline_guard(%s)"
 # Reason codes the function raises (HINT) that are refusals, not faults.
 UNSUPPORTED = "fast.unsupported"
 
@@ -223,16 +227,12 @@ def _in_a_batch(committer: group_commit.GroupCommitter, params: list[Any]) -> tu
 def _one_round_trip(params: list[Any]) -> tuple[Any, ...] | None:
     """BEGIN, statement_timeout, the call and COMMIT in one pipeline (one network round trip);
     on any error the transaction is rolled back."""
-    timeout_ms = None
-    deadline = deadline_at.get()
-    if deadline is not None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ledger.DeadlineExceeded("The deadline passed before the booking started.")
-        timeout_ms = max(1, int(remaining * 1000))
     global _pipelines
     connection.ensure_connection()
     raw: psycopg.Connection[Any] = connection.connection
+    # Read last, just before sending: also a retry after a failed batch is never sent once its
+    # deadline has passed, and is bounded by what remains of it.
+    timeout_ms = ledger.budget_ms()
     _pipelines += 1
     with connection.wrap_database_errors:
         try:
@@ -246,6 +246,9 @@ def _one_round_trip(params: list[Any]) -> tuple[Any, ...] | None:
                 # Server-side binding: psycopg prepares the statement after a few calls.
                 call = psycopg.Cursor(raw)
                 call.execute(BOOK_SQL, params)
+                if timeout_ms is not None:
+                    # No COMMIT once the budget is spent on the server's clock (migration 0010).
+                    control.execute(GUARD_SQL, [timeout_ms])
                 control.execute("COMMIT")
             return call.fetchone()
         except BaseException:

@@ -26,9 +26,14 @@ COMMIT) perhaps all of it. Each of its callers then books on its own (``booking_
 single-transaction path with its retries); the idempotency key makes that safe either way: a
 booking that did commit answers as the stored booking. Deadlines: a booking whose deadline has
 passed before its batch leaves is answered ``DeadlineExceeded`` and never sent; the batch's
-``statement_timeout`` is the earliest deadline among its bookings, so, as alone, no booking
-commits after its caller gave up: a batch cancelled at one booking's deadline is retried booking
-by booking, each with its own deadline (the late one gets ``DeadlineExceeded``).
+budget is the earliest deadline among its bookings (each deadline already less the server's
+safety margin, ``registry.context.server_deadline``): it is the ``statement_timeout`` of every statement,
+and ``broker_deadline_guard``, the last statement before ``COMMIT``, aborts the batch once the
+budget has passed since its ``BEGIN`` (the statement timeout restarts with each booking's
+statement and would not). So, as alone, no booking commits after its caller gave up: a batch
+cancelled at one booking's deadline is retried booking by booking, each retry checking its own
+remaining deadline before it is sent and bounded by it (the late one gets
+``DeadlineExceeded`` without being sent).
 
 ``BROKER_GROUP_COMMIT_FLIGHTS`` committer threads (each with its own connection) let that many
 batches leave at once; one forms its batch at a time. ``BROKER_GROUP_COMMIT=0`` turns group
@@ -58,6 +63,10 @@ GUARDED_SQL = (
     "%s::bigint[], %s::integer[], %s::numeric[], %s::bigint[], %s::integer[], "
     "%s::timestamptz[], %s, %s, %s, %s)"
 )
+
+
+# The last statement before COMMIT (migration 0010): 57014 once the batch ran for its budget.
+GUARD_SQL = "SELECT broker_deadline_guard(%s)"
 
 
 class BatchFailed(Exception):
@@ -186,12 +195,8 @@ class GroupCommitter:
         return taken
 
     def _commit(self, batch: list[_Waiting]) -> None:
-        deadlines = [w.deadline for w in batch if w.deadline is not None]
-        timeout_ms = None
-        if deadlines:  # the earliest: nothing commits after any of its callers gave up
-            timeout_ms = max(1, int((min(deadlines) - time.monotonic()) * 1000))
         try:
-            rows = self._send(batch, timeout_ms)
+            rows = self._send(batch)
         except Exception as exc:
             with self._stats_lock:
                 self.stats.failed_batches += 1
@@ -212,11 +217,22 @@ class GroupCommitter:
         for waiting, row in zip(batch, rows, strict=True):
             waiting.answer.set_result(row)
 
-    def _send(self, batch: list[_Waiting], timeout_ms: int | None) -> list[Any]:
-        """BEGIN, the timeout, one guarded call per booking and COMMIT in one pipeline; on any
-        error the transaction is rolled back and the error raised."""
+    def _send(self, batch: list[_Waiting]) -> list[Any]:
+        """BEGIN, the timeout, one guarded call per booking, the deadline guard and COMMIT in
+        one pipeline; on any error the transaction is rolled back and the error raised.
+
+        The budget is the earliest deadline of the batch, read just before sending.
+        ``statement_timeout`` alone would not hold it: its clock restarts with every booking's
+        statement, so a batch of several could run past the earliest deadline (a later
+        booking waiting on a lock for the whole budget again). ``broker_deadline_guard``,
+        the last statement before COMMIT, refuses to let the transaction commit once the
+        budget has passed since its BEGIN, on the server's clock."""
         connection.ensure_connection()
         raw: psycopg.Connection[Any] = connection.connection
+        deadlines = [w.deadline for w in batch if w.deadline is not None]
+        timeout_ms = None
+        if deadlines:  # the earliest: nothing commits after any of its callers gave up
+            timeout_ms = max(1, int((min(deadlines) - time.monotonic()) * 1000))
         try:
             with raw.pipeline():
                 control = psycopg.Cursor(raw)
@@ -230,6 +246,8 @@ class GroupCommitter:
                     call = psycopg.Cursor(raw)
                     call.execute(GUARDED_SQL, waiting.params)
                     calls.append(call)
+                if timeout_ms is not None:
+                    control.execute(GUARD_SQL, [timeout_ms])
                 control.execute("COMMIT")
             return [call.fetchone() for call in calls]
         except BaseException:

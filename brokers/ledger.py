@@ -56,7 +56,9 @@ from brokers.choices import RESERVING_STATUSES
 from brokers.errors import CapacityExhausted, RetryableConflict
 from protos.errors import ERRORS, Catalogued
 from registry.choices import Status
+from registry.context import DEFAULT_DEADLINE_MARGIN_SECONDS as DEFAULT_DEADLINE_MARGIN_SECONDS
 from registry.context import deadline_at
+from registry.context import server_deadline as server_deadline
 from registry.queries import CENTER_TABLE, POOL_TABLE
 
 _T = TypeVar("_T")
@@ -65,6 +67,18 @@ _T = TypeVar("_T")
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # PostgreSQL's "canceling statement due to statement timeout".
 QUERY_CANCELED = "57014"
+
+
+def budget_ms() -> int | None:
+    """What remains of ``deadline_at`` in whole milliseconds (at least 1), None without a
+    deadline; ``DeadlineExceeded`` once it has passed (nothing is sent then)."""
+    deadline = deadline_at.get()
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("The deadline passed before the booking started.")
+    return max(1, int(remaining * 1000))
 
 
 class DeadlineExceeded(Catalogued, Exception):

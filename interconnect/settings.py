@@ -364,6 +364,10 @@ BROKER_GRPC_WORKERS = env.int("BROKER_GRPC_WORKERS", default=16)
 BROKER_GRPC_MAX_MESSAGE_BYTES = env.int("BROKER_GRPC_MAX_MESSAGE_BYTES", default=4 * 1024 * 1024)
 # WatchBooking streams one broker process may hold open (coroutines, not threads).
 BROKER_GRPC_MAX_STREAMS = env.int("BROKER_GRPC_MAX_STREAMS", default=10_000)
+# What the broker keeps back of a call's remaining time (at most a quarter of it): it gives up
+# that much before its caller does, so no booking commits after its caller was told
+# DEADLINE_EXCEEDED (the call's transit and the statement's own latency fit in it).
+BROKER_DEADLINE_MARGIN_SECONDS = env.float("BROKER_DEADLINE_MARGIN_SECONDS", default=0.1)
 # Book in one round trip (the broker_book function, PostgreSQL); 0: the Python path only.
 BROKER_BOOK_FUNCTION = env.bool("BROKER_BOOK_FUNCTION", default=True)
 # Group commit (brokers.group_commit): the concurrent bookings of one broker process share one

@@ -37,7 +37,7 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from protos.errors import ERRORS, reason_status
-from registry.context import deadline_at, new_request_id, request_id_var
+from registry.context import deadline_at, new_request_id, request_id_var, server_deadline
 from registry.errors import rpc_status_for
 from registry.services import user_for_token
 from rpckit.aio import AbortedCall
@@ -169,7 +169,7 @@ class AuthInterceptor(MethodInterceptor):
             tokens = (
                 current_user.set(user),
                 request_id_var.set(request_id),
-                deadline_at.set(time.monotonic() + remaining if remaining is not None else None),
+                deadline_at.set(server_deadline(remaining)),
             )
             try:
                 result = behaviour(request, context)

@@ -394,3 +394,154 @@ def test_a_deadline_in_a_batch_cancels_nothing_after_it_but_books_the_others(
     time.sleep(0.5)  # the lock is gone: a batch still running would commit now
     assert not Booking.objects.filter(idempotency_key="short").exists()
     _check_committed(outcomes)
+
+
+# --- deadlines: nothing commits after its caller was told DEADLINE_EXCEEDED -----------------
+
+
+def _book_with_timeout(
+    client: BrokerClient, answers: dict[str, str], key: str, pool: Any, timeout: float
+) -> None:
+    """Book one accelerator of ``pool``; ``answers[key]`` is the booking id or the error code."""
+    try:
+        booking = client.book(
+            a100(1), idempotency_key=key, option=[(pool.national_id, 1)], timeout=timeout
+        )
+    except grpc.RpcError as exc:
+        answers[key] = exc.code().name
+    else:
+        answers[key] = booking.booking_id
+
+
+def _wait_for_answer(answers: dict[str, str], key: str) -> str:
+    return str(_wait_for(lambda: answers.get(key), f"the answer to {key}", timeout=30))
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "mutation: no guard"])
+def test_a_later_booking_of_the_batch_cannot_carry_it_past_the_earliest_deadline(
+    dave: Any,
+    acme: Any,
+    active_pool: Any,
+    client_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    guarded: bool,
+) -> None:
+    """A batch of ``early`` (1.5 s) and ``late`` (20 s), each waiting on a row lock. The first
+    lock is released 0.4 s in; ``late``'s statement then starts and waits with a statement
+    timeout of its own, which PostgreSQL restarts for every statement: it would still be
+    waiting when ``early``'s caller is told DEADLINE_EXCEEDED. The test releases the second
+    lock only then. The deadline guard before COMMIT must abort the batch (``early`` is never
+    committed; ``late`` is booked on its own). Mutation control: without the guard the batch
+    commits ``early`` after its caller gave up."""
+    if not guarded:
+        monkeypatch.setattr(group_commit, "GUARD_SQL", "SELECT %s::integer")
+    gate, first, second = sorted((active_pool(acme, size=8) for _ in range(3)), key=lambda p: p.pk)
+    client = client_for(dave)
+    committer = group_commit.current()
+    assert committer is not None
+    answers: dict[str, str] = {}
+    threads: list[threading.Thread] = []
+
+    def book(key: str, pool: Any, timeout: float) -> None:
+        thread = threading.Thread(
+            target=_book_with_timeout, args=(client, answers, key, pool, timeout)
+        )
+        thread.start()
+        threads.append(thread)
+
+    with PoolLock(second.pk) as second_lock, PoolLock(first.pk) as first_lock:
+        with PoolLock(gate.pk):
+            book("gate", gate, 20)
+            _wait_for(_batch_waiting_on_lock, "the gate's batch on its lock")
+            book("early", first, 1.5)  # first in the batch: the lower pool id
+            book("late", second, 20)
+            _wait_for(lambda: committer._queue.qsize() >= 2, "both to queue")
+        assert _wait_for_answer(answers, "gate") not in ("DEADLINE_EXCEEDED", "")
+        _wait_for(_batch_waiting_on_lock, "the batch on the first lock")
+        time.sleep(0.4)
+        first_lock.release.set()  # early's statement ends; late's starts and waits
+        assert _wait_for_answer(answers, "early") == "DEADLINE_EXCEEDED"
+        second_lock.release.set()  # right after early's caller was told
+        for thread in threads:
+            thread.join(30)
+    time.sleep(0.3)  # anything still running would have committed by now
+    early = Booking.objects.filter(idempotency_key="early").exists()
+    if not guarded:
+        assert early, "the mutation control no longer commits past the deadline"
+        return
+    assert not early
+    assert answers["late"] not in ("DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+    assert Booking.objects.filter(idempotency_key="late").exists()
+    assert committer.stats.failed_batches >= 1
+
+
+# The request's transit: the server's clock starts the call's deadline this much later than
+# the caller's (half the default safety margin).
+SKEW = ledger.DEFAULT_DEADLINE_MARGIN_SECONDS / 2
+
+
+@pytest.mark.parametrize("margin", [True, False], ids=["margin", "mutation: no margin"])
+def test_a_retry_alone_after_a_cancelled_batch_never_commits_past_its_deadline(
+    dave: Any,
+    acme: Any,
+    active_pool: Any,
+    client_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    margin: bool,
+) -> None:
+    """A batch of ``short`` (1 s) and ``long`` (2 s) waits on two row locks; it is cancelled
+    at ``short``'s deadline and both retry alone: ``short``'s deadline has passed (not sent),
+    ``long`` waits on its lock with what remains of its deadline. Each call arrives ``SKEW``
+    after its caller started it (the server's deadline is that much later than the caller's).
+    The test releases the locks the moment ``long``'s caller is told DEADLINE_EXCEEDED: the
+    server must have given up already, so neither is committed. Mutation control: without the
+    safety margin the retry of ``long`` is still waiting then, and commits."""
+    from rpckit.aio import CallContext
+
+    settings.BROKER_DEADLINE_MARGIN_SECONDS = (
+        ledger.DEFAULT_DEADLINE_MARGIN_SECONDS if margin else 0.0
+    )
+    arrived = CallContext.time_remaining
+
+    def later(self: CallContext) -> float | None:
+        remaining = arrived(self)
+        return None if remaining is None else remaining + SKEW
+
+    monkeypatch.setattr(CallContext, "time_remaining", later)
+    gate, first, second = sorted((active_pool(acme, size=8) for _ in range(3)), key=lambda p: p.pk)
+    client = client_for(dave)
+    committer = group_commit.current()
+    assert committer is not None
+    answers: dict[str, str] = {}
+    threads: list[threading.Thread] = []
+
+    def book(key: str, pool: Any, timeout: float) -> None:
+        thread = threading.Thread(
+            target=_book_with_timeout, args=(client, answers, key, pool, timeout)
+        )
+        thread.start()
+        threads.append(thread)
+
+    with PoolLock(second.pk) as second_lock, PoolLock(first.pk) as first_lock:
+        with PoolLock(gate.pk):
+            book("gate", gate, 20)
+            _wait_for(_batch_waiting_on_lock, "the gate's batch on its lock")
+            book("short", first, 1.0)
+            book("long", second, 2.0)
+            _wait_for(lambda: committer._queue.qsize() >= 2, "both to queue")
+        failed = committer.stats.failed_batches
+        assert _wait_for_answer(answers, "short") == "DEADLINE_EXCEEDED"
+        assert _wait_for_answer(answers, "long") == "DEADLINE_EXCEEDED"
+        second_lock.release.set()
+        first_lock.release.set()
+        for thread in threads:
+            thread.join(30)
+    time.sleep(0.3)  # anything still running would have committed by now
+    assert committer.stats.failed_batches > failed  # the batch was cancelled, then retried
+    long_committed = Booking.objects.filter(idempotency_key="long").exists()
+    assert not Booking.objects.filter(idempotency_key="short").exists()
+    if not margin:
+        assert long_committed, "the mutation control no longer commits past the deadline"
+        return
+    assert not long_committed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,6 +175,67 @@ def test_the_deadline_is_passed_to_the_database(
 
     # The server gave up too: its statement timeout rolled the booking back.
     assert not Booking.objects.filter(idempotency_key="slow").exists()
+
+
+@pytest.mark.parametrize("margin", [True, False], ids=["margin", "mutation: no margin"])
+def test_the_server_gives_up_before_its_caller(
+    dave: Any,
+    acme: Any,
+    active_pool: Any,
+    client_as: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    margin: bool,
+) -> None:
+    """G2 with the call's transit: the server's deadline starts 50 ms after the caller's. The
+    row lock is released the moment the caller is told DEADLINE_EXCEEDED; the server, which
+    keeps a safety margin of the remaining time, gave up before that, so nothing commits (one
+    transaction or group commit alike). Mutation control: without the margin the booking is
+    still waiting on the lock then, and commits after its caller gave up."""
+    from brokers import ledger
+    from brokers.models import Booking
+    from rpckit.aio import CallContext
+
+    settings.BROKER_DEADLINE_MARGIN_SECONDS = (
+        ledger.DEFAULT_DEADLINE_MARGIN_SECONDS if margin else 0.0
+    )
+    arrived = CallContext.time_remaining
+
+    def later(self: CallContext) -> float | None:
+        remaining = arrived(self)
+        return None if remaining is None else remaining + ledger.DEFAULT_DEADLINE_MARGIN_SECONDS / 2
+
+    monkeypatch.setattr(CallContext, "time_remaining", later)
+    pool = active_pool(acme, size=8)
+    client = client_as(dave)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        from django.db import connections, transaction
+
+        with transaction.atomic():
+            with connection.cursor() as cur:
+                cur.execute("SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [pool.pk])
+            locked.set()
+            release.wait(10)
+        connections.close_all()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert locked.wait(5)
+    try:
+        with pytest.raises(grpc.RpcError) as late:
+            client.book(a100(4), idempotency_key="skewed", timeout=1.0)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
+        holder.join()
+    time.sleep(0.3)  # anything still running would have committed by now
+    committed = Booking.objects.filter(idempotency_key="skewed").exists()
+    assert committed is not margin, (
+        "committed after the caller gave up" if margin else "the mutation no longer commits"
+    )
 
 
 def test_other_tenants_get_not_found(

@@ -561,25 +561,48 @@ def option_from_parts(
     *, spec: WorkloadSpec, parts: Sequence[tuple[str, int]], actor: Actor
 ) -> PlacementOption:
     """A placement option the client chose (pool national ids and counts), checked against what
-    the client may see; capacity is checked by the ledger."""
+    the client may see; capacity is checked by the ledger.
+
+    The pools come from the process's pool snapshot when it holds them (no round trip): a pool
+    there is bookable, an active pool in an active center, so listed, and every actor may see
+    it. Any other pool (listed but degraded or offline, a firm's own unlisted pool, any pool
+    for staff, one the snapshot has not caught up with) is read through the visibility rules
+    (``pools_visible_to``). The snapshot's facts are at most moments old, as for a placement
+    from a specification; status and capacity are checked again under lock by the ledger."""
     if not parts:
         raise ValidationError({"option": ["An option needs at least one part."]})
     ids = [nid for nid, _ in parts]
-    # Plain rows, not model instances: this runs on every booking from an option.
-    pools = {
-        row["national_id"]: row
-        for row in registry_selectors.pools_visible_to(actor)
-        .filter(national_id__in=ids)
-        .values(
-            "pk",
-            "national_id",
-            "center__national_id",
-            "center__cluster__hub__code",
-            "accelerator__slug",
-            "price_per_accelerator_hour",
-            "currency",
+    pools: dict[str, dict[str, Any]] = {}
+    snapshot = catalog.current()
+    if snapshot is not None:
+        for nid in ids:
+            cand = snapshot.by_national_id.get(nid)
+            if cand is not None:
+                pools[nid] = {
+                    "pk": cand.pool_id,
+                    "center__national_id": cand.center_national_id,
+                    "center__cluster__hub__code": cand.hub,
+                    "accelerator__slug": cand.accelerator,
+                    "price_per_accelerator_hour": cand.price,
+                    "currency": cand.currency,
+                }
+    unresolved = [nid for nid in ids if nid not in pools]
+    if unresolved:
+        # Plain rows, not model instances: this may run on every booking from an option.
+        pools.update(
+            (row["national_id"], row)
+            for row in registry_selectors.pools_visible_to(actor)
+            .filter(national_id__in=unresolved)
+            .values(
+                "pk",
+                "national_id",
+                "center__national_id",
+                "center__cluster__hub__code",
+                "accelerator__slug",
+                "price_per_accelerator_hour",
+                "currency",
+            )
         )
-    }
     errors = [nid for nid in ids if nid not in pools]
     if errors:
         raise ValidationError({"option": [f"Unknown pool {nid}." for nid in errors]})

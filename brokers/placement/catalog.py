@@ -108,6 +108,8 @@ class PoolCatalog:
         for group in self.by_nid.values():
             group.sort(key=lambda p: p.national_id)
         self.nid_keys = {key: [p.national_id for p in group] for key, group in self.by_nid.items()}
+        # A client's chosen option names its pools (``services.option_from_parts``).
+        self.by_national_id = {pool.national_id: pool for pool in pools}
         # Listed pools that are not bookable (degraded, offline, or in such a center), per model.
         self.inactive: dict[str, int] = {}
         groups: dict[tuple[str, str, tuple[int, int]], list[Candidate]] = defaultdict(list)

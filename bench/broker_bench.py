@@ -1099,7 +1099,12 @@ def grpc_phases(
         out["query"] = rpc_rate(target, "broker", tokens[0], seconds)
         if not booking_only:
             out["visibility"] = pool_visibility(target, tokens[0], 10.0 if seconds < 10 else 30.0)
-        print("  gRPC capacity queries and pool visibility measured", flush=True)
+        print(
+            "  gRPC capacity queries measured"
+            if booking_only
+            else "  gRPC capacity queries and pool visibility measured",
+            flush=True,
+        )
         if profile_dir is not None:
             out["profile"], out["profile_summary"] = profile_grpc_booking(
                 target, broker.pid, tokens, pools, start, seconds, profile_dir, label

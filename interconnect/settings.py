@@ -372,10 +372,9 @@ BROKER_DEADLINE_MARGIN_SECONDS = env.float("BROKER_DEADLINE_MARGIN_SECONDS", def
 BROKER_BOOK_FUNCTION = env.bool("BROKER_BOOK_FUNCTION", default=True)
 # Group commit (brokers.group_commit): the concurrent bookings of one broker process share one
 # transaction, each in its own savepoint, at most this many per batch; 0: one transaction each.
-# Off by default: in CI a booking whose batch was cancelled at its caller's deadline committed
-# anyway on its retry alone, after the caller had been answered DEADLINE_EXCEEDED
-# (tests/brokers/test_grpc.py::test_the_deadline_is_passed_to_the_database; docs/broker-speed.md).
-BROKER_GROUP_COMMIT = env.bool("BROKER_GROUP_COMMIT", default=False)
+# On by default since nothing commits past its caller's deadline any more (the margin above, and
+# broker_deadline_guard before every COMMIT: docs/broker-speed.md, "Deadlines").
+BROKER_GROUP_COMMIT = env.bool("BROKER_GROUP_COMMIT", default=True)
 BROKER_GROUP_COMMIT_MAX = env.int("BROKER_GROUP_COMMIT_MAX", default=32)
 # Batches in flight at once per broker process (a committer thread and connection each).
 BROKER_GROUP_COMMIT_FLIGHTS = env.int("BROKER_GROUP_COMMIT_FLIGHTS", default=1)

@@ -32,6 +32,20 @@ def test_windows_are_rounded_outward_to_whole_slots() -> None:
     assert len(ledger.slot_starts(start, start + dt.timedelta(minutes=20))) == 2
 
 
+def test_the_server_deadline_keeps_a_margin_of_at_most_a_quarter(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker gives up ``BROKER_DEADLINE_MARGIN_SECONDS`` before its caller, at most a
+    quarter of the remaining time (a short deadline keeps most of its time)."""
+    monkeypatch.setattr(ledger.time, "monotonic", lambda: 100.0)
+    settings.BROKER_DEADLINE_MARGIN_SECONDS = 0.1
+    assert ledger.server_deadline(None) is None
+    assert ledger.server_deadline(2.0) == pytest.approx(101.9)
+    assert ledger.server_deadline(0.2) == pytest.approx(100.15)
+    settings.BROKER_DEADLINE_MARGIN_SECONDS = 0.0
+    assert ledger.server_deadline(2.0) == pytest.approx(102.0)
+
+
 def test_a_booking_reserves_every_slot_of_its_window(
     dave: Any, acme: Any, active_pool: Any
 ) -> None:

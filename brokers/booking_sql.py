@@ -225,8 +225,8 @@ def _in_a_batch(committer: group_commit.GroupCommitter, params: list[Any]) -> tu
 
 
 def _one_round_trip(params: list[Any]) -> tuple[Any, ...] | None:
-    """BEGIN, statement_timeout, the call and COMMIT in one pipeline (one network round trip);
-    on any error the transaction is rolled back."""
+    """BEGIN, statement_timeout, the call, the deadline guard and COMMIT in one pipeline (one
+    network round trip); on any error the transaction is rolled back."""
     global _pipelines
     connection.ensure_connection()
     raw: psycopg.Connection[Any] = connection.connection

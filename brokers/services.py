@@ -590,7 +590,7 @@ def option_from_parts(
     if unresolved:
         # Plain rows, not model instances: this may run on every booking from an option.
         pools.update(
-            (row["national_id"], row)
+            (row["national_id"], dict(row))
             for row in registry_selectors.pools_visible_to(actor)
             .filter(national_id__in=unresolved)
             .values(

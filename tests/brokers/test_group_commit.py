@@ -69,6 +69,7 @@ class PoolLock:
         self.locked = threading.Event()
         self.release = threading.Event()
         self.thread = threading.Thread(target=self._hold)
+        self.pid = 0  # the holding backend
 
     def _hold(self) -> None:
         try:
@@ -77,6 +78,10 @@ class PoolLock:
                     cur.execute(
                         "SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [self.pool_id]
                     )
+                    cur.execute("SELECT pg_backend_pid()")
+                    row = cur.fetchone()
+                    assert row is not None
+                    self.pid = int(row[0])
                 self.locked.set()
                 self.release.wait(30)
         finally:
@@ -103,6 +108,18 @@ def _batch_waiting_on_lock() -> int | None:
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND query LIKE %s AND pid <> pg_backend_pid()",
             [BATCH_QUERY],
+        )
+        row = cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _batch_blocked_by(lock: PoolLock) -> int | None:
+    """A batch (``broker_book_guarded``) waiting on ``lock``'s row, if any: its backend."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s AND %s = ANY(pg_blocking_pids(pid))",
+            ["%broker_book_guarded(%", lock.pid],
         )
         row = cur.fetchone()
     return None if row is None else int(row[0])
@@ -450,14 +467,14 @@ def test_a_later_booking_of_the_batch_cannot_carry_it_past_the_earliest_deadline
         threads.append(thread)
 
     with PoolLock(second.pk) as second_lock, PoolLock(first.pk) as first_lock:
-        with PoolLock(gate.pk):
+        with PoolLock(gate.pk) as gate_lock:
             book("gate", gate, 20)
-            _wait_for(_batch_waiting_on_lock, "the gate's batch on its lock")
+            _wait_for(lambda: _batch_blocked_by(gate_lock), "the gate's batch on its lock")
             book("early", first, 1.5)  # first in the batch: the lower pool id
             book("late", second, 20)
             _wait_for(lambda: committer._queue.qsize() >= 2, "both to queue")
         assert _wait_for_answer(answers, "gate") not in ("DEADLINE_EXCEEDED", "")
-        _wait_for(_batch_waiting_on_lock, "the batch on the first lock")
+        _wait_for(lambda: _batch_blocked_by(first_lock), "the batch on the first lock")
         time.sleep(0.4)
         first_lock.release.set()  # early's statement ends; late's starts and waits
         assert _wait_for_answer(answers, "early") == "DEADLINE_EXCEEDED"
@@ -524,9 +541,9 @@ def test_a_retry_alone_after_a_cancelled_batch_never_commits_past_its_deadline(
         threads.append(thread)
 
     with PoolLock(second.pk) as second_lock, PoolLock(first.pk) as first_lock:
-        with PoolLock(gate.pk):
+        with PoolLock(gate.pk) as gate_lock:
             book("gate", gate, 20)
-            _wait_for(_batch_waiting_on_lock, "the gate's batch on its lock")
+            _wait_for(lambda: _batch_blocked_by(gate_lock), "the gate's batch on its lock")
             book("short", first, 1.0)
             book("long", second, 2.0)
             _wait_for(lambda: committer._queue.qsize() >= 2, "both to queue")

@@ -27,12 +27,12 @@ single-transaction path with its retries); the idempotency key makes that safe e
 booking that did commit answers as the stored booking. Deadlines: a booking whose deadline has
 passed before its batch leaves is answered ``DeadlineExceeded`` and never sent; the batch's
 budget is the earliest deadline among its bookings (each deadline already less the server's
-safety margin, ``registry.context.server_deadline``): it is the ``statement_timeout`` of every statement,
-and ``broker_deadline_guard``, the last statement before ``COMMIT``, aborts the batch once the
-budget has passed since its ``BEGIN`` (the statement timeout restarts with each booking's
-statement and would not). So, as alone, no booking commits after its caller gave up: a batch
-cancelled at one booking's deadline is retried booking by booking, each retry checking its own
-remaining deadline before it is sent and bounded by it (the late one gets
+safety margin, ``registry.context.server_deadline``): it is the ``statement_timeout`` of every
+statement, and ``broker_deadline_guard``, the last statement before ``COMMIT``, aborts the batch
+once the budget has passed since its ``BEGIN`` (the statement timeout restarts with each
+booking's statement and would not). So, as alone, no booking commits after its caller gave up: a
+batch cancelled at one booking's deadline is retried booking by booking, each retry checking its
+own remaining deadline before it is sent and bounded by it (the late one gets
 ``DeadlineExceeded`` without being sent).
 
 ``BROKER_GROUP_COMMIT_FLIGHTS`` committer threads (each with its own connection) let that many

@@ -41,14 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.challenge import Matrix, precision
+from agent.challenge import Matrix, boundary_factor, precision, scaled_rounded_rows
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -93,11 +93,123 @@ class VectorCheck:
         return {"passed": self.passed, "worst_ratio": round(self.worst_ratio, 6)}
 
 
+# The checks read each n x n matrix a block of rows at a time, converted to float64 in a buffer
+# of about this size that stays in the core's cache (L2: 512 KiB to 2 MiB on current x86), and
+# multiply the block there: one pass over the matrix in its own type, instead of writing and
+# reading back a float64 copy of it (two to three times its size) and, for X = C^T, a
+# transposing copy. The sums are the same float64 sums in another order. (1 MiB measured best
+# of 128 KiB .. 4 MiB at n = 2048 on this machine's 1 MiB-per-core L2.)
+BLOCK_BYTES = 1024 * 1024
+
+
+def _rows_per_block(n: int) -> int:
+    return max(1, BLOCK_BYTES // (8 * n))
+
+
+@dataclass
+class _Sums:
+    """What one pass (``_sweep``) over a matrix M (n x n) yields; None where not asked."""
+
+    raw_right: npt.NDArray[np.float64] | None = None  # M @ raw_right, before the transform
+    right: npt.NDArray[np.float64] | None = None  # T(M) @ right
+    left: npt.NDArray[np.float64] | None = None  # T(M)^T @ left
+    sq_right: npt.NDArray[np.float64] | None = None  # (T(M) o T(M)) @ w
+    sq_left: npt.NDArray[np.float64] | None = None  # (T(M) o T(M))^T @ w
+    sq_total: float = 0.0  # sum of T(M)^2
+
+
+def _sweep(
+    m: Matrix,
+    *,
+    raw_right: npt.NDArray[np.float64] | None = None,
+    transform: Callable[[Matrix], Matrix] | None = None,
+    right: npt.NDArray[np.float64] | None = None,
+    left: npt.NDArray[np.float64] | None = None,
+    sq_right: npt.NDArray[np.float64] | None = None,
+    sq_left: npt.NDArray[np.float64] | None = None,
+    sq_total: bool = False,
+) -> _Sums:
+    """One pass over M's rows in blocks of float64 (``BLOCK_BYTES``): products of the block
+    with the asked vectors, accumulated exactly as the whole float64 products would be, up to
+    the order of the float64 additions. ``raw_right`` multiplies M's own entries; the rest
+    multiply T(M) (``transform`` applied to each block of rows: it must act entry by entry)."""
+    n_rows, n_cols = m.shape
+    rows = _rows_per_block(n_cols)
+    out = _Sums()
+    if raw_right is not None:
+        out.raw_right = np.empty((n_rows, raw_right.shape[1]))
+    if right is not None:
+        out.right = np.empty((n_rows, right.shape[1]))
+    if left is not None:
+        out.left = np.zeros((n_cols, left.shape[1]))
+        part = np.empty_like(out.left)
+    if sq_right is not None:
+        out.sq_right = np.empty(n_rows)
+    if sq_left is not None:
+        out.sq_left = np.zeros(n_cols)
+    squares = sq_right is not None or sq_left is not None or sq_total
+    transformed = right is not None or left is not None or squares
+    buffer = np.empty((rows, n_cols))
+    square = np.empty((rows, n_cols)) if squares else buffer
+    total = 0.0
+    for i in range(0, n_rows, rows):
+        j = min(i + rows, n_rows)
+        source: Any = m[i:j]
+        raw: Any = None
+        if out.raw_right is not None and raw_right is not None:
+            raw = _as_float64(source, buffer[: j - i])
+            np.matmul(raw, raw_right, out=out.raw_right[i:j])
+        if not transformed:
+            continue
+        if transform is not None:
+            block: Any = _as_float64(transform(source), buffer[: j - i])
+        else:
+            block = raw if raw is not None else _as_float64(source, buffer[: j - i])
+        if out.right is not None and right is not None:
+            np.matmul(block, right, out=out.right[i:j])
+        if out.left is not None and left is not None:
+            np.matmul(block.T, left[i:j], out=part)
+            out.left += part
+        if squares:
+            sq = square[: j - i]
+            np.multiply(block, block, out=sq)
+            if out.sq_right is not None and sq_right is not None:
+                np.matmul(sq, sq_right, out=out.sq_right[i:j])
+            if out.sq_left is not None and sq_left is not None:
+                out.sq_left += sq_left[i:j] @ sq
+            if sq_total:
+                total += float(sq.sum())
+    out.sq_total = total
+    return out
+
+
+def _as_float64(rows: Any, buffer: npt.NDArray[np.float64]) -> Any:
+    """``rows`` in float64: as they are when they already are, else widened into ``buffer``
+    (exact: every input and accumulator type fits in float64)."""
+    if rows.dtype == np.float64:
+        return rows
+    np.copyto(buffer, rows)
+    return buffer
+
+
+@dataclass
+class InputSide:
+    """The verifier's side of one checked step, from X and B only (never from the agent's C):
+    ``expected`` = (X B ... B) r, exact in float64 (n x k), and the residual bound (a column
+    of n rows for one product, a scalar for a composite step)."""
+
+    expected: npt.NDArray[np.float64]
+    bound: Any
+
+
 class StepChecker:
     """Freivalds on many steps that share B (one device's chain): B's side is computed once.
 
     The k sign vectors are drawn once per device, after every commitment arrived; each step's
-    check then costs two conversions, two n x k products and one n-vector product.
+    check then costs one pass over C (``product_side``: C r) and one over X (``input_side``,
+    ``input_side_of_product``: X (B r) and the bound), each in blocks that stay in cache
+    (``_sweep``), plus, in a composite step, one pass over B per link. When C_t is both checked
+    and the input of the next checked step, ``product_pass`` reads it once for both.
     """
 
     def __init__(self, b: Matrix, name: str, *, k: int, rng: np.random.Generator) -> None:
@@ -105,19 +217,32 @@ class StepChecker:
         if b.shape != (n, n):
             raise ValueError("B must be n x n")
         self.n, self.name, self.k = n, name, k
-        b64 = np.asarray(b, dtype=np.float64)
-        self._b64 = b64
+        p = precision(name)
+        # B held exactly in the accumulator type (16-bit inputs widen exactly to float32):
+        # half the bytes of float64 for every pass over it.
+        self._b: Any = np.ascontiguousarray(b, dtype=p.accumulator)
         self.r = rng.choice(np.array([-1.0, 1.0]), size=(n, k))
-        self.br = b64 @ self.r
         # mean_j(B_kj^2): rho_i^2 = sum_k X_ik^2 mean_j(B_kj^2) (module docstring).
-        self.b2 = (b64 * b64).mean(axis=1)
-        self.scale = LAMBDA * math.sqrt(n) * precision(name).unit_roundoff * n
+        sums = _sweep(self._b, right=self.r, sq_right=np.full(n, 1.0 / n))
+        assert sums.right is not None and sums.sq_right is not None
+        self.br: npt.NDArray[np.float64] = sums.right
+        self.b2: npt.NDArray[np.float64] = sums.sq_right
+        self.scale = LAMBDA * math.sqrt(n) * p.unit_roundoff * n
+        self._links: tuple[int, Any, npt.NDArray[np.float64], bool, list[int]] | None = None
+
+    def _b_times(self, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        result = _sweep(self._b, right=v).right
+        assert result is not None
+        return result
+
+    def _bt_times(self, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        result = _sweep(self._b, left=v).left
+        assert result is not None
+        return result
 
     def bound(self, x: Matrix) -> npt.NDArray[np.float64]:
         """The residual bound of each row for input X."""
-        x64 = np.asarray(x, dtype=np.float64)
-        rho = np.sqrt((x64 * x64) @ self.b2)
-        bound: npt.NDArray[np.float64] = self.scale * rho + np.finfo(np.float64).tiny
+        bound: npt.NDArray[np.float64] = self.input_side(x).bound[:, 0]
         return bound
 
     def check(
@@ -127,60 +252,146 @@ class StepChecker:
         with the links' ``signs`` (``agent.challenge.step``, ``link_signs``); one VectorCheck
         per vector.
 
-        X may be any view (the verifier passes ``scaled_rounded(C_{t-1}).T``, no copy). A
-        non-finite entry of C makes its component of C r non-finite, and the check fails.
+        X may be any view (e.g. ``scaled_rounded(C_{t-1}).T``: read as the transpose of a
+        row-major matrix, no copy). A non-finite entry of C makes its component of C r
+        non-finite, and the check fails.
         """
         n = self.n
         if x.shape != (n, n) or c.shape != (n, n):
             raise ValueError("X and C must be n x n")
-        cr = np.asarray(c, dtype=np.float64) @ self.r
-        x64 = np.asarray(x, dtype=np.float64)
-        if inner == 1:
-            expected = x64 @ self.br
-            bound = self.bound(x64)[:, None]
-        else:
-            if signs is None or signs.shape != (inner - 1, n):
-                raise ValueError("a composite step needs its (inner - 1) x n link signs")
-            expected = self._composite(x64, inner, np.asarray(signs, dtype=np.float64))
-            bound = self.composite_bound(x64, inner, expected)
-        ratio = np.abs(cr - expected) / bound
+        side = self.input_side(x, inner, signs)
+        return self.verdict(self.product_side(c), side)
+
+    def product_side(self, c: Matrix) -> npt.NDArray[np.float64]:
+        """C r in float64 (exact products; every input and accumulator type fits)."""
+        if c.shape != (self.n, self.n):
+            raise ValueError("C must be n x n")
+        cr = _sweep(c, raw_right=self.r).raw_right
+        assert cr is not None
+        return cr
+
+    def input_side(self, x: Matrix, inner: int = 1, signs: Matrix | None = None) -> InputSide:
+        """The verifier's side of the check of a step whose input is X (any layout)."""
+        if x.shape != (self.n, self.n):
+            raise ValueError("X must be n x n")
+        if not x.flags.c_contiguous and x.T.flags.c_contiguous:
+            return self._input_side(x.T, None, inner, signs, transposed=True).side
+        return self._input_side(x, None, inner, signs, transposed=False).side
+
+    def input_side_of_product(
+        self, product: Matrix, inner: int = 1, signs: Matrix | None = None
+    ) -> InputSide:
+        """The side of the step whose input is X = ``next_input(product)``: the committed
+        C_{t-1} scaled, shifted and rounded a block of rows at a time (the same entries as
+        ``scaled_rounded(product)``), read as its transpose: neither a rounded nor a
+        transposed copy of the matrix is made."""
+        return self.product_pass(product, inner, signs, checked=False)[1]
+
+    def product_pass(
+        self, product: Matrix, inner: int = 1, signs: Matrix | None = None, *, checked: bool
+    ) -> tuple[npt.NDArray[np.float64] | None, InputSide]:
+        """One pass over the committed C_t for both of its uses: C_t r when step t is checked
+        (``checked``), and the side of step t + 1, whose input is next_input(C_t)."""
+        if product.shape != (self.n, self.n):
+            raise ValueError("C must be n x n")
+        factor = boundary_factor(product, self.name)
+        n, name = self.n, self.name
+
+        def transform(rows: Matrix) -> Matrix:
+            return scaled_rounded_rows(rows, n, name, factor)
+
+        side = self._input_side(
+            product,
+            transform,
+            inner,
+            signs,
+            transposed=True,
+            raw_right=self.r if checked else None,
+        )
+        return side.raw, side.side
+
+    def verdict(self, cr: npt.NDArray[np.float64], side: InputSide) -> list[VectorCheck]:
+        """Compare C r (``product_side``) with the verifier's side, vector by vector."""
+        ratio = np.abs(cr - side.expected) / side.bound
         if not np.isfinite(ratio).all():
             return [VectorCheck(passed=False, worst_ratio=math.inf) for _ in range(self.k)]
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
 
-    def _composite(
-        self, x64: npt.NDArray[np.float64], inner: int, signs: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
-        """(Y_{inner-1} B) r without the intermediate roundings, where Y_0 = X and
-        Y_j = s D_j (Y_{j-1} B)^T (D_j = diag of the link's signs): one n x n by n x k product
-        per link plus O(n k) for D_j, so O(inner k n^2). Iterative (a step may hold 1024 links):
+    def _input_side(
+        self,
+        m: Matrix,
+        transform: Callable[[Matrix], Matrix] | None,
+        inner: int,
+        signs: Matrix | None,
+        *,
+        transposed: bool,
+        raw_right: npt.NDArray[np.float64] | None = None,
+    ) -> _Pass:
+        """X = T(M)^T when ``transposed``, else T(M); one pass over M."""
+        n = self.n
+        after: list[int] = []
+        if inner == 1:
+            v, v_transposed = self.br, False
+        else:
+            if signs is None or signs.shape != (inner - 1, n):
+                raise ValueError("a composite step needs its (inner - 1) x n link signs")
+            v, v_transposed, after = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
+        # X v is M^T v when X = M^T: a left product on M; X^T v is then a right one.
+        on_left = transposed != v_transposed
+        sums = _sweep(
+            m,
+            raw_right=raw_right,
+            transform=transform,
+            right=None if on_left else v,
+            left=v if on_left else None,
+            sq_right=self.b2 if inner == 1 and not transposed else None,
+            sq_left=self.b2 if inner == 1 and transposed else None,
+            sq_total=inner > 1,
+        )
+        y = sums.left if on_left else sums.right
+        assert y is not None
+        if inner == 1:
+            sq = sums.sq_left if transposed else sums.sq_right
+            assert sq is not None
+            bound: Any = (self.scale * np.sqrt(sq) + np.finfo(np.float64).tiny)[:, None]
+            return _Pass(sums.raw_right, InputSide(y, bound))
+        s = 1.0 / math.sqrt(n)
+        assert signs is not None
+        for j in reversed(after):  # Y_j v = s D_j B^T (Y_{j-1} v)
+            y = s * (np.asarray(signs[j - 1], dtype=np.float64)[:, None] * self._bt_times(y))
+        bound = self._composite_bound(sums.sq_total / (n * n), inner, y)
+        return _Pass(sums.raw_right, InputSide(y, bound))
+
+    def _link_plan(
+        self, inner: int, signs: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], bool, list[int]]:
+        """The part of (Y_{inner-1} B) r that depends on B and the signs only, once per device:
+        the vector v that meets X (as X v, or X^T v when ``transposed``) and the links applied
+        after it. Y_0 = X and Y_j = s D_j (Y_{j-1} B)^T (D_j = diag of the link's signs): one
+        n x n by n x k product per link plus O(n k) for D_j, without the intermediate
+        roundings; iterative (a step may hold 1024 links):
 
             Y_j v   = s D_j B^T (Y_{j-1}^T v)      Y_j^T v = s Y_{j-1} (B D_j v)
         """
-        b64 = self._b64
+        cached = self._links
+        if cached is not None and cached[0] == inner and np.array_equal(cached[1], signs):
+            return cached[2], cached[3], cached[4]
         s = 1.0 / math.sqrt(self.n)
-        v: Any = self.br  # Y_{inner-1} (B r): evaluate Y_m v for m = inner - 1
+        v = self.br  # Y_{inner-1} (B r): evaluate Y_m v for m = inner - 1
         transposed = False
         after: list[int] = []  # links whose s D_j B^T is applied on the way back up
         for j in range(inner - 1, 0, -1):
-            d = signs[j - 1][:, None]
             if transposed:  # Y_j^T v = s Y_{j-1} (B D_j v)
-                v = s * (b64 @ (d * v))
+                v = s * self._b_times(signs[j - 1][:, None] * v)
             else:  # Y_j v = s D_j B^T (Y_{j-1}^T v)
                 after.append(j)
             transposed = not transposed
-        v = x64.T @ v if transposed else x64 @ v
-        for j in reversed(after):
-            v = s * (signs[j - 1][:, None] * (b64.T @ v))
-        result: npt.NDArray[np.float64] = v
-        return result
+        self._links = (inner, signs.copy(), v, transposed, after)
+        return v, transposed, after
 
-    def composite_bound(
-        self,
-        x64: npt.NDArray[np.float64],
-        inner: int,
-        expected: npt.NDArray[np.float64] | None = None,
+    def _composite_bound(
+        self, mean_x2: float, inner: int, expected: npt.NDArray[np.float64]
     ) -> Any:
         """The bound of a composite step: the accumulation term with the output rows' size
         taken as their mean, plus the intermediate roundings: each of the inner - 1 roundings
@@ -190,15 +401,21 @@ class StepChecker:
 
         The output's size rho: a link keeps the size only on average (B / sqrt(n) has a
         spectral radius near 1, not 1), so over hundreds of links it drifts. rho is the larger
-        of the input's (sqrt(n mean(B^2)) rms(X)) and the one read from the verifier's *own*
-        exact ``expected`` = C r (E[(C r)_i^2] = sum_j C_ij^2 = n rho^2 for random signs),
-        never from the agent's C."""
-        rho = math.sqrt(self.n * float(self.b2.mean())) * math.sqrt(float((x64 * x64).mean()))
-        if expected is not None and expected.size:
+        of the input's (sqrt(n mean(B^2)) rms(X), ``mean_x2`` = mean(X^2)) and the one read
+        from the verifier's *own* exact ``expected`` = C r (E[(C r)_i^2] = sum_j C_ij^2 =
+        n rho^2 for random signs), never from the agent's C."""
+        rho = math.sqrt(self.n * float(self.b2.mean())) * math.sqrt(mean_x2)
+        if expected.size:
             rho = max(rho, math.sqrt(float((expected * expected).mean()) / self.n))
         u_in = precision(self.name).input_roundoff
         rounding = LAMBDA * math.sqrt(self.n) * math.sqrt(inner - 1) * u_in * rho
         return self.scale * rho + rounding + np.finfo(np.float64).tiny
+
+
+@dataclass
+class _Pass:
+    raw: npt.NDArray[np.float64] | None
+    side: InputSide
 
 
 def row_scale(x: Matrix, b: Matrix) -> npt.NDArray[np.float64]:

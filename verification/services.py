@@ -27,7 +27,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from agent.challenge import assemble, digest, input_matrix, link_signs, scaled_rounded
+from agent.challenge import assemble, digest, input_matrix, link_signs
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from interconnect.tasking import enqueue_on_commit
@@ -43,7 +43,7 @@ from registry.netguard import OutboundRefused, grpc_authority_options, outbound_
 from verification import agent_client, selectors
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
-from verification.freivalds import StepChecker, one_blas_thread, tflops
+from verification.freivalds import InputSide, StepChecker, one_blas_thread, tflops
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 logger = logging.getLogger(__name__)
@@ -667,7 +667,9 @@ def _check_chains(
 
     Per device: B from the seed (A only when step 1 is checked), B's side of the check once
     (``StepChecker``), then per checked step t one O(inner k n^2) check of C_t against X_{t-1},
-    derived from the opened C_{t-1} without a transposing copy."""
+    derived from the opened C_{t-1} a block of rows at a time, with neither a rounded nor a
+    transposed copy; a product that is both checked and the input of the next checked step
+    is read once for both."""
     with one_blas_thread(plan.n):
         return _check_devices(products, plan, opened, k, device_evidence)
 
@@ -682,17 +684,29 @@ def _check_devices(
     rng = np.random.default_rng(secrets.randbits(128))
     results = []
     first = next(iter(plan.devices))
+    checked = set(opened)
     for device, seed in plan.devices.items():
         b = input_matrix(seed, 1, plan.n, plan.precision)
         checker = StepChecker(b, plan.precision, k=k, rng=rng)
         signs = link_signs(seed, plan.n, plan.inner, plan.precision)
         worst = 0.0
+        sides: dict[int, InputSide] = {}  # the side of step t + 1, read with C_t's r
         for step in opened:
-            if step == 1:
-                x = input_matrix(seed, 0, plan.n, plan.precision)
+            if step in sides:
+                side = sides.pop(step)
+            elif step == 1:
+                a = input_matrix(seed, 0, plan.n, plan.precision)
+                side = checker.input_side(a, plan.inner, signs)
             else:
-                x = scaled_rounded(products[(device, step - 1)], plan.precision).T
-            checks = checker.check(x, products[(device, step)], plan.inner, signs)
+                previous = products[(device, step - 1)]
+                side = checker.input_side_of_product(previous, plan.inner, signs)
+            product = products[(device, step)]
+            if step + 1 in checked:  # C_t is also X_t's source: one pass for both
+                cr, sides[step + 1] = checker.product_pass(product, plan.inner, signs, checked=True)
+                assert cr is not None
+            else:
+                cr = checker.product_side(product)
+            checks = checker.verdict(cr, side)
             worst = max(worst, max(c.worst_ratio for c in checks))
             if device == first and step == opened[-1]:
                 results = [c.as_json() for c in checks]

@@ -157,7 +157,7 @@ def _scaled_at_boundary(product: Matrix, name: str) -> Matrix:
     return result
 
 
-def boundary_factor(product: Matrix, name: str) -> np.generic | None:
+def boundary_factor(product: Matrix | RowBlocks, name: str) -> np.generic | None:
     """The power of two 2^-k that :func:`boundary_shift` gives the committed C_t (None for
     k = 0), read from the *unscaled* product's largest and smallest entries, so that the
     verifier can scale and round C_t a block of rows at a time (:func:`scaled_rounded_rows`).
@@ -282,7 +282,9 @@ def canonical_bytes(product: Matrix, name: str) -> bytes:
     return np.ascontiguousarray(product, dtype=acc).tobytes()
 
 
-def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: int) -> bytes:
+def digest(
+    product: Matrix | RowBlocks, name: str, *, challenge_id: str, device: int, step: int
+) -> bytes:
     """SHA-256 commitment to step ``step`` of ``device`` in challenge ``challenge_id``.
 
     The challenge id and the position are hashed in, so a commitment cannot be replayed from
@@ -291,8 +293,10 @@ def digest(product: Matrix, name: str, *, challenge_id: str, device: int, step: 
     h = hashlib.sha256()
     h.update(f"interconnect-chain-v2|{challenge_id}|{device}|{step}|{name}|".encode())
     acc = precision(name).accumulator.newbyteorder("<")
-    contiguous: Any = np.ascontiguousarray(product, dtype=acc)
-    h.update(memoryview(contiguous).cast("B"))  # the array's own bytes, no copy
+    parts = product.blocks if isinstance(product, RowBlocks) else (product,)
+    for part in parts:  # consecutive rows: their bytes in order are the product's
+        contiguous: Any = np.ascontiguousarray(part, dtype=acc)
+        h.update(memoryview(contiguous).cast("B"))  # the array's own bytes, no copy
     return h.digest()
 
 
@@ -321,8 +325,50 @@ def row_blocks(
 
 def assemble(blocks: Iterable[tuple[int, int, bytes]], n: int, name: str) -> Matrix:
     """Rebuild an n x n product from row blocks; ValueError on gaps, overlaps or bad sizes."""
+    return assemble_rows(blocks, n, name).array()
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """An n x n product as the consecutive blocks of rows it arrived in, in row order: views of
+    the received bytes, no copy (:func:`assemble_rows`). The verifier hashes and checks it a
+    block at a time (:func:`digest`, ``verification.freivalds``); :meth:`array` copies it into
+    one matrix."""
+
+    blocks: tuple[Matrix, ...]
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    @property
+    def size(self) -> int:
+        return self.n * self.n
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.blocks[0].dtype
+
+    def max(self) -> Any:
+        """The largest entry; NaN if any entry is NaN (as ``ndarray.max``)."""
+        return np.max(np.array([block.max() for block in self.blocks]))
+
+    def min(self) -> Any:
+        """The smallest entry; NaN if any entry is NaN (as ``ndarray.min``)."""
+        return np.min(np.array([block.min() for block in self.blocks]))
+
+    def array(self) -> Matrix:
+        matrix: Matrix = np.concatenate(self.blocks)
+        return matrix
+
+
+def assemble_rows(blocks: Iterable[tuple[int, int, bytes]], n: int, name: str) -> RowBlocks:
+    """The n x n product of these row blocks, without copying them (:class:`RowBlocks`);
+    ValueError on gaps, overlaps or bad sizes."""
     target = precision(name).accumulator.newbyteorder("<")
-    result = np.empty((n, n), dtype=target)
+    native = target.newbyteorder("=")
+    views: list[tuple[int, Matrix]] = []
     seen = np.zeros(n, dtype=bool)
     for offset, rows, data in blocks:
         if offset < 0 or rows < 1 or offset + rows > n:
@@ -332,7 +378,9 @@ def assemble(blocks: Iterable[tuple[int, int, bytes]], n: int, name: str) -> Mat
         if seen[offset : offset + rows].any():
             raise ValueError(f"block at row {offset} overlaps an earlier block")
         seen[offset : offset + rows] = True
-        result[offset : offset + rows] = np.frombuffer(data, dtype=target).reshape(rows, n)
+        view = np.frombuffer(data, dtype=target).reshape(rows, n)
+        views.append((offset, view.astype(native, copy=False)))  # a copy only if big-endian
     if not seen.all():
         raise ValueError(f"rows missing from the product: {int((~seen).sum())} of {n}")
-    return result.astype(target.newbyteorder("="), copy=False)
+    views.sort(key=lambda item: item[0])
+    return RowBlocks(tuple(view for _, view in views), n)

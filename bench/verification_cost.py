@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.challenge import (  # noqa: E402
+    assemble_rows,
     chain,
     digest,
     flops,
@@ -65,7 +66,6 @@ from agent.challenge import (  # noqa: E402
     multiply,
     precision,
     row_blocks,
-    scaled_rounded,
 )
 from verification.freivalds import StepChecker, one_blas_thread  # noqa: E402
 
@@ -269,19 +269,22 @@ def measure_parts(name: str, k: int) -> Parts:
     checker = b_side()
     c = multiply(input_matrix(1, 0, n, name), b, name)
     blocks = list(row_blocks(c, name))
-    from agent.challenge import assemble
+    signs = link_signs(1, n, 4, name)
 
-    def opening() -> None:
-        digest(assemble(blocks, n, name), name, challenge_id="p", device=0, step=1)
+    def opening() -> None:  # as services._opened_products: kept as its blocks, hashed
+        digest(assemble_rows(blocks, n, name), name, challenge_id="p", device=0, step=1)
 
-    x = scaled_rounded(c, name).T
+    def check(inner: int) -> None:  # as services._check_devices: X from the opened C_{t-1}
+        checker._links = None  # the links' part that is computed once per device: counted
+        side = checker.input_side_of_product(c, inner, signs if inner > 1 else None)
+        checker.verdict(checker.product_side(c), side)
 
     def best(fn: Any) -> float:
         return min(_cpu(fn)[0] for _ in range(3))
 
     with one_blas_thread(n):  # as services._check_chains runs them
-        one = best(lambda: checker.check(x, c, 1))
-        four = best(lambda: checker.check(x, c, 4, link_signs(1, n, 4, name)))
+        one = best(lambda: check(1))
+        four = best(lambda: check(4))
         side = best(b_side)
     return Parts(side, best(opening), one, max(0.0, (four - one) / 3))
 

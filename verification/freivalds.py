@@ -48,7 +48,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.challenge import Matrix, boundary_factor, precision, scaled_rounded_rows
+from agent.challenge import (
+    Matrix,
+    RowBlocks,
+    boundary_factor,
+    precision,
+    scaled_rounded_rows,
+)
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -118,8 +124,19 @@ class _Sums:
     sq_total: float = 0.0  # sum of T(M)^2
 
 
+def _row_chunks(m: Matrix | RowBlocks, rows: int) -> Iterator[tuple[int, Any]]:
+    """(first row, rows) pieces of M of at most ``rows`` rows, views: of the array, or of the
+    blocks a product arrived in."""
+    parts = m.blocks if isinstance(m, RowBlocks) else (m,)
+    start = 0
+    for part in parts:
+        for i in range(0, part.shape[0], rows):
+            yield start + i, part[i : i + rows]
+        start += part.shape[0]
+
+
 def _sweep(
-    m: Matrix,
+    m: Matrix | RowBlocks,
     *,
     raw_right: npt.NDArray[np.float64] | None = None,
     transform: Callable[[Matrix], Matrix] | None = None,
@@ -152,9 +169,8 @@ def _sweep(
     buffer = np.empty((rows, n_cols))
     square = np.empty((rows, n_cols)) if squares else buffer
     total = 0.0
-    for i in range(0, n_rows, rows):
-        j = min(i + rows, n_rows)
-        source: Any = m[i:j]
+    for i, source in _row_chunks(m, rows):
+        j = i + source.shape[0]
         raw: Any = None
         if out.raw_right is not None and raw_right is not None:
             raw = _as_float64(source, buffer[: j - i])
@@ -262,7 +278,7 @@ class StepChecker:
         side = self.input_side(x, inner, signs)
         return self.verdict(self.product_side(c), side)
 
-    def product_side(self, c: Matrix) -> npt.NDArray[np.float64]:
+    def product_side(self, c: Matrix | RowBlocks) -> npt.NDArray[np.float64]:
         """C r in float64 (exact products; every input and accumulator type fits)."""
         if c.shape != (self.n, self.n):
             raise ValueError("C must be n x n")
@@ -279,7 +295,7 @@ class StepChecker:
         return self._input_side(x, None, inner, signs, transposed=False).side
 
     def input_side_of_product(
-        self, product: Matrix, inner: int = 1, signs: Matrix | None = None
+        self, product: Matrix | RowBlocks, inner: int = 1, signs: Matrix | None = None
     ) -> InputSide:
         """The side of the step whose input is X = ``next_input(product)``: the committed
         C_{t-1} scaled, shifted and rounded a block of rows at a time (the same entries as
@@ -288,7 +304,12 @@ class StepChecker:
         return self.product_pass(product, inner, signs, checked=False)[1]
 
     def product_pass(
-        self, product: Matrix, inner: int = 1, signs: Matrix | None = None, *, checked: bool
+        self,
+        product: Matrix | RowBlocks,
+        inner: int = 1,
+        signs: Matrix | None = None,
+        *,
+        checked: bool,
     ) -> tuple[npt.NDArray[np.float64] | None, InputSide]:
         """One pass over the committed C_t for both of its uses: C_t r when step t is checked
         (``checked``), and the side of step t + 1, whose input is next_input(C_t)."""
@@ -320,7 +341,7 @@ class StepChecker:
 
     def _input_side(
         self,
-        m: Matrix,
+        m: Matrix | RowBlocks,
         transform: Callable[[Matrix], Matrix] | None,
         inner: int,
         signs: Matrix | None,

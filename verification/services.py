@@ -27,7 +27,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from agent.challenge import assemble, digest, input_matrix, link_signs
+from agent.challenge import assemble_rows, digest, input_matrix, link_signs
 from agent.challenge import precision as precision_of
 from interconnect.metrics import HEARTBEATS, VERIFICATION_VERDICTS
 from interconnect.tasking import enqueue_on_commit
@@ -638,11 +638,13 @@ def _opened_products(
     answer: agent_client.BenchmarkAnswer,
     challenge_id: str,
 ) -> dict[tuple[int, int], Any]:
-    """Reassemble the opened products and hold each to its commitment."""
+    """Reassemble the opened products and hold each to its commitment: each as the row blocks
+    it arrived in (``assemble_rows``: checked for gaps and overlaps, not copied), hashed and
+    checked a block at a time."""
     products = {}
     for (device, step), parts in blocks.items():
         try:
-            product = assemble(parts, plan.n, plan.precision)
+            product = assemble_rows(parts, plan.n, plan.precision)
         except ValueError as exc:
             raise VerificationRefuted(f"bad data: device {device} step {step}: {exc}") from exc
         expected = answer.digests[(device, step)]

@@ -2,7 +2,8 @@
 float64 formula: the same worst ratios, for every precision, one product and composite steps,
 X in any layout or derived from the committed product; and the verifier's own rounding stays
 far below the bound. The pieces it reads a block at a time (``boundary_factor``,
-``scaled_rounded_rows``, ``input_matrix``) give the bits of the whole-matrix formulas.
+``scaled_rounded_rows``, ``input_matrix``, an opened product kept as the row blocks it arrived
+in) give the bits of the whole-matrix formulas.
 
 No database: pure numpy.
 """
@@ -16,13 +17,16 @@ import pytest
 
 from agent.challenge import (
     INPUT_HALF_WIDTH,
+    assemble_rows,
     boundary_factor,
+    digest,
     input_matrix,
     inputs,
     link_signs,
     multiply,
     next_input,
     precision,
+    row_blocks,
     scaled_rounded,
     scaled_rounded_rows,
     step,
@@ -245,3 +249,48 @@ def test_input_matrix_in_blocks_gives_the_bits_of_one_draw(name: str, n: int) ->
     values -= INPUT_HALF_WIDTH
     whole = values.astype(precision(name).input)
     np.testing.assert_array_equal(input_matrix(5, 1, n, name).view(np.uint8), whole.view(np.uint8))
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("name", PRECISIONS)
+@pytest.mark.parametrize("inner", [1, 2])
+def test_a_product_checked_as_the_blocks_it_arrived_in_equals_the_array(
+    name: str, inner: int
+) -> None:
+    """The verifier keeps an opened product as its row blocks (no copy): the same digest, the
+    same boundary factor and the same check as the assembled array; received out of order."""
+    n = 200
+    c1, b, signs, (c2, _, _) = honest_and_wrong(name, n, inner, 3)
+    c1[17, 3] = c1.max() * 4  # a peak in one block: shifted
+    s = signs if inner > 1 else None
+    # 13 rows a message (the protocol's 1 MiB at n = 200 would be one block).
+    parts = {key: list(row_blocks(c, name, 13 * n * c.itemsize)) for key, c in ((1, c1), (2, c2))}
+    received = {key: assemble_rows(reversed(p), n, name) for key, p in parts.items()}
+    assert len(received[1].blocks) == 16
+    np.testing.assert_array_equal(received[1].array(), c1)
+    assert digest(received[1], name, challenge_id="c", device=0, step=1) == digest(
+        c1, name, challenge_id="c", device=0, step=1
+    )
+    assert boundary_factor(received[1], name) == boundary_factor(c1, name)
+    assert boundary_factor(received[1], name) is not None
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(3))
+    cr, side = checker.product_pass(received[1], inner, s, checked=True)
+    cr_array, side_array = checker.product_pass(c1, inner, s, checked=True)
+    # The same float64 sums; BLAS may order them by the pieces' shapes.
+    np.testing.assert_allclose(cr, cr_array, rtol=1e-12)
+    np.testing.assert_allclose(side.expected, side_array.expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        ratios(checker.verdict(checker.product_side(received[2]), side)),
+        ratios(checker.verdict(checker.product_side(c2), side)),
+        rtol=1e-9,
+        atol=tolerance(name),
+    )
+
+
+def test_the_largest_entry_of_row_blocks_is_nan_when_one_is() -> None:
+    c = np.arange(16, dtype=np.float32).reshape(4, 4)
+    c[3, 1] = np.nan
+    blocks = assemble_rows(row_blocks(c, "fp32", 4 * 4), 4, "fp32")
+    assert len(blocks.blocks) == 4
+    assert np.isnan(blocks.max()) and np.isnan(blocks.min())
+    assert boundary_factor(blocks, "fp32") is None

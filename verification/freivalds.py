@@ -108,6 +108,9 @@ class VectorCheck:
 BLOCK_BYTES = 1024 * 1024
 
 
+B64_MAX_BYTES = 8 * 1024 * 1024  # StepChecker keeps a float64 B up to this size (n = 1024)
+
+
 def _rows_per_block(n: int) -> int:
     return max(1, BLOCK_BYTES // (8 * n))
 
@@ -145,13 +148,15 @@ def _sweep(
     sq_right: npt.NDArray[np.float64] | None = None,
     sq_left: npt.NDArray[np.float64] | None = None,
     sq_total: bool = False,
+    work: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
 ) -> _Sums:
     """One pass over M's rows in blocks of float64 (``BLOCK_BYTES``): products of the block
     with the asked vectors, accumulated exactly as the whole float64 products would be, up to
     the order of the float64 additions. ``raw_right`` multiplies M's own entries; the rest
-    multiply T(M) (``transform`` applied to each block of rows: it must act entry by entry)."""
+    multiply T(M) (``transform`` applied to each block of rows: it must act entry by entry).
+    ``work``: two float64 buffers of (``_rows_per_block``, n) or more rows, reused."""
     n_rows, n_cols = m.shape
-    rows = _rows_per_block(n_cols)
+    rows = min(_rows_per_block(n_cols), n_rows)
     out = _Sums()
     if raw_right is not None:
         out.raw_right = np.empty((n_rows, raw_right.shape[1]))
@@ -166,8 +171,9 @@ def _sweep(
         out.sq_left = np.zeros(n_cols)
     squares = sq_right is not None or sq_left is not None or sq_total
     transformed = right is not None or left is not None or squares
-    buffer = np.empty((rows, n_cols))
-    square = np.empty((rows, n_cols)) if squares else buffer
+    if work is None or work[0].shape[0] < rows or work[0].shape[1] != n_cols:
+        work = (np.empty((rows, n_cols)), np.empty((rows, n_cols)) if squares else np.empty(0))
+    buffer, square = work
     total = 0.0
     for i, source in _row_chunks(m, rows):
         j = i + source.shape[0]
@@ -237,22 +243,37 @@ class StepChecker:
         # B held exactly in the accumulator type (16-bit inputs widen exactly to float32):
         # half the bytes of float64 for every pass over it.
         self._b: Any = np.ascontiguousarray(b, dtype=p.accumulator)
+        rows = min(_rows_per_block(n), n)
+        self._work = (np.empty((rows, n)), np.empty((rows, n)))  # every pass's blocks
         self.r = rng.choice(np.array([-1.0, 1.0]), size=(n, k))
         # mean_j(B_kj^2): rho_i^2 = sum_k X_ik^2 mean_j(B_kj^2) (module docstring).
-        sums = _sweep(self._b, right=self.r, sq_right=np.full(n, 1.0 / n))
+        sums = _sweep(self._b, right=self.r, sq_right=np.full(n, 1.0 / n), work=self._work)
         assert sums.right is not None and sums.sq_right is not None
         self.br: npt.NDArray[np.float64] = sums.right
         self.b2: npt.NDArray[np.float64] = sums.sq_right
         self.scale = LAMBDA * math.sqrt(n) * p.unit_roundoff * n
         self._links: tuple[int, Any, npt.NDArray[np.float64], bool, list[int]] | None = None
+        # The links of composite steps pass over B once each. Up to B64_MAX_BYTES a float64
+        # copy of B, which stays in the last-level cache, is faster (measured: 0.53 against
+        # 0.65 ms at n = 1024); above, blocks of the float32 B are (2.9 against 3.8 ms at
+        # n = 2048).
+        self._b64: Any = (
+            np.asarray(self._b, dtype=np.float64) if 8 * n * n <= B64_MAX_BYTES else None
+        )
 
     def _b_times(self, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        result = _sweep(self._b, right=v).right
+        if self._b64 is not None:
+            product: npt.NDArray[np.float64] = self._b64 @ v
+            return product
+        result = _sweep(self._b, right=v, work=self._work).right
         assert result is not None
         return result
 
     def _bt_times(self, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        result = _sweep(self._b, left=v).left
+        if self._b64 is not None:
+            product: npt.NDArray[np.float64] = self._b64.T @ v
+            return product
+        result = _sweep(self._b, left=v, work=self._work).left
         assert result is not None
         return result
 
@@ -282,7 +303,7 @@ class StepChecker:
         """C r in float64 (exact products; every input and accumulator type fits)."""
         if c.shape != (self.n, self.n):
             raise ValueError("C must be n x n")
-        cr = _sweep(c, raw_right=self.r).raw_right
+        cr = _sweep(c, raw_right=self.r, work=self._work).raw_right
         assert cr is not None
         return cr
 
@@ -369,6 +390,7 @@ class StepChecker:
             sq_right=self.b2 if inner == 1 and not transposed else None,
             sq_left=self.b2 if inner == 1 and transposed else None,
             sq_total=inner > 1,
+            work=self._work,
         )
         y = sums.left if on_left else sums.right
         assert y is not None

@@ -309,11 +309,7 @@ class StepChecker:
 
     def input_side(self, x: Matrix, inner: int = 1, signs: Matrix | None = None) -> InputSide:
         """The verifier's side of the check of a step whose input is X (any layout)."""
-        if x.shape != (self.n, self.n):
-            raise ValueError("X must be n x n")
-        if not x.flags.c_contiguous and x.T.flags.c_contiguous:
-            return self._input_side(x.T, None, inner, signs, transposed=True).side
-        return self._input_side(x, None, inner, signs, transposed=False).side
+        return self._finish([self._partial_of_matrix(x, inner, signs)], inner, signs)[0]
 
     def input_side_of_product(
         self, product: Matrix | RowBlocks, inner: int = 1, signs: Matrix | None = None
@@ -334,23 +330,43 @@ class StepChecker:
     ) -> tuple[npt.NDArray[np.float64] | None, InputSide]:
         """One pass over the committed C_t for both of its uses: C_t r when step t is checked
         (``checked``), and the side of step t + 1, whose input is next_input(C_t)."""
-        if product.shape != (self.n, self.n):
-            raise ValueError("C must be n x n")
-        factor = boundary_factor(product, self.name)
-        n, name = self.n, self.name
+        partial = self._partial_of_product(product, inner, signs, checked=checked)
+        return partial.raw, self._finish([partial], inner, signs)[0]
 
-        def transform(rows: Matrix) -> Matrix:
-            return scaled_rounded_rows(rows, n, name, factor)
-
-        side = self._input_side(
-            product,
-            transform,
-            inner,
-            signs,
-            transposed=True,
-            raw_right=self.r if checked else None,
-        )
-        return side.raw, side.side
+    def check_steps(
+        self,
+        opened: list[int],
+        product: Callable[[int], Matrix | RowBlocks],
+        first_input: Callable[[], Matrix],
+        inner: int = 1,
+        signs: Matrix | None = None,
+    ) -> dict[int, list[VectorCheck]]:
+        """Check the steps ``opened`` (increasing) of one chain whose committed products are
+        ``product(t)`` and whose first input is ``first_input()`` (A; asked only when step 1 is
+        checked): the checks of ``check(next_input(C_{t-1}), C_t)`` for each, done with each
+        matrix read once (a C_t that is both checked and the next checked step's input serves
+        both in one pass) and, in composite steps, the links after X applied to every step's
+        vectors at once (one pass over B per link, not one per link and step)."""
+        wanted = set(opened)
+        partials: dict[int, _Partial] = {}
+        crs: dict[int, npt.NDArray[np.float64]] = {}
+        for t in opened:
+            if t not in partials:
+                if t == 1:
+                    partials[t] = self._partial_of_matrix(first_input(), inner, signs)
+                else:
+                    partials[t] = self._partial_of_product(
+                        product(t - 1), inner, signs, checked=False
+                    )
+            if t + 1 in wanted:  # C_t r and the side of step t + 1 in one pass
+                partials[t + 1] = self._partial_of_product(product(t), inner, signs, checked=True)
+                cr = partials[t + 1].raw
+                assert cr is not None
+                crs[t] = cr
+            else:
+                crs[t] = self.product_side(product(t))
+        sides = self._finish([partials[t] for t in opened], inner, signs)
+        return {t: self.verdict(crs[t], side) for t, side in zip(opened, sides, strict=True)}
 
     def verdict(self, cr: npt.NDArray[np.float64], side: InputSide) -> list[VectorCheck]:
         """Compare C r (``product_side``) with the verifier's side, vector by vector."""
@@ -360,7 +376,34 @@ class StepChecker:
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
 
-    def _input_side(
+    def _partial_of_matrix(self, x: Matrix, inner: int, signs: Matrix | None) -> _Partial:
+        if x.shape != (self.n, self.n):
+            raise ValueError("X must be n x n")
+        if not x.flags.c_contiguous and x.T.flags.c_contiguous:
+            return self._partial(x.T, None, inner, signs, transposed=True)
+        return self._partial(x, None, inner, signs, transposed=False)
+
+    def _partial_of_product(
+        self, product: Matrix | RowBlocks, inner: int, signs: Matrix | None, *, checked: bool
+    ) -> _Partial:
+        if product.shape != (self.n, self.n):
+            raise ValueError("C must be n x n")
+        factor = boundary_factor(product, self.name)
+        n, name = self.n, self.name
+
+        def transform(rows: Matrix) -> Matrix:
+            return scaled_rounded_rows(rows, n, name, factor)
+
+        return self._partial(
+            product,
+            transform,
+            inner,
+            signs,
+            transposed=True,
+            raw_right=self.r if checked else None,
+        )
+
+    def _partial(
         self,
         m: Matrix | RowBlocks,
         transform: Callable[[Matrix], Matrix] | None,
@@ -369,16 +412,15 @@ class StepChecker:
         *,
         transposed: bool,
         raw_right: npt.NDArray[np.float64] | None = None,
-    ) -> _Pass:
-        """X = T(M)^T when ``transposed``, else T(M); one pass over M."""
-        n = self.n
-        after: list[int] = []
+    ) -> _Partial:
+        """The pass over M for X = T(M)^T when ``transposed``, else T(M): X's product with the
+        link plan's vector, and the squares the bound needs."""
         if inner == 1:
             v, v_transposed = self.br, False
         else:
-            if signs is None or signs.shape != (inner - 1, n):
+            if signs is None or signs.shape != (inner - 1, self.n):
                 raise ValueError("a composite step needs its (inner - 1) x n link signs")
-            v, v_transposed, after = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
+            v, v_transposed, _ = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
         # X v is M^T v when X = M^T: a left product on M; X^T v is then a right one.
         on_left = transposed != v_transposed
         sums = _sweep(
@@ -394,17 +436,31 @@ class StepChecker:
         )
         y = sums.left if on_left else sums.right
         assert y is not None
+        squares: Any = (sums.sq_left if transposed else sums.sq_right) if inner == 1 else None
+        return _Partial(sums.raw_right, y, squares, sums.sq_total)
+
+    def _finish(
+        self, partials: list[_Partial], inner: int, signs: Matrix | None
+    ) -> list[InputSide]:
+        """The sides of these steps: the links after X (composite steps), applied to all the
+        steps' vectors side by side, and the bounds."""
+        n, tiny = self.n, np.finfo(np.float64).tiny
         if inner == 1:
-            sq = sums.sq_left if transposed else sums.sq_right
-            assert sq is not None
-            bound: Any = (self.scale * np.sqrt(sq) + np.finfo(np.float64).tiny)[:, None]
-            return _Pass(sums.raw_right, InputSide(y, bound))
-        s = 1.0 / math.sqrt(n)
+            return [
+                InputSide(p.y, (self.scale * np.sqrt(p.squares) + tiny)[:, None]) for p in partials
+            ]
         assert signs is not None
+        _, _, after = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
+        y = np.concatenate([p.y for p in partials], axis=1)
+        s = 1.0 / math.sqrt(n)
         for j in reversed(after):  # Y_j v = s D_j B^T (Y_{j-1} v)
             y = s * (np.asarray(signs[j - 1], dtype=np.float64)[:, None] * self._bt_times(y))
-        bound = self._composite_bound(sums.sq_total / (n * n), inner, y)
-        return _Pass(sums.raw_right, InputSide(y, bound))
+        sides = []
+        for i, p in enumerate(partials):
+            expected = y[:, i * self.k : (i + 1) * self.k]
+            bound = self._composite_bound(p.sq_total / (n * n), inner, expected)
+            sides.append(InputSide(expected, bound))
+        return sides
 
     def _link_plan(
         self, inner: int, signs: npt.NDArray[np.float64]
@@ -456,9 +512,15 @@ class StepChecker:
 
 
 @dataclass
-class _Pass:
+class _Partial:
+    """One pass's share of a step's side: C r when asked (``raw``), X v (before the links
+    that follow X in a composite step), and X's squares (per row weighted by mean(B^2) for one
+    product, their sum for a composite step)."""
+
     raw: npt.NDArray[np.float64] | None
-    side: InputSide
+    y: npt.NDArray[np.float64]
+    squares: Any
+    sq_total: float
 
 
 def row_scale(x: Matrix, b: Matrix) -> npt.NDArray[np.float64]:

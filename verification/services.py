@@ -10,6 +10,7 @@ the number of workers and redeliveries. Pool status moves only through
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -43,7 +44,7 @@ from registry.netguard import OutboundRefused, grpc_authority_options, outbound_
 from verification import agent_client, selectors
 from verification.choices import OPEN_STATES, RunState, Trigger
 from verification.errors import AgentUnavailable, UnknownPool, VerificationRefuted
-from verification.freivalds import InputSide, StepChecker, one_blas_thread, tflops
+from verification.freivalds import StepChecker, one_blas_thread, tflops
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 
 logger = logging.getLogger(__name__)
@@ -670,10 +671,15 @@ def _check_chains(
     Per device: B from the seed (A only when step 1 is checked), B's side of the check once
     (``StepChecker``), then per checked step t one O(inner k n^2) check of C_t against X_{t-1},
     derived from the opened C_{t-1} a block of rows at a time, with neither a rounded nor a
-    transposed copy; a product that is both checked and the input of the next checked step
-    is read once for both."""
+    transposed copy (``StepChecker.check_steps``: a product that is both checked and the
+    input of the next checked step is read once for both, and the links of composite steps
+    pass over B once for all the steps)."""
     with one_blas_thread(plan.n):
         return _check_devices(products, plan, opened, k, device_evidence)
+
+
+def _opened(products: dict[tuple[int, int], Any], device: int, step: int) -> Any:
+    return products[(device, step)]
 
 
 def _check_devices(
@@ -686,29 +692,20 @@ def _check_devices(
     rng = np.random.default_rng(secrets.randbits(128))
     results = []
     first = next(iter(plan.devices))
-    checked = set(opened)
     for device, seed in plan.devices.items():
         b = input_matrix(seed, 1, plan.n, plan.precision)
         checker = StepChecker(b, plan.precision, k=k, rng=rng)
         signs = link_signs(seed, plan.n, plan.inner, plan.precision)
         worst = 0.0
-        sides: dict[int, InputSide] = {}  # the side of step t + 1, read with C_t's r
+        by_step = checker.check_steps(
+            opened,
+            functools.partial(_opened, products, device),
+            functools.partial(input_matrix, seed, 0, plan.n, plan.precision),
+            plan.inner,
+            signs,
+        )
         for step in opened:
-            if step in sides:
-                side = sides.pop(step)
-            elif step == 1:
-                a = input_matrix(seed, 0, plan.n, plan.precision)
-                side = checker.input_side(a, plan.inner, signs)
-            else:
-                previous = products[(device, step - 1)]
-                side = checker.input_side_of_product(previous, plan.inner, signs)
-            product = products[(device, step)]
-            if step + 1 in checked:  # C_t is also X_t's source: one pass for both
-                cr, sides[step + 1] = checker.product_pass(product, plan.inner, signs, checked=True)
-                assert cr is not None
-            else:
-                cr = checker.product_side(product)
-            checks = checker.verdict(cr, side)
+            checks = by_step[step]
             worst = max(worst, max(c.worst_ratio for c in checks))
             if device == first and step == opened[-1]:
                 results = [c.as_json() for c in checks]

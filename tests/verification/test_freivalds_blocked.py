@@ -19,6 +19,7 @@ from agent.challenge import (
     INPUT_HALF_WIDTH,
     assemble_rows,
     boundary_factor,
+    chain,
     digest,
     input_matrix,
     inputs,
@@ -295,3 +296,28 @@ def test_the_largest_entry_of_row_blocks_is_nan_when_one_is() -> None:
     assert len(blocks.blocks) == 4
     assert np.isnan(blocks.max()) and np.isnan(blocks.min())
     assert boundary_factor(blocks, "fp32") is None
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("name", PRECISIONS)
+@pytest.mark.parametrize("inner", [1, 3])
+def test_checking_a_chains_steps_together_equals_checking_each(name: str, inner: int) -> None:
+    """``check_steps`` (what the service runs: shared passes, links applied to all the steps at
+    once) gives each step's check on its own, and a wrong product fails its own step and the
+    next (whose input it gives)."""
+    n, seed = 200, 8
+    products = list(chain(seed, n, name, 6, inner))
+    products[3] = products[3] * np.asarray(1.25, dtype=products[3].dtype)  # C_4 is wrong
+    a, b = inputs(seed, n, name)
+    signs = link_signs(seed, n, inner, name)
+    s = signs if inner > 1 else None
+    for opened in ([1, 2, 6], [1, 4, 5, 6], [2, 4, 6], [3, 4]):
+        checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
+        got = checker.check_steps(opened, lambda t: products[t - 1], lambda: a, inner, s)
+        assert list(got) == opened
+        for t in opened:
+            x = a if t == 1 else scaled_rounded(products[t - 2], name).T
+            alone = ratios(checker.check(x, products[t - 1], inner, s))
+            np.testing.assert_allclose(ratios(got[t]), alone, rtol=1e-9, atol=tolerance(name))
+            # C_4 is not X_3 B, and C_5 is not X_4 B for the X_4 the committed C_4 gives.
+            assert all(v.passed for v in got[t]) == (t not in (4, 5)), (t, ratios(got[t]))

@@ -14,8 +14,8 @@ and a verdict against the issue's targets.
    seed; Freivalds with k vectors on each checked step). Agent compute = min(wall, CPU) of the
    chain (both BLAS threads count in CPU time; wall grows when other work shares the cores);
    the verifier's figure is the median of 3 draws, timed after a pause of ``SPIN_SECONDS`` (the
-   agent's idle OpenBLAS threads spin for about 0.1 s after its chain, CPU time of this
-   process that is not the verifier's).
+   agent's idle OpenBLAS threads spin for a while after its chain: CPU time of this process
+   that is not the verifier's).
 2. The production plan (``plan_challenge`` at this process's settings) of each catalog model
    declared at its datasheet peak: an honest device's chain time at that speed and the
    verifier's CPU time per device, from the costs of its parts measured on this machine (B from
@@ -183,9 +183,9 @@ def chain_cost(name: str, n: int, k: int) -> Cost:
             for t, c in enumerate(products, 1)
         }
     )
-    # The agent's idle OpenBLAS threads spin on after its chain (measured: about 0.1 s of CPU
-    # after a two-thread product), and process_time would charge that to the verifier, which
-    # runs on another machine in production and checks on one BLAS thread (``one_blas_thread``).
+    # The agent's idle OpenBLAS threads spin on for a while after its chain, and process_time
+    # would charge that to the verifier, which runs on another machine in production and checks
+    # on one BLAS thread (``one_blas_thread``).
     time.sleep(SPIN_SECONDS)
     draws = []
     for _ in range(3):

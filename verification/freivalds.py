@@ -103,8 +103,8 @@ class VectorCheck:
 # of about this size that stays in the core's cache (L2: 512 KiB to 2 MiB on current x86), and
 # multiply the block there: one pass over the matrix in its own type, instead of writing and
 # reading back a float64 copy of it (two to three times its size) and, for X = C^T, a
-# transposing copy. The sums are the same float64 sums in another order. (1 MiB measured best
-# of 128 KiB .. 4 MiB at n = 2048 on this machine's 1 MiB-per-core L2.)
+# transposing copy. The sums are the same float64 sums in another order. (1 MiB: about a
+# core's L2 here; smaller blocks cost more Python per pass, larger ones fall out of cache.)
 BLOCK_BYTES = 1024 * 1024
 
 
@@ -244,9 +244,8 @@ class StepChecker:
         # half the bytes of float64 for every pass over it.
         self._b: Any = np.ascontiguousarray(b, dtype=p.accumulator)
         # The links of composite steps pass over B once each. Up to B64_MAX_BYTES a float64
-        # copy of B, which stays in the last-level cache, is faster (measured: 0.53 against
-        # 0.65 ms at n = 1024); above, blocks of the float32 B are (2.9 against 3.8 ms at
-        # n = 2048).
+        # copy of B, which stays in the last-level cache, is faster than converting blocks of
+        # B each time; above, it is not (it is read from memory at twice the bytes).
         self._b64: Any = (
             np.asarray(self._b, dtype=np.float64) if 8 * n * n <= B64_MAX_BYTES else None
         )

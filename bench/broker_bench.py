@@ -1005,13 +1005,15 @@ def profile_grpc_booking(
     seconds: float,
     out_dir: Path,
     label: str,
+    kind: str = "spread",
 ) -> tuple[str, Profile | None]:
-    """The spread run once more, with py-spy sampling both broker processes (not timed): a
-    flame graph (SVG) and collapsed stacks in ``out_dir``, and their summary."""
+    """The ``kind`` run (spread, or contended on its 32 pools) once more, with py-spy sampling
+    both broker processes (not timed): a flame graph (SVG) and collapsed stacks in
+    ``out_dir``, and their summary."""
 
     def run() -> str:
-        result = grpc_booking(target, "spread", tokens, pools, start, seconds)
-        return f"profiled spread run ({result['ok']:.0f} bookings/s under py-spy)"
+        result = grpc_booking(target, kind, tokens, pools, start, seconds)
+        return f"profiled {kind} run ({result['ok']:.0f} bookings/s under py-spy)"
 
     return _profiled(broker_pid, seconds, out_dir, label, run)
 
@@ -1108,6 +1110,19 @@ def grpc_phases(
         if profile_dir is not None:
             out["profile"], out["profile_summary"] = profile_grpc_booking(
                 target, broker.pid, tokens, pools, start, seconds, profile_dir, label
+            )
+            # The contended run once more on its 32 pools (full by now: every refusal
+            # cancels), so its row is explained by its own profile.
+            out["profile_contended"], out["profile_contended_summary"] = profile_grpc_booking(
+                target,
+                broker.pid,
+                tokens,
+                pools[32:64],
+                start,
+                seconds,
+                profile_dir,
+                f"{label}-contended",
+                kind="contended",
             )
     finally:
         _stop(broker)
@@ -1214,6 +1229,8 @@ def print_booking_rows(results: dict[str, Any], seconds: float) -> None:
     )
     if "profile" in g:
         print("  " + g["profile"].replace("\n", "\n  "))
+    if "profile_contended" in g:
+        print("  " + g["profile_contended"].replace("\n", "\n  "))
 
 
 def print_targets(results: dict[str, Any]) -> None:
@@ -1224,6 +1241,8 @@ def print_targets(results: dict[str, Any]) -> None:
     # The profiled run: the gRPC spread bookings (full and --booking-only runs), or the
     # QueryCapacity calls (--query-only).
     profiles = {} if summary is None else {"query" if "spread" not in g else "booking": summary}
+    if g.get("profile_contended_summary") is not None:
+        profiles["contended"] = g["profile_contended_summary"]
     print(f"\n{render(issue_targets(results), profiles)}")
     print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
 
@@ -1428,6 +1447,8 @@ def main() -> None:
     )
     if "profile" in g:
         print("  " + g["profile"].replace("\n", "\n  "))
+    if "profile_contended" in g:
+        print("  " + g["profile_contended"].replace("\n", "\n  "))
 
     w = results["watch"]
     print(

@@ -52,6 +52,14 @@ PROFILE = Profile(
 )
 
 
+CONTENDED_PROFILE = Profile(
+    2000,
+    own=[(0.70, "wait (psycopg/connection.py)")],
+    inclusive=[(0.60, "Book (brokers/rpc/server.py)")],
+    path="bench/profiles/after-contended.summary.txt",
+)
+
+
 def lines_of(table: str) -> dict[str, str]:
     """Each issue row's line of the table."""
     return {
@@ -90,14 +98,23 @@ def test_a_missed_row_shows_the_top_of_its_profile() -> None:
         "(brokers/services.py); 30.0% _in_a_batch (brokers/booking_sql.py)"
     )
     assert "never shown" not in table  # the top three only
+    # The contended row has its own profiled run; without it, it says how to get one.
     contended = lines.index(lines_of(table)[ISSUE_ROWS[2]])
-    assert lines[contended + 1].strip() == "what bounds it: the same profile as above"
+    assert "--profile DIR (a full or --booking-only run)" in lines[contended + 1]
     # Met rows carry nothing under them; QueryCapacity was not profiled by this run.
     watch = lines.index(lines_of(table)[ISSUE_ROWS[5]])
     assert lines[watch + 1].strip().startswith(ISSUE_ROWS[6])
     query = lines.index(lines_of(table)[ISSUE_ROWS[4]])
     assert "--query-only --profile DIR" in lines[query + 1]
     assert lines[query + 2].strip().startswith(ISSUE_ROWS[5])
+
+
+def test_the_contended_row_is_explained_by_its_own_profile() -> None:
+    table = render(issue_targets(run()), {"booking": PROFILE, "contended": CONTENDED_PROFILE})
+    lines = table.splitlines()
+    contended = lines.index(lines_of(table)[ISSUE_ROWS[2]])
+    assert "bench/profiles/after-contended.summary.txt" in lines[contended + 1]
+    assert lines[contended + 2].strip() == "own: 70.0% wait (psycopg/connection.py)"
 
 
 def test_without_a_profile_a_missed_row_says_how_to_get_one() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError
+from django.db.models import F
 from django.utils import timezone
 from grpc_status import rpc_status
 
@@ -342,7 +343,25 @@ def _visible_booking(user: Any, booking_id: str) -> Booking:
 
 
 def _events_after(booking_id: int, after: int) -> tuple[list[BookingEvent], str, int | None]:
-    events = list(BookingEvent.objects.filter(booking_id=booking_id, id__gt=after).order_by("id"))
+    """The booking's events after ``after`` and its status (and replacement), in one query
+    when there are events (the booking's columns joined to them: one snapshot), two when
+    there are none. A stream woken by its event's notification reads once, with one round
+    trip: with 1,000 streams on a process that is one read per event committed."""
+    rows = (
+        BookingEvent.objects.filter(booking_id=booking_id, id__gt=after)
+        .annotate(
+            booking_status=F("booking__status"), booking_replaced_by=F("booking__replaced_by_id")
+        )
+        .order_by("id")
+    )
+    events: list[BookingEvent] = []
+    status: str = ""
+    replaced_by_id: int | None = None
+    for row in rows:
+        events.append(row)
+        status, replaced_by_id = row.booking_status, row.booking_replaced_by
+    if events:
+        return events, status, replaced_by_id
     status, replaced_by_id = (
         Booking.objects.filter(pk=booking_id).values_list("status", "replaced_by_id").get()
     )

@@ -14,8 +14,10 @@ Prints six tables:
    32 pools in one hour where every refusal cancels one of the client's bookings: bookings/s,
    latency p50/p99, refusals, errors by code; ``QueryCapacity`` calls/s against a bare gRPC
    echo server with the same processes and threads; how long a pool inserted (and then
-   repriced) by raw SQL takes to show in ``QueryCapacity``; with ``--profile DIR``, one more
-   spread run under py-spy (flame graph and summary written to DIR, e.g. ``bench/profiles``);
+   repriced) by raw SQL takes to show in ``QueryCapacity``; with ``--profile DIR``, the spread
+   run, the contended run and the ``QueryCapacity`` run once more each under py-spy (flame
+   graphs and summaries written to DIR, e.g. ``bench/profiles``: ``<label>``,
+   ``<label>-contended``, ``<label>-query``);
 5. ``WatchBooking``: ``--streams`` (1,000) streams on ONE broker process, one event recorded
    per booking, each in its own transaction: streams open, delay from commit to arrival;
 6. "Targets": every target row of issue 14 with the figure measured in this run and its
@@ -1124,6 +1126,10 @@ def grpc_phases(
                 f"{label}-contended",
                 kind="contended",
             )
+            # And QueryCapacity, so that all three of its rows are explained by this run.
+            out["profile_query"], out["profile_query_summary"] = profile_grpc_query(
+                target, broker.pid, tokens[0], seconds, profile_dir, f"{label}-query"
+            )
     finally:
         _stop(broker)
         time.sleep(0.5)
@@ -1231,6 +1237,8 @@ def print_booking_rows(results: dict[str, Any], seconds: float) -> None:
         print("  " + g["profile"].replace("\n", "\n  "))
     if "profile_contended" in g:
         print("  " + g["profile_contended"].replace("\n", "\n  "))
+    if "profile_query" in g:
+        print("  " + g["profile_query"].replace("\n", "\n  "))
 
 
 def print_targets(results: dict[str, Any]) -> None:
@@ -1243,6 +1251,8 @@ def print_targets(results: dict[str, Any]) -> None:
     profiles = {} if summary is None else {"query" if "spread" not in g else "booking": summary}
     if g.get("profile_contended_summary") is not None:
         profiles["contended"] = g["profile_contended_summary"]
+    if g.get("profile_query_summary") is not None:
+        profiles["query"] = g["profile_query_summary"]
     print(f"\n{render(issue_targets(results), profiles)}")
     print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
 
@@ -1449,6 +1459,8 @@ def main() -> None:
         print("  " + g["profile"].replace("\n", "\n  "))
     if "profile_contended" in g:
         print("  " + g["profile_contended"].replace("\n", "\n  "))
+    if "profile_query" in g:
+        print("  " + g["profile_query"].replace("\n", "\n  "))
 
     w = results["watch"]
     print(

@@ -144,12 +144,19 @@ def spot_discounts(pool_ids: Sequence[int]) -> dict[int, Decimal]:
     )
 
 
-def priced_for_class(options: list[PlacementOption], spec: WorkloadSpec) -> list[PlacementOption]:
+def priced_for_class(
+    options: list[PlacementOption],
+    spec: WorkloadSpec,
+    *,
+    discounts: dict[int, Decimal] | None = None,
+) -> list[PlacementOption]:
     """Options with the prices of the spec's class: spot parts at the pool's spot price (and
-    the cost from it); other classes pay the pool's price."""
+    the cost from it); other classes pay the pool's price. ``discounts`` (pool id to spot
+    discount percent) when the caller has read them already, else they are read here."""
     if spec.booking_class != BookingClassSlug.SPOT or not options:
         return options
-    discounts = spot_discounts([p.pool_id for o in options for p in o.parts])
+    if discounts is None:
+        discounts = spot_discounts([p.pool_id for o in options for p in o.parts])
     hours = Decimal(str(spec.hours))
     out = []
     for option in options:

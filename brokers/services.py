@@ -42,7 +42,9 @@ from brokers.ledger import Part
 from brokers.models import Allocation, Booking, BookingEvent, Quota, UsageRecord
 from brokers.placement import PlacementOption, PlacementResult, WorkloadSpec, catalog, place
 from brokers.placement.engine import explain_counts
-from brokers.placement.spec import Candidate, spot_price
+from brokers.placement.filters import Context, needs_network, option_rejections
+from brokers.placement.network import Network, current_network
+from brokers.placement.spec import Candidate, Rejection, spot_price
 from interconnect.metrics import BOOKINGS, refusals_counted
 from interconnect.tasking import enqueue_on_commit
 from registry import selectors as registry_selectors
@@ -561,74 +563,82 @@ def option_from_parts(
     *, spec: WorkloadSpec, parts: Sequence[tuple[str, int]], actor: Actor
 ) -> PlacementOption:
     """A placement option the client chose (pool national ids and counts), checked against what
-    the client may see; capacity is checked by the ledger.
+    the client may see and against the spec's constraints; capacity is checked by the ledger.
 
     The pools come from the process's pool snapshot when it holds them (no round trip): a pool
     there is bookable, an active pool in an active center, so listed, and every actor may see
     it. Any other pool (listed but degraded or offline, a firm's own unlisted pool, any pool
     for staff, one the snapshot has not caught up with) is read through the visibility rules
     (``pools_visible_to``). The snapshot's facts are at most moments old, as for a placement
-    from a specification; status and capacity are checked again under lock by the ledger."""
+    from a specification; status and capacity are checked again under lock by the ledger.
+
+    The option must be one placement could propose for the spec
+    (:func:`brokers.placement.filters.option_rejections`: every static filter on each pool,
+    the very functions placement runs, and the split rules); otherwise ``ValidationError`` on
+    ``option`` naming each pool, the placement reason code and placement's sentence. The option
+    comes back priced for the spec's class (:func:`brokers.market.priced_for_class`, spot at
+    the spot discount read once here): the price the cap was checked against is the price the
+    booking is charged."""
     if not parts:
         raise ValidationError({"option": ["An option needs at least one part."]})
     ids = [nid for nid, _ in parts]
-    pools: dict[str, dict[str, Any]] = {}
+    pools: dict[str, Candidate] = {}
     snapshot = catalog.current()
     if snapshot is not None:
         for nid in ids:
             cand = snapshot.by_national_id.get(nid)
             if cand is not None:
-                pools[nid] = {
-                    "pk": cand.pool_id,
-                    "center__national_id": cand.center_national_id,
-                    "center__cluster__hub__code": cand.hub,
-                    "accelerator__slug": cand.accelerator,
-                    "price_per_accelerator_hour": cand.price,
-                    "currency": cand.currency,
-                }
+                pools[nid] = cand
     unresolved = [nid for nid in ids if nid not in pools]
     if unresolved:
-        # Plain rows, not model instances: this may run on every booking from an option.
-        pools.update(
-            (row["national_id"], dict(row))
-            for row in registry_selectors.pools_visible_to(actor)
-            .filter(national_id__in=unresolved)
-            .values(
-                "pk",
-                "national_id",
-                "center__national_id",
-                "center__cluster__hub__code",
-                "accelerator__slug",
-                "price_per_accelerator_hour",
-                "currency",
-            )
+        # One statement: the visible pools' ids as a subquery of the facts' query.
+        visible = (
+            registry_selectors.pools_visible_to(actor)
+            .filter(national_id__in=sorted(set(unresolved)))
+            .values("pk")
         )
+        sql, params = visible.query.sql_with_params()
+        pools.update((c.national_id, c) for c in catalog.pool_facts(sql, params))
     errors = [nid for nid in ids if nid not in pools]
     if errors:
         raise ValidationError({"option": [f"Unknown pool {nid}." for nid in errors]})
+    from brokers import market
     from brokers.placement.spec import OptionPart
 
-    option_parts = []
     for nid, n in parts:
         if n < 1:
             raise ValidationError({"option": [f"{nid}: at least one accelerator."]})
         pool = pools[nid]
-        if spec.accelerator_model and pool["accelerator__slug"] != spec.accelerator_model:
-            raise ValidationError({"option": [f"{nid} has {pool['accelerator__slug']}."]})
-        option_parts.append(
-            OptionPart(
-                pool_id=pool["pk"],
-                pool=nid,
-                center=pool["center__national_id"],
-                hub=pool["center__cluster__hub__code"],
-                accelerator=pool["accelerator__slug"],
-                accelerators=n,
-                price_per_accelerator_hour=pool["price_per_accelerator_hour"],
-                currency=pool["currency"],
-            )
-        )
-    if spec.accelerator_model and sum(p.accelerators for p in option_parts) != spec.count:
+        if spec.accelerator_model and pool.accelerator != spec.accelerator_model:
+            raise ValidationError({"option": [f"{nid} has {pool.accelerator}."]})
+    if spec.accelerator_model and sum(n for _, n in parts) != spec.count:
         raise ValidationError({"option": ["The parts must add up to the requested count."]})
+    discounts: dict[int, Decimal] | None = None
+    if spec.booking_class == BookingClassSlug.SPOT:
+        # Read fresh, once: the spot price checked against the cap is the one charged.
+        discounts = market.spot_discounts(sorted({p.pool_id for p in pools.values()}))
+        pools = {
+            nid: dataclasses.replace(c, spot_discount_percent=discounts.get(c.pool_id, Decimal(0)))
+            for nid, c in pools.items()
+        }
+    # The network is read only when the latency class asks it (interactive work near its data).
+    ctx = Context(network=current_network() if needs_network(spec) else Network({}))
+    refusals = option_rejections(spec, [(pools[nid], n) for nid, n in parts], ctx)
+    if refusals:
+        raise ValidationError({"option": [option_refusal_message(r) for r in refusals]})
+    option_parts = [
+        OptionPart(
+            pool_id=pools[nid].pool_id,
+            pool=nid,
+            center=pools[nid].center_national_id,
+            hub=pools[nid].hub,
+            accelerator=pools[nid].accelerator,
+            accelerators=n,
+            price_per_accelerator_hour=pools[nid].price,
+            currency=pools[nid].currency,
+        )
+        for nid, n in parts
+    ]
     hours = Decimal(str(spec.hours))
     cost = sum(
         (
@@ -637,7 +647,7 @@ def option_from_parts(
         ),
         Decimal(0),
     ).quantize(Decimal("0.01"))
-    return PlacementOption(
+    option = PlacementOption(
         parts=option_parts,
         score=0.0,
         cost=cost,
@@ -645,6 +655,18 @@ def option_from_parts(
         transfer_seconds=0.0,
         green_power_share=0.0,
     )
+    return market.priced_for_class([option], spec, discounts=discounts)[0]
+
+
+def option_refusal_message(rejection: Rejection) -> str:
+    """What every door says of a chosen option placement would not propose: the pool, the
+    placement reason code and placement's own sentence (the option as a whole when no pool)."""
+    if rejection.pool:
+        return (
+            f"{rejection.pool} is refused by placement ({rejection.reason_code}): "
+            f"{rejection.detail}."
+        )
+    return f"The option is refused by placement ({rejection.reason_code}): {rejection.detail}."
 
 
 def request_fingerprint(
@@ -858,9 +880,8 @@ def _booking_create(
 
     market.check_priority(org, spec)
     hold_seconds = float(getattr(settings, "BROKER_HOLD_SECONDS", 300)) if hold else None
+    # Priced for the spec's class already (the price its cap was checked against).
     chosen = option_from_parts(spec=spec, parts=option, actor=actor) if option else None
-    if chosen is not None:
-        chosen = market.priced_for_class([chosen], spec)[0]
 
     def book(option: PlacementOption) -> Booking:
         booked = None

@@ -34,8 +34,9 @@ from django.db import connection
 
 from brokers.choices import BookingClassSlug
 from brokers.ledger import USED_SQL, slot_bounds, used_expression
+from brokers.placement import filters
 from brokers.placement.candidates import aware_utc
-from brokers.placement.filters import STATIC_FILTERS, Context, hubs_within_reach
+from brokers.placement.filters import Context, hubs_within_reach
 from brokers.placement.network import current_network
 from brokers.placement.spec import Candidate, WorkloadSpec, spot_price
 from registry.models.catalog import A100_BF16_DENSE_TFLOPS
@@ -52,14 +53,16 @@ from registry.queries import (
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_SQL = (
+# A pool's static facts, in any state (``_candidates`` reads them).
+FACTS_SQL = (
     "SELECT p.id, p.national_id, c.id, c.national_id, c.operator_id, h.code, a.slug, "
     "p.accelerators, p.accelerators_per_node, p.price_per_accelerator_hour, p.currency, "
     f"{tflops_sql()}, a.memory_gb, p.intra_node_interconnect, "
     "p.inter_node_interconnect, c.green_power_share, p.verified_at, cl.code, "
     "p.spot_discount_percent "
-    f"{POOL_FROM_SQL} WHERE {BOOKABLE_SQL}"
+    f"{POOL_FROM_SQL}"
 )
+SNAPSHOT_SQL = f"{FACTS_SQL} WHERE {BOOKABLE_SQL}"
 
 
 # Batches of candidates checked against the database before giving the question to SQL.
@@ -152,12 +155,13 @@ class PoolCatalog:
 
 
 def _candidates(
-    where: str = "", params: Sequence[Any] = (), *, tail: str = ""
+    where: str = "", params: Sequence[Any] = (), *, tail: str = "", base: str = SNAPSHOT_SQL
 ) -> tuple[list[Candidate], dict[int, str]]:
     """Active pools in active centers (``where`` narrows them further, ``tail`` orders and
-    limits them) as candidates, in the order read, and each one's cluster code."""
+    limits them) as candidates, in the order read, and each one's cluster code; with ``base``
+    another statement of the same columns whose ``WHERE`` ``where`` continues."""
     with connection.cursor() as cur:
-        cur.execute(SNAPSHOT_SQL + where + tail, list(params))
+        cur.execute(base + where + tail, list(params))
         rows = cur.fetchall()
         ids = [r[0] for r in rows]
         traits: dict[int, set[str]] = defaultdict(set)
@@ -204,6 +208,15 @@ def _candidates(
             )
         )
     return pools, clusters
+
+
+def pool_facts(pool_ids_sql: str, params: Sequence[Any] = ()) -> list[Candidate]:
+    """The static facts (the snapshot's, read now) of the pools whose ids ``pool_ids_sql``
+    selects, in any state: a client's chosen option may name a pool the snapshot does not hold
+    (``services.option_from_parts``), and placement's filters judge it on the same facts."""
+    where = f" AND p.id IN ({pool_ids_sql})"
+    pools, _ = _candidates(where, params, base=f"{FACTS_SQL} WHERE 1 = 1")
+    return pools
 
 
 def _finish(snapshot: PoolCatalog) -> PoolCatalog:
@@ -386,11 +399,8 @@ def stop_refresher() -> None:
 def static_rejection(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> str | None:
     """The first static filter (``STATIC_FILTERS``: the same functions the engine runs) that
     refuses the pool, as its reason code, or None."""
-    for check in STATIC_FILTERS:
-        rejection = check(spec, cand, ctx)
-        if rejection is not None:
-            return rejection.reason_code
-    return None
+    rejection = filters.static_rejection(spec, cand, ctx)
+    return None if rejection is None else rejection.reason_code
 
 
 def fits_by_size(spec: WorkloadSpec, cand: Candidate) -> bool:

@@ -8,7 +8,7 @@ runs in order (the first rejection is reported).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +155,7 @@ def capacity_free(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejectio
 
 
 def latency_class_fits(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
-    if spec.latency_class != LatencyClass.INTERACTIVE or not spec.data_hub:
+    if not needs_network(spec):
         return None
     rtt = ctx.network.latency_ms(spec.data_hub, cand.hub)
     if cand.hub != spec.data_hub and rtt > INTERACTIVE_MAX_RTT_MS:
@@ -180,10 +180,15 @@ def fair_share(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection |
     return None
 
 
+def needs_network(spec: WorkloadSpec) -> bool:
+    """Whether :func:`latency_class_fits` asks the network anything for this spec."""
+    return spec.latency_class == LatencyClass.INTERACTIVE and bool(spec.data_hub)
+
+
 def hubs_within_reach(spec: WorkloadSpec, network: Network) -> frozenset[str] | None:
     """The hubs :func:`latency_class_fits` accepts, for the candidate query; None when the
     latency class sets no bound (anything but interactive work with a data hub)."""
-    if spec.latency_class != LatencyClass.INTERACTIVE or not spec.data_hub:
+    if not needs_network(spec):
         return None
     near = {
         h for h in network.hubs if network.latency_ms(spec.data_hub, h) <= INTERACTIVE_MAX_RTT_MS
@@ -220,3 +225,81 @@ STATIC_FILTERS: list[Filter] = [
     interconnect_matches,
     latency_class_fits,
 ]
+
+
+def static_rejection(spec: WorkloadSpec, cand: Candidate, ctx: Context) -> Rejection | None:
+    """The first static filter (:data:`STATIC_FILTERS`, in :data:`FILTERS` order) that refuses
+    the pool, or None: the pool could take the workload if it had the room."""
+    for check in STATIC_FILTERS:
+        rejection = check(spec, cand, ctx)
+        if rejection is not None:
+            return rejection
+    return None
+
+
+def option_rejections(
+    spec: WorkloadSpec, parts: Sequence[tuple[Candidate, int]], ctx: Context
+) -> list[Rejection]:
+    """Why placement would never propose a client's chosen option (``parts``: each pool with
+    its accelerators, the pool's price the one the booking pays), or ``[]``.
+
+    Each part's pool must pass every static filter, the very functions placement runs on its
+    candidates (:func:`static_rejection`: model, hubs, centers, the price cap on the price of
+    the spec's class, traits, memory, node shape, interconnect, latency class); each part must
+    be whole gangs on a pool with known performance; more than one pool needs ``allow_split``,
+    and the pools' centers number at most ``max_centers``; A100-equivalents must be covered.
+    Free capacity and fair share are not judged here: the ledger checks capacity under lock.
+    Rejections with an empty ``pool`` are about the option as a whole."""
+    out: list[Rejection] = []
+    seen: set[int] = set()
+    for cand, _ in parts:
+        if cand.pool_id in seen:
+            continue
+        seen.add(cand.pool_id)
+        rejection = static_rejection(spec, cand, ctx)
+        if rejection is None and not spec.accelerator_model and cand.a100_per_accelerator <= 0:
+            rejection = Rejection(
+                cand.national_id, "performance.unknown", "no measured or rated TFLOPS"
+            )
+        if rejection is not None:
+            out.append(rejection)
+    for cand, n in parts:
+        if n % spec.gang_size:
+            out.append(
+                Rejection(
+                    cand.national_id,
+                    "gang.split",
+                    f"{n} accelerators are not whole gangs of {spec.gang_size}",
+                )
+            )
+    if len(seen) > 1 and not spec.allow_split:
+        out.append(
+            Rejection(
+                "",
+                "split.not_allowed",
+                f"the option spans {len(seen)} pools and the specification does not allow "
+                "a split (allow_split)",
+            )
+        )
+    centers = {cand.center_id for cand, _ in parts}
+    if len(centers) > spec.max_centers and spec.allow_split:
+        out.append(
+            Rejection(
+                "",
+                "split.too_many_centers",
+                f"the option spans {len(centers)} centers, at most {spec.max_centers} "
+                "allowed (max_centers)",
+            )
+        )
+    if not spec.accelerator_model and not out:
+        covered = sum(cand.a100_per_accelerator * n for cand, n in parts)
+        if covered < spec.a100_equivalents - 1e-9:
+            out.append(
+                Rejection(
+                    "",
+                    "capacity.insufficient",
+                    f"the parts add up to {covered:.2f} A100-equivalents, "
+                    f"{spec.a100_equivalents:g} requested",
+                )
+            )
+    return out

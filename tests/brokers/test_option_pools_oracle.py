@@ -98,10 +98,14 @@ def answer(actor: Any, model: str, count: int, parts: list[tuple[str, int]]) -> 
     """The option as comparable values, or the refusal."""
     try:
         option = services.option_from_parts(
+            # A split over any pools and a small A100-equivalent need: the spec's constraints
+            # let most options through (``test_option_constraints`` attacks them).
             spec=spec(
                 accelerator_model=model,
                 count=count,
-                **({} if model else {"a100_equivalents": 4.0}),
+                allow_split=True,
+                max_centers=8,
+                **({} if model else {"a100_equivalents": 1.0}),
             ),
             parts=parts,
             actor=actor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -53,13 +53,17 @@ def check_start(start: dt.datetime | None, *, now: dt.datetime | None = None) ->
         raise ValidationError({"earliest_start": [error]})
 
 
+# Prices (and price caps, once validated) are multiples of this.
+PRICE_QUANTUM = Decimal("0.0001")
+
+
 def spot_price(price: Decimal | None, discount_percent: Decimal) -> Decimal | None:
     """The pool's price less its spot discount, to 4 decimals like prices (half to even, the
     rounding the candidate query's cap condition reproduces: :func:`spot_cap_threshold`)."""
     if price is None:
         return None
     return (price * (Decimal(100) - discount_percent) / Decimal(100)).quantize(
-        Decimal("0.0001"), rounding=ROUND_HALF_EVEN
+        PRICE_QUANTUM, rounding=ROUND_HALF_EVEN
     )
 
 
@@ -193,11 +197,21 @@ class WorkloadSpec:
             errors["booking_class"] = [f"One of {', '.join(BookingClassSlug.values)}."]
         elif self.replace_on_preemption and self.booking_class != BookingClassSlug.SPOT:
             errors["replace_on_preemption"] = ["Only spot bookings are preempted."]
+        price_cap = self.price_cap
+        if price_cap is not None and "price_cap" not in errors:
+            # To 0.0001 like prices, rounded down: the same pools pass (a price is a multiple
+            # of 0.0001, and ``spot_cap_threshold`` rounds the cap down too), and the cap reads
+            # the same whichever door carried it ("9.50", "9.5"), in placement's sentences too.
+            try:
+                price_cap = price_cap.quantize(PRICE_QUANTUM, rounding=ROUND_FLOOR)
+            except InvalidOperation:
+                errors["price_cap"] = ["Too large."]
         if errors:
             raise ValidationError(errors)
         # UTC from here on: PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows.
         return dataclasses.replace(
             self,
+            price_cap=price_cap,
             earliest_start=start.astimezone(dt.UTC),
             latest_end=self.latest_end.astimezone(dt.UTC) if self.latest_end else None,
         )

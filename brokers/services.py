@@ -598,7 +598,11 @@ def option_from_parts(
             .values("pk")
         )
         sql, params = visible.query.sql_with_params()
-        pools.update((c.national_id, c) for c in catalog.pool_facts(sql, params))
+        # Traits matter only to the traits and interconnect filters.
+        with_traits = bool(spec.traits or spec.interconnect)
+        pools.update(
+            (c.national_id, c) for c in catalog.pool_facts(sql, params, with_traits=with_traits)
+        )
     errors = [nid for nid in ids if nid not in pools]
     if errors:
         raise ValidationError({"option": [f"Unknown pool {nid}." for nid in errors]})

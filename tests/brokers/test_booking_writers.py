@@ -189,7 +189,7 @@ def test_a_held_booking_on_a_chosen_option_of_two_pools(
     both_ways(
         settings,
         lambda: services.booking_create(
-            spec=spec(count=8),
+            spec=spec(count=8, allow_split=True, max_centers=2),
             option=option,
             hold=True,
             idempotency_key="k",

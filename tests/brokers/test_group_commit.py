@@ -329,7 +329,12 @@ def test_batches_keep_the_global_lock_order(
                 try:
                     with transaction.atomic():  # its own transaction, never batched
                         booking = services.booking_create(
-                            spec=spec(count=2, earliest_start=next_hour()),
+                            spec=spec(
+                                count=2,
+                                earliest_start=next_hour(),
+                                allow_split=True,
+                                max_centers=2,
+                            ),
                             idempotency_key=key,
                             actor=dave,
                             door=Door.BROKER,

@@ -107,7 +107,7 @@ def test_multi_pool_booking_is_all_or_nothing(dave: Any, acme: Any, active_pool:
     )
     with pytest.raises(CapacityExhausted):
         services.booking_create(
-            spec=spec(count=8),
+            spec=spec(count=8, allow_split=True, max_centers=2),
             option=[(a.national_id, 4), (b.national_id, 4)],
             idempotency_key="split",
             actor=dave,

@@ -256,7 +256,14 @@ class LedgerMachine(RuleBasedStateMachine):
         return b
 
     def spec(
-        self, count: int, slots: int, minutes: int, duration: int, klass: str = "reserved"
+        self,
+        count: int,
+        slots: int,
+        minutes: int,
+        duration: int,
+        klass: str = "reserved",
+        *,
+        split: bool = False,
     ) -> WorkloadSpec:
         return WorkloadSpec(
             accelerator_model=A100,
@@ -264,6 +271,9 @@ class LedgerMachine(RuleBasedStateMachine):
             earliest_start=self.clock.now + slots * SLOT + dt.timedelta(minutes=minutes),
             duration=dt.timedelta(minutes=duration),
             booking_class=klass if self.market else "reserved",
+            # An option over two pools is a split: the spec allows it (the option is held to it).
+            allow_split=split,
+            max_centers=3 if split else 1,
         )
 
     # --- rules ---------------------------------------------------------------------------------
@@ -296,7 +306,7 @@ class LedgerMachine(RuleBasedStateMachine):
         parts = {self.pools[first].pk: n}
         if second is not None:
             parts[self.pools[(first + second[0]) % 3].pk] = second[1]
-        spec = self.spec(sum(parts.values()), slots, minutes, duration, klass)
+        spec = self.spec(sum(parts.values()), slots, minutes, duration, klass, split=True)
         # A firm booking fits where the firm part leaves room (spot bookings make way).
         expected = self.fits(parts, spec.start, spec.end, firm_only=klass != "spot")
         nids = {p.pk: p.national_id for p in self.pools}

@@ -71,6 +71,10 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["DJANGO_SETTINGS_MODULE"] = "interconnect.settings"
 
 CLIENTS = 16
+# A booking of one accelerator of a chosen pool asks for this many A100-equivalents: less than
+# any bench model's one accelerator is worth, so the option covers it (a chosen option must
+# cover what its spec asks, as placement's own options do).
+ONE_ACCELERATOR = 0.1
 MODELS = ["nvidia-a100-80g", "nvidia-h100-sxm", "huawei-ascend-910b", "nvidia-h20"]
 HUBS = ["BTH", "YRD", "GBA", "CC", "IM", "GZ", "GS", "NX"]
 
@@ -311,7 +315,7 @@ def _booking_client(
                 hour = rng.randrange(0, 24 * 14) if kind == "spread" else 0
                 spec = WorkloadSpec(
                     accelerator_model="",
-                    a100_equivalents=1.0,
+                    a100_equivalents=ONE_ACCELERATOR,
                     earliest_start=start + dt.timedelta(hours=hour),
                 )
                 # Book exactly one accelerator of a chosen pool: the ledger path alone.
@@ -397,7 +401,7 @@ def booking_profile(user_id: int, pools: list[str], start: dt.datetime) -> str:
             n += 1
             services.booking_create(
                 spec=WorkloadSpec(
-                    a100_equivalents=1.0,
+                    a100_equivalents=ONE_ACCELERATOR,
                     earliest_start=start + dt.timedelta(hours=rng.randrange(24 * 20, 24 * 30)),
                 ),
                 idempotency_key=f"profile-{n}",
@@ -697,7 +701,7 @@ def _book_client(
             stamp.FromSeconds(int(start_ts) + hour * 3600)
             request = pb.BookRequest(
                 spec=pb.WorkloadSpec(
-                    a100_equivalents=1.0, earliest_start=stamp, duration_seconds=3600
+                    a100_equivalents=ONE_ACCELERATOR, earliest_start=stamp, duration_seconds=3600
                 ),
                 idempotency_key=f"g{kind}-{os.getpid()}-{i}-{n}",
                 option=[pb.OptionChoice(pool=rng.choice(pools), accelerators=1)],

@@ -74,6 +74,9 @@ ERRORS: dict[str, ErrorSpec] = _entries(
     ErrorSpec("unavailable", 503, S.UNAVAILABLE, EXIT_RETRY, retryable=True),
     # Valid, but the state does not allow it (yet or any more).
     ErrorSpec("failed_precondition", 409, S.FAILED_PRECONDITION, EXIT_REFUSED),
+    # The platform is not set up to do this (no certificate authority configured): asking
+    # again does not help until an operator configures it.
+    ErrorSpec("certificates.no_authority", 503, S.FAILED_PRECONDITION, EXIT_REFUSED),
     # An idempotency key already used for another request (422 as the IETF draft on the
     # Idempotency-Key header says for a key reused with another payload).
     ErrorSpec("booking.idempotency_key_reused", 422, S.FAILED_PRECONDITION, EXIT_REFUSED),

@@ -26,6 +26,16 @@ class StaleVersion(Catalogued, Exception):
         self.current = current
 
 
+class NoCertificateAuthority(Catalogued, Exception):
+    """This platform issues no agent certificates: no certificate authority is configured
+    (HTTP 503, gRPC FAILED_PRECONDITION; docs/tls.md says how to configure one)."""
+
+    spec = ERRORS["certificates.no_authority"]
+
+    def __init__(self) -> None:
+        super().__init__("This platform issues no certificates (no authority configured).")
+
+
 class IllegalTransition(ValidationError):
     """A lifecycle move that the transition table or the actor's role does not allow.
 

@@ -19,6 +19,7 @@ from registry import certificates, selectors, services, webhooks
 from registry.api import serializers as s
 from registry.api.permissions import OperatorWritePermission, OrgAdminPermission
 from registry.choices import Door
+from registry.errors import NoCertificateAuthority
 from registry.filtersets import (
     AcceleratorFilterSet,
     CenterFilterSet,
@@ -187,10 +188,7 @@ class CenterViewSet(viewsets.ModelViewSet[Center]):
                 center=center, actor=request.user, csr_pem=ser.validated_data["csr"], door=DOOR
             )
         except ImproperlyConfigured:
-            return Response(
-                {"detail": "This platform issues no certificates (no authority configured)."},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
+            raise NoCertificateAuthority() from None
         issued = s.IssuedCertificateSerializer(row, context={"ca": bundle.decode()})
         return Response(issued.data, status=status.HTTP_201_CREATED)
 

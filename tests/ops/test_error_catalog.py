@@ -40,7 +40,14 @@ from brokers.rpc.servicer import ERROR_FIELD as BROKER_ERROR_FIELD
 from interconnect.middleware import DatabaseUnavailableMiddleware
 from protos.errors import DOMAIN, ERRORS, Catalogued, ErrorSpec, exit_status
 from registry.api.exceptions import exception_handler
-from registry.errors import BUILTIN_ERRORS, StaleVersion, portal_error, reason_of, spec_for
+from registry.errors import (
+    BUILTIN_ERRORS,
+    NoCertificateAuthority,
+    StaleVersion,
+    portal_error,
+    reason_of,
+    spec_for,
+)
 from registry.rpc import ErrorInterceptor
 from verification.errors import UnknownPool
 from verification.rpc.telemetry import ERROR_FIELD as TELEMETRY_ERROR_FIELD
@@ -57,6 +64,7 @@ def _subclasses(cls: type) -> set[type]:
 # completeness test below fails until it is).
 SAMPLES: list[BaseException] = [
     StaleVersion(7),
+    NoCertificateAuthority(),
     CapacityExhausted("Not enough free accelerators.", code="booking.no_placement"),
     QuotaExceeded("Quota exceeded.", code="quota.max_concurrent_accelerators"),
     NeedsPreemption("Not enough free accelerators on CN-T-T-0001-P001 for the whole window."),

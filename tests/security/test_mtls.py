@@ -480,3 +480,32 @@ def test_certificates_are_issued_from_a_csr_for_the_operators_own_center_only(
     )
     assert done.status_code == 200 and done.json()["revoked_at"]
     assert "revoked" in (certificates.refusal(body["certificate"]) or "")
+
+
+@pytest.mark.django_db
+def test_a_platform_without_an_authority_refuses_from_the_catalog(
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    acme: Any,
+    alice: Any,
+    api_as: Any,
+) -> None:
+    """No certificate authority configured: 503 with the catalog's reason and message, nothing
+    issued (before, a hand-built body without the reason code)."""
+    from registry.models import AgentCertificate
+
+    settings.PLATFORM_TLS_DIR = str(tmp_path / "nothing-here")
+    settings.PLATFORM_CA_KEY_FILE = ""
+    monkeypatch.delenv("PLATFORM_CA_KEY", raising=False)
+    center = a100_pool(acme).center
+    _, csr = make_request(center.national_id)
+    answer = api_as(alice).post(
+        f"/api/v1/centers/{center.national_id}/certificate/", {"csr": csr}, format="json"
+    )
+    assert answer.status_code == 503, answer.content
+    body = answer.json()
+    assert body["code"] == "certificates.no_authority"
+    assert body["detail"] == "This platform issues no certificates (no authority configured)."
+    assert "retryable" not in body
+    assert not AgentCertificate.objects.filter(center=center).exists()

@@ -38,6 +38,7 @@ from django.utils import timezone
 from registry import selectors
 from registry.actors import Actor, signed_in
 from registry.choices import ChangeAction, Door
+from registry.errors import NoCertificateAuthority
 from registry.models import AgentCertificate, Center
 from rpckit.tls import (
     PLATFORM_DNS_NAME,
@@ -323,7 +324,10 @@ def center_certificate_issue(
     if actor is not None and not selectors.centers_editable_by(actor).filter(pk=center.pk).exists():
         raise PermissionDenied("Only the center's operator may obtain its agent certificate.")
     csr = _load_csr(csr_pem)
-    ca = authority()
+    try:
+        ca = authority()
+    except ImproperlyConfigured as exc:
+        raise NoCertificateAuthority() from exc
     certificate = _sign(
         ca,
         csr.public_key(),

@@ -11,6 +11,7 @@ returned.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -94,9 +95,9 @@ class MethodInterceptor(grpc.ServerInterceptor):
             return handler
         return wrap(handler, self.around_method(details))
 
+    @abc.abstractmethod
     def around_method(self, details: grpc.HandlerCallDetails) -> Around:
         """What each call of the method ``details`` names runs inside."""
-        raise NotImplementedError
 
 
 class MetricsInterceptor(MethodInterceptor):

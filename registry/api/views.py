@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -19,7 +19,6 @@ from registry import certificates, selectors, services, webhooks
 from registry.api import serializers as s
 from registry.api.permissions import OperatorWritePermission, OrgAdminPermission
 from registry.choices import Door
-from registry.errors import NoCertificateAuthority
 from registry.filtersets import (
     AcceleratorFilterSet,
     CenterFilterSet,
@@ -183,12 +182,9 @@ class CenterViewSet(viewsets.ModelViewSet[Center]):
         center = self.get_object()
         ser = s.CertificateRequestSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        try:
-            row, bundle = certificates.center_certificate_issue(
-                center=center, actor=request.user, csr_pem=ser.validated_data["csr"], door=DOOR
-            )
-        except ImproperlyConfigured:
-            raise NoCertificateAuthority() from None
+        row, bundle = certificates.center_certificate_issue(
+            center=center, actor=request.user, csr_pem=ser.validated_data["csr"], door=DOOR
+        )
         issued = s.IssuedCertificateSerializer(row, context={"ca": bundle.decode()})
         return Response(issued.data, status=status.HTTP_201_CREATED)
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections, transaction
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -52,6 +52,58 @@ def child_env(**extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+def run_cli(port: int, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``interconnect`` command line against the broker on ``port``, as ``token``."""
+    env = {
+        **os.environ,
+        "INTERCONNECT_TOKEN": token,
+        "INTERCONNECT_BROKER": f"127.0.0.1:{port}",
+    }
+    return subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class PoolLock:
+    """A pool row held ``FOR UPDATE`` by another transaction: bookings of it wait."""
+
+    def __init__(self, pool_id: int) -> None:
+        self.pool_id = pool_id
+        self.locked = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self._hold)
+        self.pid = 0  # the holding backend
+
+    def _hold(self) -> None:
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cur:
+                    cur.execute(
+                        "SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [self.pool_id]
+                    )
+                    cur.execute("SELECT pg_backend_pid()")
+                    row = cur.fetchone()
+                    assert row is not None
+                    self.pid = int(row[0])
+                self.locked.set()
+                self.release.wait(30)
+        finally:
+            connections.close_all()
+
+    def __enter__(self) -> PoolLock:
+        self.thread.start()
+        assert self.locked.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(30)
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 from brokers.rpc.server import BrokerRuntime, build_server
 from protos.errors import ERRORS
 from registry import services as registry_services
-from tests.brokers.broker_testing import ROOT
+from tests.brokers.broker_testing import ROOT, run_cli
 from tests.brokers.conftest import next_hour
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,18 +26,7 @@ def broker() -> Iterator[BrokerRuntime]:
 
 
 def run(broker: BrokerRuntime, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "INTERCONNECT_TOKEN": token,
-        "INTERCONNECT_BROKER": f"127.0.0.1:{broker.port}",
-    }
-    return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(broker.port, token, *args)
 
 
 def test_capacity_place_book_bookings_cancel(

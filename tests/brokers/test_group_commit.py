@@ -23,6 +23,7 @@ from brokers.client.client import BrokerClient, workload_spec
 from brokers.models import Booking, PoolSlot
 from brokers.rpc.server import BrokerRuntime, build_server
 from registry import services as registry_services
+from tests.brokers.broker_testing import PoolLock
 from tests.brokers.conftest import next_hour
 from tests.harness.oversell import sweep
 
@@ -59,42 +60,6 @@ def a100(count: int) -> Any:
     return workload_spec(
         accelerator_model="nvidia-a100-80g", count=count, earliest_start=next_hour()
     )
-
-
-class PoolLock:
-    """A pool row held ``FOR UPDATE`` by another transaction: bookings of it wait."""
-
-    def __init__(self, pool_id: int) -> None:
-        self.pool_id = pool_id
-        self.locked = threading.Event()
-        self.release = threading.Event()
-        self.thread = threading.Thread(target=self._hold)
-        self.pid = 0  # the holding backend
-
-    def _hold(self) -> None:
-        try:
-            with transaction.atomic():
-                with connection.cursor() as cur:
-                    cur.execute(
-                        "SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [self.pool_id]
-                    )
-                    cur.execute("SELECT pg_backend_pid()")
-                    row = cur.fetchone()
-                    assert row is not None
-                    self.pid = int(row[0])
-                self.locked.set()
-                self.release.wait(30)
-        finally:
-            connections.close_all()
-
-    def __enter__(self) -> PoolLock:
-        self.thread.start()
-        assert self.locked.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.thread.join(30)
 
 
 # How the committer's statements start (group_commit.GUARDED_SQL): no other query does.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from brokers.client.client import BrokerClient, workload_spec
 from brokers.rpc.server import BrokerRuntime, build_server
 from protos import broker_pb2 as pb
 from registry import services as registry_services
+from tests.brokers.broker_testing import PoolLock
 from tests.brokers.conftest import next_hour
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -148,29 +148,11 @@ def test_the_deadline_is_passed_to_the_database(
     """G2: a booking blocked on a row lock stops at the caller's deadline, nothing committed."""
     pool = active_pool(acme, size=8)
     client = client_as(dave)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        from django.db import connections, transaction
-
-        with transaction.atomic():
-            with connection.cursor() as cur:
-                cur.execute("SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [pool.pk])
-            locked.set()
-            release.wait(10)
-        connections.close_all()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    assert locked.wait(5)
-    try:
+    # The row lock is released the moment the caller is told DEADLINE_EXCEEDED.
+    with PoolLock(pool.pk):
         with pytest.raises(grpc.RpcError) as late:
             client.book(a100(4), idempotency_key="slow", timeout=1.0)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        release.set()
-        holder.join()
     from brokers.models import Booking
 
     # The server gave up too: its statement timeout rolled the booking back.
@@ -208,29 +190,11 @@ def test_the_server_gives_up_before_its_caller(
     monkeypatch.setattr(CallContext, "time_remaining", later)
     pool = active_pool(acme, size=8)
     client = client_as(dave)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        from django.db import connections, transaction
-
-        with transaction.atomic():
-            with connection.cursor() as cur:
-                cur.execute("SELECT 1 FROM registry_pool WHERE id = %s FOR UPDATE", [pool.pk])
-            locked.set()
-            release.wait(10)
-        connections.close_all()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    assert locked.wait(5)
-    try:
+    # The row lock is released the moment the caller is told DEADLINE_EXCEEDED.
+    with PoolLock(pool.pk):
         with pytest.raises(grpc.RpcError) as late:
             client.book(a100(4), idempotency_key="skewed", timeout=1.0)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        release.set()
-        holder.join()
     time.sleep(0.3)  # anything still running would have committed by now
     committed = Booking.objects.filter(idempotency_key="skewed").exists()
     assert committed is not margin, (

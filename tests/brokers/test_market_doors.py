@@ -5,7 +5,6 @@ concurrent buyers coming through gRPC and REST at the same time."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from protos import broker_pb2 as pb
 from protos.errors import ERRORS
 from registry import services as registry_services
 from registry.models import Pool
-from tests.brokers.broker_testing import ROOT
+from tests.brokers.broker_testing import run_cli
 from tests.brokers.conftest import next_hour
 from tests.factories import OrganizationFactory, UserFactory
 
@@ -50,18 +49,7 @@ def rest(user: Any) -> APIClient:
 
 
 def cli(broker: BrokerRuntime, user: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "INTERCONNECT_TOKEN": token_of(user),
-        "INTERCONNECT_BROKER": f"127.0.0.1:{broker.port}",
-    }
-    return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(broker.port, token_of(user), *args)
 
 
 def firm() -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from brokers.placement import catalog
 from brokers.rpc.server import BrokerRuntime, build_server
 from registry import services as registry_services
 from registry.models import Pool
-from tests.brokers.broker_testing import ROOT
+from tests.brokers.broker_testing import run_cli
 from tests.brokers.conftest import next_hour, spec
 
 
@@ -357,18 +356,7 @@ def test_grpc_book_refuses_every_attack_with_invalid_argument(
 
 
 def _cli(broker: BrokerRuntime, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "INTERCONNECT_TOKEN": token,
-        "INTERCONNECT_BROKER": f"127.0.0.1:{broker.port}",
-    }
-    return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "interconnect"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(broker.port, token, *args)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -509,3 +509,26 @@ def test_a_platform_without_an_authority_refuses_from_the_catalog(
     assert body["detail"] == "This platform issues no certificates (no authority configured)."
     assert "retryable" not in body
     assert not AgentCertificate.objects.filter(center=center).exists()
+
+
+@pytest.mark.django_db
+def test_the_command_line_without_an_authority_says_so_and_fails(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, acme: Any
+) -> None:
+    """The same refusal at the command line: its message (and what is missing) and a non-zero
+    exit, not a traceback; nothing issued, nothing written."""
+    from django.core.management import CommandError, call_command
+
+    from registry.models import AgentCertificate
+
+    settings.PLATFORM_TLS_DIR = str(tmp_path / "nothing-here")
+    settings.PLATFORM_CA_KEY_FILE = ""
+    monkeypatch.delenv("PLATFORM_CA_KEY", raising=False)
+    center = a100_pool(acme).center
+    out = tmp_path / "agent"
+    with pytest.raises(CommandError) as refused:
+        call_command("agent_certificate", "--center", center.national_id, "--out", str(out))
+    assert "This platform issues no certificates (no authority configured)." in str(refused.value)
+    assert "PLATFORM_CA_KEY_FILE" in str(refused.value)
+    assert not AgentCertificate.objects.filter(center=center).exists()
+    assert not out.exists()

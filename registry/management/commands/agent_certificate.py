@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from agent.certificate import make_request, store
 from registry import certificates
 from registry.choices import Door
+from registry.errors import NoCertificateAuthority
 from registry.models import AgentCertificate, Center
 from rpckit.tls import CertFiles, TlsError, expiry_warning
 
@@ -78,7 +79,10 @@ class Command(BaseCommand):
         if options["if_missing"] and current(directory):
             self.stdout.write(f"{directory} already holds a current certificate")
             return
-        row = issue_into(center, directory, days=options["days"])
+        try:
+            row = issue_into(center, directory, days=options["days"])
+        except NoCertificateAuthority as exc:
+            raise CommandError(f"{exc} {exc.__cause__}") from exc
         self.stdout.write(
             f"certificate {row.serial} for {center.national_id} until {row.not_after:%Y-%m-%d} "
             f"in {directory}"

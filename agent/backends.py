@@ -35,9 +35,10 @@ class NumpyBackend:
     def run_chain(self, sink: StepSink, pool: PoolConfig) -> DeviceReport:
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
-        signs = link_signs(sink.seed, sink.challenge.n, sink.challenge.inner, name)
+        n, inner = sink.challenge.n, sink.challenge.inner
         for step in range(1, sink.challenge.steps + 1):
-            product = step_product(x, b, name, sink.challenge.inner, signs)
+            signs = link_signs(sink.seed, n, inner, name, step=step)
+            product = step_product(x, b, name, inner, signs)
             sink.commit(step, product)
             x = next_input(product, name)
         return DeviceReport(sink.device, f"numpy on {cpu_description()}")
@@ -116,11 +117,14 @@ class TorchBackend:
         scale = float(np.float32(1.0 / np.sqrt(sink.challenge.n)))
         if name == "fp64":
             scale = 1.0 / float(np.sqrt(sink.challenge.n))
-        # Each link's column factors s d_j (agent.challenge.link_signs): +-s, exact.
-        signs: Any = link_signs(sink.seed, sink.challenge.n, sink.challenge.inner, name)
-        links = self.torch.from_numpy(signs * scale).to(device)
         hashing: list[threading.Thread] = []
         for step in range(1, sink.challenge.steps + 1):
+            # Each link's column factors s d_j (agent.challenge.link_signs, new every step):
+            # +-s, exact.
+            signs: Any = link_signs(
+                sink.seed, sink.challenge.n, sink.challenge.inner, name, step=step
+            )
+            links = self.torch.from_numpy(signs * scale).to(device)
             for j in range(sink.challenge.inner - 1):  # unsent products, signed, scaled, rounded
                 linked = self._matmul(x, bt, name) * links[j][None, :]
                 x = linked.t().contiguous().to(self._dtypes[name])

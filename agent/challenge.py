@@ -208,22 +208,32 @@ def next_input(product: Matrix, name: str) -> Matrix:
     return np.ascontiguousarray(_scaled_at_boundary(product, name).T).astype(p.input)
 
 
-def link_signs(seed: int, n: int, inner: int, name: str) -> Matrix:
-    """The random signs of the links inside a committed step: row j (0 .. inner - 2) holds
-    d_j in {-1, +1}^n, drawn from ``np.random.default_rng([seed, 2])`` (its own stream, so A and
-    B are unchanged), in the accumulator type.
+def link_signs(seed: int, n: int, inner: int, name: str, *, step: int) -> Matrix:
+    """The random signs of the links inside committed step ``step`` (from 1): row j
+    (0 .. inner - 2) holds d_j in {-1, +1}^n, drawn from
+    ``np.random.default_rng([seed, 2, step])`` (its own stream, so A and B are unchanged), in
+    the accumulator type.
 
-    Why: with one B and no signs, the step's composite X B (B^T ...) is a *power* of B (up to
-    transposes), which a cheater computes with log2(inner) squarings instead of ``inner``
-    products and still passes the check (measured: 8 products for 33, 11 for 257;
+    Why signs: with one B and no signs, the step's composite X B (B^T ...) is a *power* of B
+    (up to transposes), which a cheater computes with log2(inner) squarings instead of
+    ``inner`` products and still passes the check (measured: 8 products for 33, 11 for 257;
     ``tests/verification/test_freivalds.py``). Link j multiplies by D_j, so the factors
     B D_j differ and their product has no such shortcut; the verifier applies D_j to its
     vectors at O(n k) a link.
+
+    Why new signs every step (protocol v3): a step is the linear map X -> L X' R of fixed
+    factors (up to the links' roundings, which the check must allow). With the same signs in
+    every step (v2), a cheater computed L and R once per challenge and then every step with 2
+    products instead of ``inner``, and passed the check at 0.15 of the bound
+    (``agent.simulation.factored_step``, cheat mode ``cheat-factored``). With each step's own
+    signs, L and R cost as many products as the step itself.
     """
     p = precision(name)
     if inner <= 1:
         return np.empty((0, n), dtype=p.accumulator)
-    rng = np.random.default_rng([seed, 2])
+    if step < 1:
+        raise ValueError("steps count from 1")
+    rng = np.random.default_rng([seed, 2, step])
     bits = rng.integers(0, 2, size=(inner - 1, n), dtype=np.int8)
     signs: Matrix = (1 - 2 * bits).astype(p.accumulator)
     return signs
@@ -257,7 +267,7 @@ def step(x: Matrix, b: Matrix, name: str, inner: int = 1, signs: Matrix | None =
     (:func:`link_input`), and never sent.
     """
     if inner > 1 and (signs is None or signs.shape[0] < inner - 1):
-        raise ValueError("a step of inner > 1 products needs link_signs(seed, n, inner, name)")
+        raise ValueError("a step of inner > 1 products needs its link_signs(seed, n, inner, ...)")
     y = x
     for j in range(inner - 1):
         assert signs is not None
@@ -268,9 +278,8 @@ def step(x: Matrix, b: Matrix, name: str, inner: int = 1, signs: Matrix | None =
 def chain(seed: int, n: int, name: str, steps: int, inner: int = 1) -> Iterator[Matrix]:
     """The products C_1 .. C_steps of the challenge for ``seed``, computed on the host."""
     x, b = inputs(seed, n, name)
-    signs = link_signs(seed, n, inner, name)
-    for _ in range(steps):
-        product = step(x, b, name, inner, signs)
+    for t in range(1, steps + 1):
+        product = step(x, b, name, inner, link_signs(seed, n, inner, name, step=t))
         yield product
         x = next_input(product, name)
 
@@ -291,7 +300,7 @@ def digest(
     another run, another device or another step.
     """
     h = hashlib.sha256()
-    h.update(f"interconnect-chain-v2|{challenge_id}|{device}|{step}|{name}|".encode())
+    h.update(f"interconnect-chain-v3|{challenge_id}|{device}|{step}|{name}|".encode())
     acc = precision(name).accumulator.newbyteorder("<")
     parts = product.blocks if isinstance(product, RowBlocks) else (product,)
     for part in parts:  # consecutive rows: their bytes in order are the product's

@@ -90,6 +90,10 @@ class SimulationMode(StrEnum):
         signs (protocol v1), a wrong product now.
     cheat-lowrank: approximates each step of ``inner`` > 1 signed links at rank n / 4 (a
         product of many random matrices is nearly low-rank): half the products' flops.
+    cheat-factored: computes the linear map of a step of ``inner`` > 1 links once per
+        challenge (L and R from the first step's signs) and every step as L X R: 2 products
+        a step instead of ``inner``. What protocol v2 (the same signs in every step)
+        accepted; a wrong product from step 2 on now.
     """
 
     HONEST = "honest"
@@ -107,6 +111,7 @@ class SimulationMode(StrEnum):
     CHEAT_ONE_ENTRY = "cheat-one-entry"
     CHEAT_SHORTCUT = "cheat-shortcut"
     CHEAT_LOWRANK = "cheat-lowrank"
+    CHEAT_FACTORED = "cheat-factored"
 
 
 # Dense BF16/FP16 tensor throughput without sparsity, in TFLOPS per accelerator, from vendor

@@ -44,11 +44,11 @@ ABOVE_DATASHEET_TFLOPS = 4295.0
 # "flaky" is an honest agent with transient errors: retries are the task's business, not a
 # verdict, so it is left out.
 SKIPPED_MODES = ("flaky",)
-# Rows run with VERIFICATION_MAX_INNER (8) products behind each commitment, as a fast device
-# gets them (the tests' settings give one): the cheats that compute a step with less work.
+# Rows run with composite steps on (VERIFICATION_MAX_INNER = 8; 1, off, by default), 8 products
+# behind each commitment: the cheats that compute a step with less work.
 # "honest-links" is the honest agent under the same plan.
 HONEST_LINKS = "honest-links"
-COMPOSITE_MODES = ("cheat-shortcut", "cheat-lowrank", HONEST_LINKS)
+COMPOSITE_MODES = ("cheat-shortcut", "cheat-lowrank", "cheat-factored", HONEST_LINKS)
 
 
 def apply_test_settings() -> dict[str, str]:
@@ -209,10 +209,12 @@ def main() -> None:
         results = []
         began = time.perf_counter()
         step_seconds = settings.VERIFICATION_MIN_STEP_SECONDS
+        max_inner = settings.VERIFICATION_MAX_INNER
         for mode in chosen:
             # A minimum step no device meets: VERIFICATION_MAX_INNER products a commitment.
             links = mode in COMPOSITE_MODES
             settings.VERIFICATION_MIN_STEP_SECONDS = 1e6 if links else step_seconds
+            settings.VERIFICATION_MAX_INNER = 8 if links else max_inner
             print(f"  {mode}" + (f" ({settings.VERIFICATION_MAX_INNER} links)" if links else ""))
             pool = bench.pool_for(mode, bench.agent_for(mode))
             checks: collections.Counter[str] = collections.Counter()

@@ -276,7 +276,7 @@ def measure_parts(name: str, k: int) -> Parts:
     checker = b_side()
     c = multiply(input_matrix(1, 0, n, name), b, name)
     blocks = list(row_blocks(c, name))
-    signs = link_signs(1, n, 4, name)
+    signs = link_signs(1, n, 4, name, step=2)
 
     def opening() -> None:  # as services._opened_products: kept as its blocks, hashed
         digest(assemble_rows(blocks, n, name), name, challenge_id="p", device=0, step=1)

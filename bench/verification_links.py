@@ -12,6 +12,11 @@ number of links, on the challenge's own inputs (numpy, no database):
 - **low rank** (``agent.simulation.lowrank_step``): a product of many random matrices is nearly
   low-rank, so a step is approximated at rank r with about 4 r n^2 flops a link instead of
   2 n^3. Rank n / 4 (half the work) and 0.4 n (a fifth saved) against v2's check.
+- **factored** (``agent.simulation.step_factors``, ``factored_step``): a step is the linear map
+  X -> L X' R of fixed factors, up to the roundings the check allows; built once from one
+  step's signs (about ``inner`` products) and applied with 2 products a step. Against the check
+  of the step whose signs built it (protocol v2 drew the same signs for every step) and of the
+  next step, with its own signs (v3).
 
 Each cell is the smallest ratio residual / bound over the k = 8 vectors and 3 seeds: the check
 refuses a product when some vector's ratio exceeds 1, so a cell above 1 means refused on every
@@ -35,7 +40,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from agent.challenge import inputs, link_signs, precision, step  # noqa: E402
-from agent.simulation import lowrank_step, shortcut_products, shortcut_step  # noqa: E402
+from agent.simulation import (  # noqa: E402
+    factored_step,
+    lowrank_step,
+    shortcut_products,
+    shortcut_step,
+    step_factors,
+)
 from verification.freivalds import StepChecker  # noqa: E402
 
 SEEDS = (11, 12, 13)
@@ -66,15 +77,18 @@ def main() -> None:
     )
     print(
         f"{'prec':<5} {'links':>5} {'honest':>19} {'squaring v1':>19} {'squaring v2':>19} "
-        f"{'rank n/4':>19} {'rank 0.4n':>19} {'products: chain / squaring':>27}"
+        f"{'rank n/4':>19} {'rank 0.4n':>19} {'factored v2':>19} {'factored v3':>19} "
+        f"{'products: chain / squaring / factored':>38}"
     )
     started = time.perf_counter()
     for name in names:
         for inner in links:
-            rows: dict[str, list[float]] = {k: [] for k in ("h", "v1", "v2", "r4", "r25")}
+            rows: dict[str, list[float]] = {
+                k: [] for k in ("h", "v1", "v2", "r4", "r25", "f2", "f3")
+            }
             for seed in SEEDS:
                 x, b = inputs(seed, n, name)
-                signs = link_signs(seed, n, inner, name)
+                signs = link_signs(seed, n, inner, name, step=1)
                 unsigned = np.ones_like(signs)
                 checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
 
@@ -94,6 +108,10 @@ def main() -> None:
                     rows["v2"].append(min(ratios(cheat)))
                 for key, rank in (("r4", n // 4), ("r25", n * 2 // 5)):
                     rows[key].append(min(ratios(lowrank_step(x, b, name, inner, signs, rank))))
+                factored = factored_step(x, step_factors(b, name, inner, signs), name)
+                rows["f2"].append(min(ratios(factored)))  # the signs it was built from (v2)
+                following = link_signs(seed, n, inner, name, step=2)
+                rows["f3"].append(min(ratios(factored, following)))  # the next step's (v3)
             squaring = (
                 (cell(rows["v1"]) + " " + cell(rows["v2"]))
                 if rows["v1"]
@@ -101,8 +119,8 @@ def main() -> None:
             )
             print(
                 f"{name:<5} {inner:>5} {cell(rows['h'], honest=True)} {squaring} "
-                f"{cell(rows['r4'])} {cell(rows['r25'])} "
-                f"{inner:>14} / {shortcut_products(inner) if inner > 2 else inner}",
+                f"{cell(rows['r4'])} {cell(rows['r25'])} {cell(rows['f2'])} {cell(rows['f3'])} "
+                f"{inner:>20} / {shortcut_products(inner) if inner > 2 else inner} / 2",
                 flush=True,
             )
     print(

@@ -303,10 +303,12 @@ VERIFICATION_MIN_STEPS = env.int("VERIFICATION_MIN_STEPS", default=4)
 VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
 # Chained products behind each commitment, so a step lasts at least MIN_STEP_SECONDS at the
 # declared speed (a fast accelerator would otherwise spend its time hashing, not computing), at
-# most MAX_INNER: a step of many links is nearly low-rank and cheaply approximated (8: measured
-# in tests/verification/test_freivalds.py and docs/verification.md, "Composite steps").
+# most MAX_INNER. Default 1, composite steps off: their bound must allow each link's rounding to
+# the input type, which also lets FP16 accumulation and one level of Strassen through inside the
+# links (measured; docs/verification.md, "Composite steps"), and more than 8 links are nearly
+# low-rank and cheaply approximated. Up to 8 is what an experiment may set.
 VERIFICATION_MIN_STEP_SECONDS = env.float("VERIFICATION_MIN_STEP_SECONDS", default=0.05)
-VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=8)
+VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=1)
 # Steps checked per device, drawn after every commitment arrived: the last two always, the
 # others at random (0 = every step). A prover that fakes a share q of the other steps goes
 # unnoticed with probability <= (1 - q)^(s - 2) per run (docs/verification.md).

@@ -263,7 +263,6 @@ class StepChecker:
         self.br: npt.NDArray[np.float64] = sums.right
         self.b2: npt.NDArray[np.float64] = sums.sq_right
         self.scale = LAMBDA * math.sqrt(n) * p.unit_roundoff * n
-        self._links: tuple[int, Any, npt.NDArray[np.float64], bool, list[int]] | None = None
 
     def _b_times(self, v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self._b64 is not None:
@@ -313,7 +312,8 @@ class StepChecker:
 
     def input_side(self, x: Matrix, inner: int = 1, signs: Matrix | None = None) -> InputSide:
         """The verifier's side of the check of a step whose input is X (any layout)."""
-        return self._finish([self._partial_of_matrix(x, inner, signs)], inner, signs)[0]
+        plan = self._link_plans(inner, [signs])
+        return self._finish([self._partial_of_matrix(x, plan, 0)], plan)[0]
 
     def input_side_of_product(
         self, product: Matrix | RowBlocks, inner: int = 1, signs: Matrix | None = None
@@ -333,9 +333,11 @@ class StepChecker:
         checked: bool,
     ) -> tuple[npt.NDArray[np.float64] | None, InputSide]:
         """One pass over the committed C_t for both of its uses: C_t r when step t is checked
-        (``checked``), and the side of step t + 1, whose input is next_input(C_t)."""
-        partial = self._partial_of_product(product, inner, signs, checked=checked)
-        return partial.raw, self._finish([partial], inner, signs)[0]
+        (``checked``), and the side of step t + 1 (whose links have ``signs``), whose input is
+        next_input(C_t)."""
+        plan = self._link_plans(inner, [signs])
+        partial = self._partial_of_product(product, plan, 0, checked=checked)
+        return partial.raw, self._finish([partial], plan)[0]
 
     def check_steps(
         self,
@@ -343,33 +345,42 @@ class StepChecker:
         product: Callable[[int], Matrix | RowBlocks],
         first_input: Callable[[], Matrix],
         inner: int = 1,
-        signs: Matrix | None = None,
+        signs: Callable[[int], Matrix] | None = None,
     ) -> dict[int, list[VectorCheck]]:
         """Check the steps ``opened`` (increasing) of one chain whose committed products are
-        ``product(t)`` and whose first input is ``first_input()`` (A; asked only when step 1 is
-        checked): the checks of ``check(next_input(C_{t-1}), C_t)`` for each, done with each
-        matrix read once (a C_t that is both checked and the next checked step's input serves
-        both in one pass) and, in composite steps, the links after X applied to every step's
-        vectors at once (one pass over B per link, not one per link and step)."""
-        wanted = set(opened)
+        ``product(t)``, whose first input is ``first_input()`` (A with its column signs; asked
+        only when step 1 is checked) and whose step t has the link signs ``signs(t)``
+        (``agent.challenge.link_signs``; composite steps only): the checks of
+        ``check(next_input(C_{t-1}), C_t, inner, signs(t))`` for each, done with each matrix
+        read once (a C_t that is both checked and the next checked step's input serves both in
+        one pass) and, in composite steps, every link applied to all the steps' vectors side
+        by side (one pass over B per link, not one per link and step)."""
+        if inner > 1 and signs is None:
+            raise ValueError("a composite step needs its (inner - 1) x n link signs")
+        plan = self._link_plans(
+            inner, [signs(t) if signs is not None and inner > 1 else None for t in opened]
+        )
+        at = {t: i for i, t in enumerate(opened)}
         partials: dict[int, _Partial] = {}
         crs: dict[int, npt.NDArray[np.float64]] = {}
         for t in opened:
             if t not in partials:
                 if t == 1:
-                    partials[t] = self._partial_of_matrix(first_input(), inner, signs)
+                    partials[t] = self._partial_of_matrix(first_input(), plan, at[t])
                 else:
                     partials[t] = self._partial_of_product(
-                        product(t - 1), inner, signs, checked=False
+                        product(t - 1), plan, at[t], checked=False
                     )
-            if t + 1 in wanted:  # C_t r and the side of step t + 1 in one pass
-                partials[t + 1] = self._partial_of_product(product(t), inner, signs, checked=True)
+            if t + 1 in at:  # C_t r and the side of step t + 1 in one pass
+                partials[t + 1] = self._partial_of_product(
+                    product(t), plan, at[t + 1], checked=True
+                )
                 cr = partials[t + 1].raw
                 assert cr is not None
                 crs[t] = cr
             else:
                 crs[t] = self.product_side(product(t))
-        sides = self._finish([partials[t] for t in opened], inner, signs)
+        sides = self._finish([partials[t] for t in opened], plan)
         return {t: self.verdict(crs[t], side) for t, side in zip(opened, sides, strict=True)}
 
     def verdict(self, cr: npt.NDArray[np.float64], side: InputSide) -> list[VectorCheck]:
@@ -380,15 +391,15 @@ class StepChecker:
         worst = ratio.max(axis=0)
         return [VectorCheck(passed=bool(w <= 1.0), worst_ratio=float(w)) for w in worst]
 
-    def _partial_of_matrix(self, x: Matrix, inner: int, signs: Matrix | None) -> _Partial:
+    def _partial_of_matrix(self, x: Matrix, plan: _LinkPlan, index: int) -> _Partial:
         if x.shape != (self.n, self.n):
             raise ValueError("X must be n x n")
         if not x.flags.c_contiguous and x.T.flags.c_contiguous:
-            return self._partial(x.T, None, inner, signs, transposed=True)
-        return self._partial(x, None, inner, signs, transposed=False)
+            return self._partial(x.T, None, plan, index, transposed=True)
+        return self._partial(x, None, plan, index, transposed=False)
 
     def _partial_of_product(
-        self, product: Matrix | RowBlocks, inner: int, signs: Matrix | None, *, checked: bool
+        self, product: Matrix | RowBlocks, plan: _LinkPlan, index: int, *, checked: bool
     ) -> _Partial:
         if product.shape != (self.n, self.n):
             raise ValueError("C must be n x n")
@@ -401,8 +412,8 @@ class StepChecker:
         return self._partial(
             product,
             transform,
-            inner,
-            signs,
+            plan,
+            index,
             transposed=True,
             raw_right=self.r if checked else None,
         )
@@ -411,20 +422,16 @@ class StepChecker:
         self,
         m: Matrix | RowBlocks,
         transform: Callable[[Matrix], Matrix] | None,
-        inner: int,
-        signs: Matrix | None,
+        plan: _LinkPlan,
+        index: int,
         *,
         transposed: bool,
         raw_right: npt.NDArray[np.float64] | None = None,
     ) -> _Partial:
         """The pass over M for X = T(M)^T when ``transposed``, else T(M): X's product with the
-        link plan's vector, and the squares the bound needs."""
-        if inner == 1:
-            v, v_transposed = self.br, False
-        else:
-            if signs is None or signs.shape != (inner - 1, self.n):
-                raise ValueError("a composite step needs its (inner - 1) x n link signs")
-            v, v_transposed, _ = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
+        link plan's vector for step ``index`` of the plan, and the squares the bound needs."""
+        inner = plan.inner
+        v, v_transposed = plan.vectors[index], plan.transposed
         # X v is M^T v when X = M^T: a left product on M; X^T v is then a right one.
         on_left = transposed != v_transposed
         sums = _sweep(
@@ -443,55 +450,55 @@ class StepChecker:
         squares: Any = (sums.sq_left if transposed else sums.sq_right) if inner == 1 else None
         return _Partial(sums.raw_right, y, squares, sums.sq_total)
 
-    def _finish(
-        self, partials: list[_Partial], inner: int, signs: Matrix | None
-    ) -> list[InputSide]:
-        """The sides of these steps: the links after X (composite steps), applied to all the
-        steps' vectors side by side, and the bounds."""
+    def _finish(self, partials: list[_Partial], plan: _LinkPlan) -> list[InputSide]:
+        """The sides of these steps (the plan's, in its order): the links after X (composite
+        steps), applied to all the steps' vectors side by side, and the bounds."""
         n, tiny = self.n, np.finfo(np.float64).tiny
-        if inner == 1:
+        if plan.inner == 1:
             return [
                 InputSide(p.y, (self.scale * np.sqrt(p.squares) + tiny)[:, None]) for p in partials
             ]
-        assert signs is not None
-        _, _, after = self._link_plan(inner, np.asarray(signs, dtype=np.float64))
         y = np.concatenate([p.y for p in partials], axis=1)
         s = 1.0 / math.sqrt(n)
-        for j in reversed(after):  # Y_j v = s D_j B^T (Y_{j-1} v)
-            y = s * (np.asarray(signs[j - 1], dtype=np.float64)[:, None] * self._bt_times(y))
+        for j in reversed(plan.after):  # Y_j v = s D_j B^T (Y_{j-1} v)
+            y = s * (plan.signs_of_link(j, self.k) * self._bt_times(y))
         sides = []
         for i, p in enumerate(partials):
             expected = y[:, i * self.k : (i + 1) * self.k]
-            bound = self._composite_bound(p.sq_total / (n * n), inner, expected)
+            bound = self._composite_bound(p.sq_total / (n * n), plan.inner, expected)
             sides.append(InputSide(expected, bound))
         return sides
 
-    def _link_plan(
-        self, inner: int, signs: npt.NDArray[np.float64]
-    ) -> tuple[npt.NDArray[np.float64], bool, list[int]]:
-        """The part of (Y_{inner-1} B) r that depends on B and the signs only, once per device:
-        the vector v that meets X (as X v, or X^T v when ``transposed``) and the links applied
-        after it. Y_0 = X and Y_j = s D_j (Y_{j-1} B)^T (D_j = diag of the link's signs): one
-        n x n by n x k product per link plus O(n k) for D_j, without the intermediate
-        roundings; iterative (a step may hold 1024 links):
+    def _link_plans(self, inner: int, signs: list[Matrix | None]) -> _LinkPlan:
+        """The part of (Y_{inner-1} B) r that depends on B and the signs only, for each step
+        (``signs``: each step's own link signs, in the order of the steps to check): the
+        vectors that meet X (as X v, or X^T v when ``transposed``) and the links applied after
+        it. Y_0 = X and Y_j = s D_j (Y_{j-1} B)^T (D_j = diag of the link's signs): one n x n
+        by n x (k x steps) product per link plus O(n k) for D_j, without the intermediate
+        roundings; iterative (a step may hold many links):
 
             Y_j v   = s D_j B^T (Y_{j-1}^T v)      Y_j^T v = s Y_{j-1} (B D_j v)
         """
-        cached = self._links
-        if cached is not None and cached[0] == inner and np.array_equal(cached[1], signs):
-            return cached[2], cached[3], cached[4]
+        if inner == 1:
+            return _LinkPlan(1, [self.br] * len(signs), False, [], np.empty((0, 0, self.n)))
+        stacked = []
+        for each in signs:
+            if each is None or each.shape != (inner - 1, self.n):
+                raise ValueError("a composite step needs its (inner - 1) x n link signs")
+            stacked.append(np.asarray(each, dtype=np.float64))
+        plan = _LinkPlan(inner, [], False, [], np.stack(stacked))  # (steps, inner - 1, n)
         s = 1.0 / math.sqrt(self.n)
-        v = self.br  # Y_{inner-1} (B r): evaluate Y_m v for m = inner - 1
+        v = np.tile(self.br, (1, len(signs)))  # Y_{inner-1} (B r) for every step, side by side
         transposed = False
-        after: list[int] = []  # links whose s D_j B^T is applied on the way back up
         for j in range(inner - 1, 0, -1):
             if transposed:  # Y_j^T v = s Y_{j-1} (B D_j v)
-                v = s * self._b_times(signs[j - 1][:, None] * v)
+                v = s * self._b_times(plan.signs_of_link(j, self.k) * v)
             else:  # Y_j v = s D_j B^T (Y_{j-1}^T v)
-                after.append(j)
+                plan.after.append(j)
             transposed = not transposed
-        self._links = (inner, signs.copy(), v, transposed, after)
-        return v, transposed, after
+        plan.transposed = transposed
+        plan.vectors = [v[:, i * self.k : (i + 1) * self.k] for i in range(len(signs))]
+        return plan
 
     def _composite_bound(
         self, mean_x2: float, inner: int, expected: npt.NDArray[np.float64]
@@ -513,6 +520,25 @@ class StepChecker:
         u_in = precision(self.name).input_roundoff
         rounding = LAMBDA * math.sqrt(self.n) * math.sqrt(inner - 1) * u_in * rho
         return self.scale * rho + rounding + np.finfo(np.float64).tiny
+
+
+@dataclass
+class _LinkPlan:
+    """The B-side of composite steps checked together (``StepChecker._link_plans``): per step,
+    the vector that meets X; whether it meets X^T; the links applied after X; the steps' link
+    signs, (steps, inner - 1, n)."""
+
+    inner: int
+    vectors: list[npt.NDArray[np.float64]]
+    transposed: bool
+    after: list[int]
+    signs: npt.NDArray[np.float64]
+
+    def signs_of_link(self, j: int, k: int) -> npt.NDArray[np.float64]:
+        """D_j of every step, as the n x (k x steps) factor of the steps' vectors side by
+        side."""
+        expanded: npt.NDArray[np.float64] = np.repeat(self.signs[:, j - 1, :].T, k, axis=1)
+        return expanded
 
 
 @dataclass

@@ -695,7 +695,10 @@ def _check_devices(
     for device, seed in plan.devices.items():
         b = input_matrix(seed, 1, plan.n, plan.precision)
         checker = StepChecker(b, plan.precision, k=k, rng=rng)
-        signs = link_signs(seed, plan.n, plan.inner, plan.precision)
+
+        def signs(step: int, seed: int = seed) -> Any:  # each step's own link signs
+            return link_signs(seed, plan.n, plan.inner, plan.precision, step=step)
+
         worst = 0.0
         by_step = checker.check_steps(
             opened,

@@ -410,13 +410,17 @@ def test_a_stream_that_breaks_the_order_of_commitments_fails(
         (SimulationMode.CHEAT_SHORTCUT, "arithmetic"),
         # Rank n / 4 approximation of each step: refused while the links are few (<= 8).
         (SimulationMode.CHEAT_LOWRANK, "arithmetic"),
+        # The step's linear map built once and reused: each step has its own signs (v3).
+        (SimulationMode.CHEAT_FACTORED, "arithmetic"),
     ],
 )
 def test_a_step_of_several_links_cannot_be_shortcut(
     mode: SimulationMode, reason: str, start_agent: Any, pool_at: Any, acme: Any, settings: Any
 ) -> None:
-    """A fast device gets ``VERIFICATION_MAX_INNER`` products behind each commitment (forced
-    here by a long minimum step): the cheaters that compute a step with less work fail."""
+    """With composite steps on (``VERIFICATION_MAX_INNER`` = 8; off by default), a fast device
+    gets 8 products behind each commitment (forced here by a long minimum step): the cheaters
+    that compute a step with less work fail."""
+    settings.VERIFICATION_MAX_INNER = 8  # composite steps are off by default; at most 8
     settings.VERIFICATION_MIN_STEP_SECONDS = 1e6
     settings.VERIFICATION_OPEN_STEPS = 0  # every step: the verdict does not hang on the draw
     pool = pool_at(acme, start_agent(agent_config(mode)))

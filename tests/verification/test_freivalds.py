@@ -22,7 +22,13 @@ from agent.challenge import (
     scaled_rounded,
     step,
 )
-from agent.simulation import lowrank_step, shortcut_products, shortcut_step
+from agent.simulation import (
+    factored_step,
+    lowrank_step,
+    shortcut_products,
+    shortcut_step,
+    step_factors,
+)
 from tests.harness.figures import Figure
 from verification.freivalds import StepChecker, freivalds
 
@@ -127,11 +133,11 @@ def test_an_unrelated_matrix_is_refused_by_every_vector() -> None:
 
 def composite(name: str, n: int, inner: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = inputs(5, n, name)
-    return a, b, step(a, b, name, inner, link_signs(5, n, inner, name))
+    return a, b, step(a, b, name, inner, link_signs(5, n, inner, name, step=1))
 
 
 def signs(name: str, n: int, inner: int) -> np.ndarray:
-    return link_signs(5, n, inner, name)
+    return link_signs(5, n, inner, name, step=1)
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
@@ -181,12 +187,13 @@ def test_the_squaring_shortcut_passes_only_without_the_link_signs(name: str, inn
 def test_a_low_rank_step_is_refused_at_the_default_number_of_links(name: str) -> None:
     """A product of many random matrices is nearly low-rank, so a long step can be
     approximated at rank r for about 4 r n^2 flops a link instead of 2 n^3. At the default
-    ``VERIFICATION_MAX_INNER`` (8) links, rank n / 4 and 0.4 n are refused with a wide margin;
+    most links ``VERIFICATION_MAX_INNER`` may allow (8; 1 by default), rank n / 4 and 0.4 n are
+    refused with a wide margin;
     at 64 BF16 links, rank n / 4 passes, which is why the number of links is capped."""
     from django.conf import settings
 
-    n, inner = 256, settings.VERIFICATION_MAX_INNER
-    assert inner == 8
+    n, inner = 256, 8
+    assert settings.VERIFICATION_MAX_INNER <= inner
     a, b = inputs(5, n, name)
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(8))
     for rank in (n // 4, n * 2 // 5):
@@ -197,6 +204,29 @@ def test_a_low_rank_step_is_refused_at_the_default_number_of_links(name: str) ->
         many = 64
         approx = lowrank_step(a, b, name, many, signs(name, n, many), n // 4)
         assert all(v.passed for v in checker.check(a, approx, many, signs(name, n, many)))
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
+def test_a_step_map_computed_once_serves_only_its_own_step(name: str) -> None:
+    """The attack on protocol v2, whose link signs were the same in every step: a step of
+    ``inner`` links is the linear map X -> L X' R of fixed factors (up to the roundings the
+    check allows), so a cheater builds L and R once per challenge and computes every step with
+    2 products instead of 8. With the signs it was built from, the check accepts it (the fault
+    lands); v3 draws each step's own signs, and the next step's check refuses it."""
+    n, inner = 256, 8
+    a, b = inputs(5, n, name)
+    factors = step_factors(b, name, inner, link_signs(5, n, inner, name, step=1))
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(9))
+    first = factored_step(a, factors, name)
+    accepted = checker.check(a, first, inner, link_signs(5, n, inner, name, step=1))
+    assert max(v.worst_ratio for v in accepted) < 0.5  # what v2 accepted in every step
+    x = next_input(first, name)
+    second = factored_step(x, factors, name)
+    refused = checker.check(x, second, inner, link_signs(5, n, inner, name, step=2))
+    assert min(v.worst_ratio for v in refused) > 5.0
+    assert not np.array_equal(
+        link_signs(5, n, inner, name, step=1), link_signs(5, n, inner, name, step=2)
+    )
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
@@ -231,6 +261,7 @@ def test_a_long_fp16_chain_keeps_its_size_and_passes() -> None:
     b = inputs(3, 128, "fp16")[1]
     checker = StepChecker(b, "fp16", k=8, rng=np.random.default_rng(4))
     x = scaled_rounded(products[-2], "fp16").T
-    assert all(v.passed for v in checker.check(x, products[-1], 8, link_signs(3, 128, 8, "fp16")))
+    last = link_signs(3, 128, 8, "fp16", step=len(products))
+    assert all(v.passed for v in checker.check(x, products[-1], 8, last))
     assert boundary_shift(5.0) == 0 and boundary_shift(80.0) == 4 and boundary_shift(0.3) == -4
     assert boundary_shift(float("nan")) == 0

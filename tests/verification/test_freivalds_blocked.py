@@ -106,8 +106,8 @@ def honest_and_wrong(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """C_1, B, the signs, and C_2 honest, with one entry off by one, and with 5 % noise."""
     a, b = inputs(seed, n, name)
-    signs = link_signs(seed, n, inner, name)
-    c1 = step(a, b, name, inner, signs)
+    c1 = step(a, b, name, inner, link_signs(seed, n, inner, name, step=1))
+    signs = link_signs(seed, n, inner, name, step=2)  # step 2's, the step checked below
     c2 = step(next_input(c1, name), b, name, inner, signs)
     rng = np.random.default_rng(seed)
     off = c2.copy()
@@ -309,15 +309,21 @@ def test_checking_a_chains_steps_together_equals_checking_each(name: str, inner:
     products = list(chain(seed, n, name, 6, inner))
     products[3] = products[3] * np.asarray(1.25, dtype=products[3].dtype)  # C_4 is wrong
     a, b = inputs(seed, n, name)
-    signs = link_signs(seed, n, inner, name)
-    s = signs if inner > 1 else None
+
+    def signs(t: int) -> np.ndarray:
+        return link_signs(seed, n, inner, name, step=t)
+
     for opened in ([1, 2, 6], [1, 4, 5, 6], [2, 4, 6], [3, 4]):
         checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
-        got = checker.check_steps(opened, lambda t: products[t - 1], lambda: a, inner, s)
+        got = checker.check_steps(
+            opened, lambda t: products[t - 1], lambda: a, inner, signs if inner > 1 else None
+        )
         assert list(got) == opened
         for t in opened:
             x = a if t == 1 else scaled_rounded(products[t - 2], name).T
-            alone = ratios(checker.check(x, products[t - 1], inner, s))
+            alone = ratios(
+                checker.check(x, products[t - 1], inner, signs(t) if inner > 1 else None)
+            )
             np.testing.assert_allclose(ratios(got[t]), alone, rtol=1e-9, atol=tolerance(name))
             # C_4 is not X_3 B, and C_5 is not X_4 B for the X_4 the committed C_4 gives.
             assert all(v.passed for v in got[t]) == (t not in (4, 5)), (t, ratios(got[t]))

@@ -54,9 +54,10 @@ def production(settings: Any) -> Any:
     settings.VERIFICATION_MATRIX_SIZE = settings.VERIFICATION_MAX_MATRIX_SIZE = 8192
     settings.VERIFICATION_MAX_STEPS = 8
     settings.VERIFICATION_TARGET_SECONDS = 4.0
-    # As many products behind each commitment as the protocol allows (VERIFICATION_MAX_INNER, 8:
-    # more is unsound, docs/verification.md "Composite steps"), so copying and hashing 256 MiB a
-    # step weigh as little as they can.
+    # As many products behind each commitment as the protocol allows (8, more is unsound;
+    # composite steps are off by default: docs/verification.md "Composite steps"), so copying
+    # and hashing 256 MiB a step weigh as little as they can.
+    settings.VERIFICATION_MAX_INNER = 8
     settings.VERIFICATION_MIN_STEP_SECONDS = 0.3
     settings.VERIFICATION_OPEN_STEPS = 2
     settings.VERIFICATION_FREIVALDS_ROUNDS = 4

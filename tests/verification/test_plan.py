@@ -63,7 +63,13 @@ def test_the_sample_bound() -> None:
     assert sample_bound(10, 3, 0.2) == pytest.approx(56 / 120)
 
 
+def test_composite_steps_are_off_by_default(settings: Any) -> None:
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    assert plan_challenge(pool(989.0, nodes=1)).inner == 1
+
+
 def test_a_fast_device_gets_several_products_behind_each_commitment(settings: Any) -> None:
+    settings.VERIFICATION_MAX_INNER = 8  # what an experiment may set
     settings.VERIFICATION_TIME_SCALE = 1.0
     settings.VERIFICATION_MATRIX_SIZE = 1024
     settings.VERIFICATION_MAX_CHALLENGE_BYTES = 64 * 2**30

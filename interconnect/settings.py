@@ -300,7 +300,9 @@ VERIFICATION_MATRIX_SIZE = env.int("VERIFICATION_MATRIX_SIZE", default=1024)
 VERIFICATION_MAX_MATRIX_SIZE = env.int("VERIFICATION_MAX_MATRIX_SIZE", default=8192)
 VERIFICATION_TARGET_SECONDS = env.float("VERIFICATION_TARGET_SECONDS", default=4.0)
 VERIFICATION_MIN_STEPS = env.int("VERIFICATION_MIN_STEPS", default=4)
-VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=16)
+# 128: with one product a step (composite steps off), as many products as 16 steps of 8 links
+# gave, so a device of this CPU's speed still computes for about the target at small n.
+VERIFICATION_MAX_STEPS = env.int("VERIFICATION_MAX_STEPS", default=128)
 # Chained products behind each commitment, so a step lasts at least MIN_STEP_SECONDS at the
 # declared speed (a fast accelerator would otherwise spend its time hashing, not computing), at
 # most MAX_INNER. Default 1, composite steps off: their bound must allow each link's rounding to

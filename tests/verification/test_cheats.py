@@ -163,7 +163,8 @@ def test_the_review_cheat_fails_at_production_settings(
 
     assert run.state == RunState.FAILED
     assert run.verdict_reason.startswith("opening"), run.verdict_reason
-    assert run.time_scale == 1.0 and run.steps == 16 and len(run.devices) == 8
+    assert run.time_scale == 1.0 and len(run.devices) == 8
+    assert run.steps == settings.VERIFICATION_MAX_STEPS  # 128 steps of n = 256 for the CPU
     pool.refresh_from_db()
     assert pool.status == Status.FAILED and pool.measured_tflops_per_accelerator is None
 
@@ -332,6 +333,9 @@ def test_every_cheat_fails_at_production_time_scale(
     per device, its catalog peak) that this CPU can emulate for real, two per node."""
     settings.VERIFICATION_TIME_SCALE = 1.0
     settings.VERIFICATION_TARGET_SECONDS = 1.0
+    # One node of two: cheat-fast computes for real at 4.3x the declaration, and four devices
+    # at once asked more of this 2-core machine than it gives while other work runs.
+    settings.VERIFICATION_SAMPLE_NODES = 1
     tiny = Accelerator.objects.create(
         slug="test-tiny", vendor="Test", model="tiny", origin="imported", bf16_dense_tflops=0.004
     )

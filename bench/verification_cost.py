@@ -140,8 +140,9 @@ def _plan(name: str, n: int, gflops: float) -> Any:
     from verification import services
 
     saved = (settings.VERIFICATION_MATRIX_SIZE, settings.VERIFICATION_MAX_MATRIX_SIZE)
-    saved_min = services.MIN_MATRIX_SIZE
+    saved_min, saved_caps = services.MIN_MATRIX_SIZE, services.MAX_MATRIX_SIZE_BY_PRECISION
     services.MIN_MATRIX_SIZE = n  # n pinned: the plan neither halves nor doubles it
+    services.MAX_MATRIX_SIZE_BY_PRECISION = {}  # nor caps it (a cost, not a challenge)
     saved_scale, saved_sample = settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES
     settings.VERIFICATION_MATRIX_SIZE = settings.VERIFICATION_MAX_MATRIX_SIZE = n
     settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES = 1.0, 1
@@ -155,7 +156,7 @@ def _plan(name: str, n: int, gflops: float) -> Any:
         )
         return services.plan_challenge(pool)
     finally:
-        services.MIN_MATRIX_SIZE = saved_min
+        services.MIN_MATRIX_SIZE, services.MAX_MATRIX_SIZE_BY_PRECISION = saved_min, saved_caps
         settings.VERIFICATION_MATRIX_SIZE, settings.VERIFICATION_MAX_MATRIX_SIZE = saved
         settings.VERIFICATION_TIME_SCALE, settings.VERIFICATION_SAMPLE_NODES = (
             saved_scale,

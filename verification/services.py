@@ -66,6 +66,23 @@ HEALTH_REASON = "unhealthy accelerators"
 BENCHMARK_DEADLINE_SLACK = 3.0
 # Smallest product a challenge uses, however slow the device.
 MIN_MATRIX_SIZE = 64
+# Largest product a challenge uses, per declared precision (and never above
+# VERIFICATION_MAX_MATRIX_SIZE). The check's bound per row grows like n^1.5 while the residual
+# of a computation rounded once more than declared grows like n, so a cheat's ratio residual /
+# bound falls like 1/n: the cap keeps each measured cheat refused on every seed with a margin
+# of 2 at the largest n the plan can choose (docs/verification.md, "Lower precision at large
+# n"). `.venv/bin/python bench/verification_precision.py` (k = 8, 3 seeds, smallest ratio):
+# - fp32, TF32 inputs: 4.68 at n = 512, 2.33 at 1024, 1.33 at 2048, 0.689 (accepted) at 4096.
+# - bf16, product rounded to BF16: 7.92 at 2048, 4.02 at 4096, 1.9 at 8192; FP16 accumulation
+#   (k 16): 7.3 at 2048, 5.57 at 4096 (falls like 1/sqrt(n)).
+# - fp16, FP16 accumulation (k 16): 7.92 at 2048, 5.8 at 4096, slope -0.45: about 4 at 8192.
+# - fp64, FP32 inputs: 45,100 at 4096.
+MAX_MATRIX_SIZE_BY_PRECISION: dict[str, int] = {
+    "fp32": 1024,
+    "bf16": 4096,
+    "fp16": 8192,
+    "fp64": 8192,
+}
 # Products behind one FP16 commitment, at most: inside a step the chain is scaled by 1/sqrt(n)
 # only, and drifts by the spectral radius of B / sqrt(n) per product (a few % at small n); FP16
 # overflows at 65504 (256 products at n = 64 overflowed in 5 of 6 seeds, 64 did not).
@@ -364,12 +381,22 @@ class ChallengePlan:
     node_count: int
 
 
+def max_matrix_size(name: str) -> int:
+    """The largest n a challenge in precision ``name`` may use: VERIFICATION_MAX_MATRIX_SIZE,
+    or less where a lower-precision computation would pass the check at larger n
+    (``MAX_MATRIX_SIZE_BY_PRECISION``)."""
+    configured = int(settings.VERIFICATION_MAX_MATRIX_SIZE)
+    return min(configured, MAX_MATRIX_SIZE_BY_PRECISION.get(name, configured))
+
+
 def plan_challenge(pool: Pool) -> ChallengePlan:
     """Size the challenge for this pool's model and declaration; sample its nodes.
 
     The chain is long enough that an honest device at the declared speed (scaled) spends about
     ``VERIFICATION_TARGET_SECONDS``: n starts at ``VERIFICATION_MATRIX_SIZE`` and doubles while
-    the chain would need more than ``VERIFICATION_MAX_STEPS`` steps (up to the maximum size).
+    the chain would need more than ``VERIFICATION_MAX_STEPS`` steps (up to the maximum size,
+    ``max_matrix_size``: smaller in FP32 and BF16, where larger products let a lower precision
+    pass the check; a fast device then gets a chain shorter than the target).
     It halves n (down to 64) while the chain would be shorter than ``VERIFICATION_MIN_STEPS``.
     Nodes are drawn with the OS's CSPRNG, so the agent cannot know which will be challenged.
     """
@@ -380,13 +407,11 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     def steps_at(size: int) -> float:
         return budget / (2.0 * size**3)
 
-    n = settings.VERIFICATION_MATRIX_SIZE
+    largest = max_matrix_size(pool.declared_precision)
+    n = min(settings.VERIFICATION_MATRIX_SIZE, largest)
     while steps_at(n) < settings.VERIFICATION_MIN_STEPS and n // 2 >= MIN_MATRIX_SIZE:
         n //= 2  # a slow device (or a small time scale): smaller products, same duration
-    while (
-        steps_at(n) > settings.VERIFICATION_MAX_STEPS
-        and n * 2 <= settings.VERIFICATION_MAX_MATRIX_SIZE
-    ):
+    while steps_at(n) > settings.VERIFICATION_MAX_STEPS and n * 2 <= largest:
         n *= 2  # a fast device: larger products, so the chain stays within MAX_STEPS
 
     def clamp(value: float) -> int:

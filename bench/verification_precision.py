@@ -21,6 +21,11 @@ each, on the challenge's own inputs (``agent.challenge.inputs``) with the real c
   returned (half the bytes to copy to the host and hash).
 - **fp64, FP32 inputs**: FP64 declared, inputs rounded to FP32, products accumulated in FP64
   (the kindest FP32-based cheat: any FP32 accumulation is far worse).
+- **fp32, 3xTF32**: FP32 accuracy from three TF32 products (hi*hi + hi*lo + lo*hi), the
+  emulation CUTLASS offers on tensor cores: fewer FP32 units than the rate it reaches.
+- **fp32, Strassen 4 levels**: 41 % fewer flops (7/8 per level), every sum in FP32; and
+  **bf16, Strassen 1 level**: 12.5 % fewer, the operands' sums rounded to BF16 so that the
+  products run on BF16 tensor cores.
 
 Each cell: over the seeds, the smallest and the largest per-seed ratio, where a seed's ratio
 is the worst over its k vectors (the check refuses a product when it exceeds 1). A cheat is
@@ -84,12 +89,65 @@ def fp16_accumulate(x: np.ndarray, b: np.ndarray, kchunk: int) -> np.ndarray:
     return result
 
 
+def three_tf32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A @ B from three TF32 products: hi*hi + (hi*lo + lo*hi), FP32 accumulation."""
+    a_hi, b_hi = tf32(a), tf32(b)
+    a_lo, b_lo = tf32(a.astype(F32) - a_hi), tf32(b.astype(F32) - b_hi)
+    result: np.ndarray = a_hi @ b_hi + (a_hi @ b_lo + a_lo @ b_hi)
+    return result
+
+
+def _same(m: np.ndarray) -> np.ndarray:
+    return m
+
+
+def strassen(
+    a: np.ndarray,
+    b: np.ndarray,
+    levels: int,
+    round_sum: Callable[[np.ndarray], np.ndarray] = _same,
+) -> np.ndarray:
+    """A @ B by Strassen's algorithm, ``levels`` deep, 7 products of half size a level instead
+    of 8, the operands' sums passed through ``round_sum`` (e.g. to the input type)."""
+    if levels == 0:
+        result: np.ndarray = a.astype(F32) @ b.astype(F32)
+        return result
+    h = a.shape[0] // 2
+    r = round_sum
+    a11, a12, a21, a22 = a[:h, :h], a[:h, h:], a[h:, :h], a[h:, h:]
+    b11, b12, b21, b22 = b[:h, :h], b[:h, h:], b[h:, :h], b[h:, h:]
+
+    def s(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return strassen(x, y, levels - 1, round_sum)
+
+    m1 = s(r(a11 + a22), r(b11 + b22))
+    m2 = s(r(a21 + a22), b11)
+    m3 = s(a11, r(b12 - b22))
+    m4 = s(a22, r(b21 - b11))
+    m5 = s(r(a11 + a12), b22)
+    m6 = s(r(a21 - a11), r(b11 + b12))
+    m7 = s(r(a12 - a22), r(b21 + b22))
+    c = np.empty((2 * h, 2 * h), F32)
+    c[:h, :h] = m1 + m4 - m5 + m7
+    c[:h, h:] = m3 + m5
+    c[h:, :h] = m2 + m4
+    c[h:, h:] = m1 - m2 + m3 + m6
+    return c
+
+
 def cheats(kchunk: int) -> list[tuple[str, str, bool, Multiply]]:
     """(precision, computation, honest, multiply)"""
     bf16 = np.dtype(ml_dtypes.bfloat16)
     return [
         ("fp32", "honest", True, lambda x, b: multiply(x, b, "fp32")),
         ("fp32", "TF32 inputs", False, lambda x, b: tf32(x) @ tf32(b)),
+        ("fp32", "3xTF32", False, three_tf32),
+        (
+            "fp32",
+            "Strassen 4 levels",
+            False,
+            lambda x, b: strassen(x.astype(F32), b.astype(F32), 4),
+        ),
         ("bf16", "honest", True, lambda x, b: multiply(x, b, "bf16")),
         (
             "bf16",
@@ -102,6 +160,14 @@ def cheats(kchunk: int) -> list[tuple[str, str, bool, Multiply]]:
             "product rounded to bf16",
             False,
             lambda x, b: multiply(x, b, "bf16").astype(bf16).astype(F32),
+        ),
+        (
+            "bf16",
+            "Strassen 1 level",
+            False,
+            lambda x, b: strassen(
+                x.astype(F32), b.astype(F32), 1, lambda m: m.astype(bf16).astype(F32)
+            ),
         ),
         ("fp16", "honest", True, lambda x, b: multiply(x, b, "fp16")),
         (

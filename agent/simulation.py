@@ -240,8 +240,8 @@ def step_factors(b: Matrix, name: str, inner: int, signs: Matrix) -> StepFactors
 def factored_step(x: Matrix, factors: StepFactors, name: str) -> Matrix:
     """cheat-factored, each step: L X' R in two products of the input type, accumulated in
     the accumulator. Passes the check of a step whose links have the signs the factors were
-    built from (0.15 of the bound at 8 BF16 links: ``tests/verification/test_freivalds.py``);
-    a wrong product for any other signs."""
+    built from (0.009 to 0.15 of the bound: ``bench/verification_links.py``, asserted in
+    ``tests/verification/test_freivalds.py``); a wrong product for any other signs."""
     p = precision(name)
     middle = x.T if factors.transposed else x
     y = multiply(factors.left, np.ascontiguousarray(middle), name).astype(p.input)

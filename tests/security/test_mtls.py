@@ -532,3 +532,27 @@ def test_the_command_line_without_an_authority_says_so_and_fails(
     assert "PLATFORM_CA_KEY_FILE" in str(refused.value)
     assert not AgentCertificate.objects.filter(center=center).exists()
     assert not out.exists()
+
+
+@pytest.mark.django_db
+def test_the_demo_launcher_reissues_a_certificate_this_registry_never_issued(
+    pki: Path, acme: Any
+) -> None:
+    """``make run`` keeps the demo agents' certificates in the TLS folder while the database
+    may be new (another INTERCONNECT_VAR_DIR, a re-seeded demo): a certificate the registry
+    does not know is replaced, not presented to a verifier that refuses it."""
+    from registry.models import AgentCertificate
+    from verification.management.commands.run_demo_agents import Command
+
+    center = a100_pool(acme).center
+    launcher = Command()
+    directory = Path(launcher._certificate(center))
+    first = (directory / "agent.pem").read_bytes()
+    assert certificates.refusal(first, center_national_id=center.national_id) is None
+    assert Path(launcher._certificate(center)).joinpath("agent.pem").read_bytes() == first
+
+    AgentCertificate.objects.filter(center=center).delete()  # a new database, the same folder
+    assert "not issued by this platform's registry" in (certificates.refusal(first) or "")
+    again = (Path(launcher._certificate(center)) / "agent.pem").read_bytes()
+    assert again != first
+    assert certificates.refusal(again, center_national_id=center.national_id) is None

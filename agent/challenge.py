@@ -224,7 +224,7 @@ def link_signs(seed: int, n: int, inner: int, name: str, *, step: int) -> Matrix
     Why new signs every step (protocol v3): a step is the linear map X -> L X' R of fixed
     factors (up to the links' roundings, which the check must allow). With the same signs in
     every step (v2), a cheater computed L and R once per challenge and then every step with 2
-    products instead of ``inner``, and passed the check (0.009 to 0.15 of the bound:
+    products instead of ``inner``, and passed the check (0.013 to 0.22 of the bound:
     ``bench/verification_links.py``; ``agent.simulation.factored_step``, cheat mode
     ``cheat-factored``). With each step's own
     signs, L and R cost as many products as the step itself.

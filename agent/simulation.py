@@ -240,7 +240,7 @@ def step_factors(b: Matrix, name: str, inner: int, signs: Matrix) -> StepFactors
 def factored_step(x: Matrix, factors: StepFactors, name: str) -> Matrix:
     """cheat-factored, each step: L X' R in two products of the input type, accumulated in
     the accumulator. Passes the check of a step whose links have the signs the factors were
-    built from (0.009 to 0.15 of the bound: ``bench/verification_links.py``, asserted in
+    built from (0.013 to 0.22 of the bound: ``bench/verification_links.py``, asserted in
     ``tests/verification/test_freivalds.py``); a wrong product for any other signs."""
     p = precision(name)
     middle = x.T if factors.transposed else x

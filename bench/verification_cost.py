@@ -283,7 +283,6 @@ def measure_parts(name: str, k: int) -> Parts:
         digest(assemble_rows(blocks, n, name), name, challenge_id="p", device=0, step=1)
 
     def check(inner: int) -> None:  # as services._check_devices: X from the opened C_{t-1}
-        checker._links = None  # the links' part that is computed once per device: counted
         side = checker.input_side_of_product(c, inner, signs if inner > 1 else None)
         checker.verdict(checker.product_side(c), side)
 

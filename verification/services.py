@@ -84,10 +84,11 @@ MAX_MATRIX_SIZE_BY_PRECISION: dict[str, int] = {
     "fp16": 512,
     "fp64": 8192,
 }
-# Products behind one FP16 commitment, at most: inside a step the chain is scaled by 1/sqrt(n)
-# only, and drifts by the spectral radius of B / sqrt(n) per product (a few % at small n); FP16
-# overflows at 65504 (256 products at n = 64 overflowed in 5 of 6 seeds, 64 did not).
-FP16_MAX_INNER = 32
+# Products behind one commitment, at most, whatever VERIFICATION_MAX_INNER says: a step of
+# more links is nearly low-rank and cheaply approximated (docs/verification.md, "Composite
+# steps"; rank n / 4 passes at 64 BF16 links). It also keeps FP16 steps, scaled by 1/sqrt(n)
+# only, far from overflowing (256 products at n = 64 overflowed in 5 of 6 seeds, 64 did not).
+MAX_INNER_LINKS = 8
 # Reasons of drift verdicts start with this, so a later pass only undoes its own degradation.
 DRIFT_REASON = "drift"
 # Deliveries of one run beyond the retries before it is declared a poison message.
@@ -396,8 +397,8 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     The chain is long enough that an honest device at the declared speed (scaled) spends about
     ``VERIFICATION_TARGET_SECONDS``: n starts at ``VERIFICATION_MATRIX_SIZE`` and doubles while
     the chain would need more than ``VERIFICATION_MAX_STEPS`` steps (up to the maximum size,
-    ``max_matrix_size``: smaller in FP32 and BF16, where larger products let a lower precision
-    pass the check; a fast device then gets a chain shorter than the target).
+    ``max_matrix_size``: smaller in FP32, BF16 and FP16, where larger products let a lower
+    precision pass the check; a fast device then gets a chain shorter than the target).
     It halves n (down to 64) while the chain would be shorter than ``VERIFICATION_MIN_STEPS``.
     Nodes are drawn with the OS's CSPRNG, so the agent cannot know which will be challenged.
     """
@@ -419,9 +420,7 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
         low, high = int(settings.VERIFICATION_MIN_STEPS), int(settings.VERIFICATION_MAX_STEPS)
         return min(max(math.ceil(value), low), high)
 
-    max_inner = int(settings.VERIFICATION_MAX_INNER)
-    if pool.declared_precision == "fp16":
-        max_inner = min(max_inner, FP16_MAX_INNER)
+    max_inner = max(1, min(int(settings.VERIFICATION_MAX_INNER), MAX_INNER_LINKS))
 
     def inner_at(size: int) -> int:
         # Products behind each commitment, so that a step lasts VERIFICATION_MIN_STEP_SECONDS
@@ -444,20 +443,25 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     )
     per = pool.accelerators_per_node
     devices = {node * per + slot: secrets.randbits(64) for node in nodes for slot in range(per)}
-    # The agent keeps every product until it is opened: keep the chain within its memory, with
-    # smaller products first (the chain then lasts less than the target: a fast device measured
-    # over a shorter time), and fewer steps only as a last resort.
+    # The agent keeps every product until it is opened: keep the chain within its memory with
+    # fewer steps first, down to VERIFICATION_MIN_STEPS (in the same memory, larger products
+    # hold more work: steps x n^2 bytes for steps x n^3 flops), then smaller products. A fast
+    # device's chain then lasts less than the target: it is measured over a shorter time.
     itemsize = precision_of(pool.declared_precision).accumulator.itemsize
 
     def kept(size: int, length: int) -> int:
         return len(devices) * length * size * size * itemsize
 
     cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
-    while kept(n, steps) > cap and n // 2 >= MIN_MATRIX_SIZE:
+
+    def fitting(size: int, length: int) -> int:
+        return min(length, cap // kept(size, 1))
+
+    while fitting(n, steps) < settings.VERIFICATION_MIN_STEPS and n // 2 >= MIN_MATRIX_SIZE:
         n //= 2
         inner = inner_at(n)
         steps = clamp(steps_at(n) / inner)
-    steps = max(2, min(steps, cap // kept(n, 1)))
+    steps = max(2, fitting(n, steps))
     return ChallengePlan(
         n=n,
         steps=steps,

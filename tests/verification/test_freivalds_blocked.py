@@ -300,7 +300,7 @@ def test_the_largest_entry_of_row_blocks_is_nan_when_one_is() -> None:
 
 @pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("name", PRECISIONS)
-@pytest.mark.parametrize("inner", [1, 3])
+@pytest.mark.parametrize("inner", [1, 3, 4])
 def test_checking_a_chains_steps_together_equals_checking_each(name: str, inner: int) -> None:
     """``check_steps`` (what the service runs: shared passes, links applied to all the steps at
     once) gives each step's check on its own, and a wrong product fails its own step and the

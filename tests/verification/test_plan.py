@@ -82,3 +82,18 @@ def test_a_fast_device_gets_several_products_behind_each_commitment(settings: An
     # A CPU-sized device keeps one product per commitment.
     settings.VERIFICATION_TIME_SCALE = 1e-7
     assert plan_challenge(pool(312.0)).inner == 1
+
+
+def test_a_fast_pool_fills_the_memory_with_large_products_not_many_steps(settings: Any) -> None:
+    """In the same memory, larger products hold more work (steps x n^2 bytes, steps x n^3
+    flops): the chain is shortened to VERIFICATION_MIN_STEPS before n is halved. Before, a
+    BF16 pool at 989 TFLOPS (2 nodes of 8, 1 GiB) got n = 256 and 128 steps, 4.3 GFLOP a
+    device; now n = 2048 and the steps that fit (4 with 16 devices), 69 GFLOP."""
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    plan = plan_challenge(pool(989.0))
+    assert (
+        len(plan.devices) * plan.steps * plan.n**2 * 4 <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
+    )
+    one = len(plan.devices) * plan.n**2 * 4  # a step of every device
+    assert plan.n == 2048 and plan.steps == settings.VERIFICATION_MAX_CHALLENGE_BYTES // one
+    assert plan.steps * plan.n**3 >= 16 * 128 * 256**3

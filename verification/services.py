@@ -455,7 +455,7 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
 
     def fitting(size: int, length: int) -> int:
-        return min(length, cap // kept(size, 1))
+        return min(length, int(cap) // kept(size, 1))
 
     while fitting(n, steps) < settings.VERIFICATION_MIN_STEPS and n // 2 >= MIN_MATRIX_SIZE:
         n //= 2

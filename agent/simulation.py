@@ -211,13 +211,11 @@ class StepFactors:
     transposed: bool
 
 
-def step_factors(b: Matrix, name: str, inner: int, signs: Matrix) -> StepFactors:
-    """cheat-factored, once per challenge: the step of ``inner`` signed links without its
-    roundings is Y = L X' R B-products of fixed factors (Y_j = s D_j (Y_{j-1} B)^T), so L and
-    R (R ending with B) are computed once, in about ``inner`` products, and rounded to the
-    input type so that each step is then 2 tensor-core products."""
-    n = b.shape[0]
-    s = 1.0 / np.sqrt(n)
+def link_factors(b: Matrix, inner: int, signs: Matrix) -> tuple[list[Any], list[Any], bool]:
+    """A step of ``inner`` signed links without its roundings, as products of fixed factors
+    (float64): its product is prod(left) X' prod(right), X' = X^T when ``transposed`` else X,
+    from Y_j = s D_j (Y_{j-1} B)^T; ``right`` ends with B."""
+    s = 1.0 / np.sqrt(b.shape[0])
     b64: Any = b.astype(np.float64)
     left: list[Any] = []
     right: list[Any] = []
@@ -226,7 +224,15 @@ def step_factors(b: Matrix, name: str, inner: int, signs: Matrix) -> StepFactors
         factor = s * signs[j - 1].astype(np.float64)[:, None] * b64.T
         left, right = [factor] + [f.T for f in reversed(right)], [f.T for f in reversed(left)]
         transposed = not transposed
-    right = [*right, b64]
+    return left, [*right, b64], transposed
+
+
+def step_factors(b: Matrix, name: str, inner: int, signs: Matrix) -> StepFactors:
+    """cheat-factored, once per challenge: the step's map X -> L X' R (``link_factors``), L and
+    R multiplied out once, in about ``inner`` products, and rounded to the input type, so that
+    each step is then 2 tensor-core products."""
+    n = b.shape[0]
+    left, right, transposed = link_factors(b, inner, signs)
     p = precision(name)
     product_left: Any = np.eye(n)
     for f in left:
@@ -284,17 +290,8 @@ def lowrank_step(x: Matrix, b: Matrix, name: str, inner: int, signs: Matrix, ran
     one randomized range finder each: about 4 rank n^2 flops a link instead of 2 n^3. Refused
     while the links are few (``VERIFICATION_MAX_INNER``, docs/verification.md: measured)."""
     n = x.shape[0]
-    s = 1.0 / np.sqrt(n)
-    b64: Any = b.astype(np.float64)
     x64: Any = x.astype(np.float64)
-    left: list[Any] = []  # Y_j = prod(left) X' prod(right)
-    right: list[Any] = []
-    transposed = False
-    for j in range(1, inner):
-        factor = s * signs[j - 1].astype(np.float64)[:, None] * b64.T
-        left, right = [factor] + [f.T for f in reversed(right)], [f.T for f in reversed(left)]
-        transposed = not transposed
-    right = [*right, b64]
+    left, right, transposed = link_factors(b, inner, signs)  # Y = prod(left) X' prod(right)
     middle = x64.T if transposed else x64
 
     def apply(factors: list[Any], v: Any, transpose: bool = False) -> Any:

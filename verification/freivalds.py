@@ -348,8 +348,8 @@ class StepChecker:
         signs: Callable[[int], Matrix] | None = None,
     ) -> dict[int, list[VectorCheck]]:
         """Check the steps ``opened`` (increasing) of one chain whose committed products are
-        ``product(t)``, whose first input is ``first_input()`` (A with its column signs; asked
-        only when step 1 is checked) and whose step t has the link signs ``signs(t)``
+        ``product(t)``, whose first input is ``first_input()`` (A; asked only when step 1
+        is checked) and whose step t has the link signs ``signs(t)``
         (``agent.challenge.link_signs``; composite steps only): the checks of
         ``check(next_input(C_{t-1}), C_t, inner, signs(t))`` for each, done with each matrix
         read once (a C_t that is both checked and the next checked step's input serves both in

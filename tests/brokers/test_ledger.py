@@ -16,7 +16,7 @@ from brokers.errors import CapacityExhausted, QuotaExceeded
 from brokers.models import Allocation, Booking, PoolSlot
 from registry import services as registry_services
 from registry.choices import Door, Status
-from tests.brokers.conftest import next_hour, spec
+from tests.brokers.conftest import spec
 
 pytestmark = pytest.mark.django_db
 
@@ -186,7 +186,7 @@ def test_quotas_refuse_and_name_the_quota(
         max_concurrent_accelerators=6,
         max_accelerator_hours_per_month=None,
     )
-    services.booking_create(spec=spec(count=4), idempotency_key="a", actor=dave, door="api")
+    first = services.booking_create(spec=spec(count=4), idempotency_key="a", actor=dave, door="api")
     with pytest.raises(QuotaExceeded) as refused:
         services.booking_create(spec=spec(count=4), idempotency_key="b", actor=dave, door="api")
     assert refused.value.code == "quota.max_concurrent_accelerators"
@@ -197,7 +197,13 @@ def test_quotas_refuse_and_name_the_quota(
         max_concurrent_accelerators=None,
         max_accelerator_hours_per_month=5,
     )
-    later = dataclasses.replace(spec(count=4), earliest_start=next_hour() + dt.timedelta(hours=3))
+    # Hours are counted per calendar month of the start: a later booking in the same month
+    # (three hours after the first, or at the same time when the month ends before: run in the
+    # last hours of a month, +3 h fell in the next one and the quota was rightly fresh).
+    start = first.window_start + dt.timedelta(hours=3)
+    if (start.year, start.month) != (first.window_start.year, first.window_start.month):
+        start = first.window_start
+    later = dataclasses.replace(spec(count=4), earliest_start=start)
     with pytest.raises(QuotaExceeded) as refused:
         services.booking_create(spec=later, idempotency_key="c", actor=dave, door="api")
     assert refused.value.code == "quota.max_accelerator_hours_per_month"

@@ -24,7 +24,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.test import override_settings
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from brokers import services
@@ -32,6 +32,7 @@ from brokers.placement import catalog
 from registry.choices import Status
 from registry.models import Accelerator, Center, Cluster, Pool
 from tests.brokers.conftest import spec
+from tests.brokers.test_placement_oracle import oracle_settings
 
 pytestmark = pytest.mark.django_db
 
@@ -132,17 +133,7 @@ def answer(actor: Any, model: str, count: int, parts: list[tuple[str, int]]) -> 
     )
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-@(seed(SEED) if not LONG_RUN else (lambda test: test))
+@oracle_settings(EXAMPLES, None if LONG_RUN else SEED)
 @given(pools=st.lists(pool_strategy, min_size=1, max_size=8), data=st.data())
 def test_the_snapshot_resolves_an_option_as_the_visibility_rules_do(
     pools: list[dict[str, Any]],

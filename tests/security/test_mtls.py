@@ -556,3 +556,14 @@ def test_the_demo_launcher_reissues_a_certificate_this_registry_never_issued(
     again = (Path(launcher._certificate(center)) / "agent.pem").read_bytes()
     assert again != first
     assert certificates.refusal(again, center_national_id=center.national_id) is None
+
+    # The command line's --if-missing follows the same rule (``agent_certificate.current``).
+    from django.core.management import call_command
+
+    AgentCertificate.objects.filter(center=center).delete()
+    call_command(
+        "agent_certificate", "--center", center.national_id, "--out", str(directory), "--if-missing"
+    )
+    third = (directory / "agent.pem").read_bytes()
+    assert third != again
+    assert certificates.refusal(third, center_national_id=center.national_id) is None

@@ -34,13 +34,18 @@ def issue_into(center: Center, directory: Path, *, days: float | None = None) ->
     return row
 
 
-def current(directory: Path) -> bool:
-    """True when DIR holds a usable certificate not yet due for renewal."""
+def current(directory: Path, center: Center) -> bool:
+    """True when DIR holds a usable certificate of ``center``, not yet due for renewal, that
+    this registry would accept: the folder may outlive the database that issued it (another
+    ``INTERCONNECT_VAR_DIR``, a re-seeded demo), or the certificate may have been revoked."""
     try:
         material = CertFiles.in_dir(directory, "agent").read()
     except TlsError:
         return False
-    return expiry_warning(material) is None
+    if expiry_warning(material) is not None:
+        return False
+    pem = (directory / "agent.pem").read_bytes()
+    return certificates.refusal(pem, center_national_id=center.national_id) is None
 
 
 class Command(BaseCommand):
@@ -76,7 +81,7 @@ class Command(BaseCommand):
         if not options["out"]:
             raise CommandError("give --out DIR (issue), --list or --revoke SERIAL")
         directory = Path(options["out"])
-        if options["if_missing"] and current(directory):
+        if options["if_missing"] and current(directory, center):
             self.stdout.write(f"{directory} already holds a current certificate")
             return
         try:

@@ -72,20 +72,14 @@ class Command(BaseCommand):
     help = "Run a simulated site agent for every demo center (honest unless --mode says so)."
 
     def _certificate(self, center: Center) -> str:
-        """With mutual TLS on, the demo agent's certificate (issued here when missing, due, or
-        one this registry would refuse): the platform's launcher plays the operator who ran
-        ``python -m agent certificate``.
-
-        Refused: the certificates stay in ``PLATFORM_TLS_DIR`` while the database may be new
-        (another ``INTERCONNECT_VAR_DIR``, a re-seeded demo), whose registry never issued
-        them; the verifier then refused every demo pool ("agent identity: ... not issued by
-        this platform's registry")."""
+        """With mutual TLS on, the demo agent's certificate (issued here unless ``current``:
+        missing, due, or one this registry would refuse, since the certificates stay in
+        ``PLATFORM_TLS_DIR`` while the database may be new): the platform's launcher plays the
+        operator who ran ``python -m agent certificate``."""
         if not certificates.mutual_tls():
             return ""
         directory = Path(settings.PLATFORM_TLS_DIR) / "agents" / center.national_id
-        if not current(directory) or certificates.refusal(
-            (directory / "agent.pem").read_bytes(), center_national_id=center.national_id
-        ):
+        if not current(directory, center):
             issue_into(center, directory)
         return str(directory)
 

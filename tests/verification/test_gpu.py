@@ -130,7 +130,7 @@ def judge(endpoint: str, per_node: int) -> services.Evidence:
 @pytest.mark.xfail(
     reason="one product a commitment: a 0.14 ms BF16 product at n = 4096 next to copying and "
     "hashing its 64 MiB on the host (docs/verification.md, 'Speed of real GPUs'); expected to "
-    "pass once fingerprints computed on the device replace host hashing inside the clock",
+    "pass once commitments hashed on the device replace host hashing inside the clock",
     raises=VerificationRefuted,
     strict=False,
 )

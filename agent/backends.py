@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import importlib
 import os
-import threading
 from typing import Any
 
 import numpy as np
 
 from agent.benchmark import Backend, DeviceReport, StepSink
-from agent.challenge import boundary_shift, flops, inputs, link_signs, next_input
+from agent.challenge import (
+    boundary_shift,
+    flops,
+    inputs,
+    link_signs,
+    next_input,
+    step_mix,
+)
 from agent.challenge import step as step_product
 from agent.config import PoolConfig
 from agent.errors import FailedPrecondition, InvalidArgument
@@ -39,8 +45,7 @@ class NumpyBackend:
         for step in range(1, sink.challenge.steps + 1):
             signs = link_signs(sink.seed, n, inner, name, step=step)
             product = step_product(x, b, name, inner, signs)
-            sink.commit(step, product)
-            x = next_input(product, name)
+            x = next_input(product, name, b, sink.commit(step, product))
         return DeviceReport(sink.device, f"numpy on {cpu_description()}")
 
 
@@ -49,7 +54,8 @@ class TorchBackend:
 
     BF16/FP16 products are asked for in FP32 (``out_dtype``), so the product is returned before
     any rounding; FP32 runs with TF32 disabled. Each product is copied to the host and hashed
-    there while the device computes the next step.
+    there before the next step starts: the next input depends on the commitment
+    (``agent.challenge.next_input``).
     """
 
     def __init__(self, device_type: str = "") -> None:
@@ -117,7 +123,8 @@ class TorchBackend:
         scale = float(np.float32(1.0 / np.sqrt(sink.challenge.n)))
         if name == "fp64":
             scale = 1.0 / float(np.sqrt(sink.challenge.n))
-        hashing: list[threading.Thread] = []
+        acc = torch.float64 if name == "fp64" else torch.float32
+        b_acc = bt.to(acc)
         for step in range(1, sink.challenge.steps + 1):
             # Each link's column factors s d_j (agent.challenge.link_signs, new every step):
             # +-s, exact.
@@ -130,19 +137,21 @@ class TorchBackend:
                 x = linked.t().contiguous().to(self._dtypes[name])
             product = self._matmul(x, bt, name)
             host = product.to("cpu", non_blocking=False).numpy()
-            # Hash on the host while the device computes the next step.
-            thread = threading.Thread(target=sink.commit, args=(step, host), daemon=True)
-            thread.start()
-            hashing.append(thread)
+            commitment = sink.commit(step, host)
             scaled = product * scale
             # The committed step's power of two (agent.challenge.boundary_shift): exact.
             peak = float(torch.maximum(scaled.max(), -scaled.min()))
             shift = boundary_shift(peak)
             if shift:
                 scaled = scaled * (2.0**-shift)
-            x = scaled.t().contiguous().to(self._dtypes[name])
-        for thread in hashing:
-            thread.join()
+            # Plus B P D (agent.challenge.step_mix), one rounding in the accumulator type.
+            order, signs = step_mix(commitment, sink.challenge.n, name)
+            term = (
+                b_acc[:, torch.from_numpy(order).to(device)]
+                * torch.from_numpy(signs).to(device)[None, :]
+            )
+            scaled = scaled.t() + term
+            x = scaled.contiguous().to(self._dtypes[name])
         return DeviceReport(index, self.describe(index))
 
 

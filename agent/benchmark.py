@@ -73,10 +73,13 @@ class StepSink:
     _events: queue.Queue[Commitment | DeviceReport | BaseException | None] = field(repr=False)
     _products: dict[tuple[int, int], Matrix] = field(repr=False)
 
-    def commit(self, step: int, product: Matrix) -> None:
-        """Keep ``product`` as step ``step`` and send its digest."""
+    def commit(self, step: int, product: Matrix) -> bytes:
+        """Keep ``product`` as step ``step`` and send its digest; the digest, which the next
+        input depends on (``agent.challenge.next_input``)."""
         self.keep(step, product)
-        self.commit_digest(step, self.digest_of(step, product))
+        value = self.digest_of(step, product)
+        self.commit_digest(step, value)
+        return value
 
     def keep(self, step: int, product: Matrix) -> None:
         """Keep ``product`` for opening without sending anything."""

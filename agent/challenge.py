@@ -6,7 +6,8 @@ of ``steps`` matrix products in one precision (``bf16``, ``fp16``, ``fp32`` or `
     A, B      = inputs(seed, n, precision)       # zero-mean, unit variance, exactly representable
     X_0  = A
     C_t  = X_{t-1} @ B        # accumulated in the precision's accumulator
-    X_t  = next_input(C_t)    # (C_t / sqrt(n)) 2^-k transposed, rounded to the input type
+    h_t  = digest(C_t)        # the step's commitment, sent at once
+    X_t  = next_input(C_t, B, h_t)  # ((C_t / sqrt(n)) 2^-k)^T + B P D, rounded to the input type
 
 Each step needs the whole previous product (the transpose mixes every row into every row of the
 next step), so the chain cannot be computed faster than its steps one after another, and it
@@ -14,6 +15,13 @@ cannot be precomputed: the seed is drawn by the verifier. After each step the ag
 ``digest(C_t)``, a SHA-256 commitment to the exact bytes of the product *before* it is rounded
 to the next input. The verifier's clock stops at the last commitment; only then does it choose
 which steps to open, and the opened products must hash to what was committed.
+
+The term ``B P D`` (``step_mix``: B's columns permuted and signed as drawn from the commitment
+itself, protocol v4) keeps every input full-rank whatever the committed product: without it a
+prover that committed one fake product (all zeros, or of rank one) made every later input
+degenerate and every later product free to compute and exact, so that only a check of the
+faked step itself caught it. With it, a faked step saves that one product and no other; and
+since the term comes from the hash of the product, no product can be chosen to cancel it.
 
 Inputs are uniform on [-sqrt(3), sqrt(3)) rounded to the input type: zero mean, unit variance, not
 small integers (which an INT8 unit would multiply exactly at twice the BF16 rate), and exactly
@@ -175,13 +183,22 @@ def boundary_factor(product: Matrix | RowBlocks, name: str) -> np.generic | None
     return p.accumulator.type(2.0**-shift) if shift else None
 
 
-def scaled_rounded_rows(rows: Matrix, n: int, name: str, factor: np.generic | None) -> Matrix:
-    """Rows of :func:`scaled_rounded` for the product's rows ``rows`` (of an n x n product) and
-    its ``boundary_factor``: the same operations, entry by entry, so the same bits."""
+def scaled_rounded_rows(
+    rows: Matrix,
+    n: int,
+    name: str,
+    factor: np.generic | None,
+    term: StepTerm,
+    start: int,
+) -> Matrix:
+    """Rows ``start`` .. ``start + len(rows)`` of :func:`scaled_rounded` for those rows of the
+    (n x n) product, its ``boundary_factor`` and the step's ``term``: the same operations,
+    entry by entry, so the same bits."""
     p = precision(name)
     scaled: Any = rows.astype(p.accumulator, copy=False) * chain_scale(n, name)
     if factor is not None:
         scaled *= factor  # in place: a fresh array, exact
+    scaled += term.rows(start, rows.shape[0])  # one rounding in the accumulator type
     if p.input == p.accumulator:
         result: Matrix = scaled
         return result
@@ -189,23 +206,82 @@ def scaled_rounded_rows(rows: Matrix, n: int, name: str, factor: np.generic | No
     return rounded
 
 
-def scaled_rounded(product: Matrix, name: str) -> Matrix:
+def scaled_rounded(product: Matrix, name: str, term: StepTerm) -> Matrix:
     """The committed C_t turned into the next step's input, rounded to the input type, held in
     the accumulator type, *not* transposed: X_t is its transpose (the same entries as
     :func:`next_input`). The verifier reads it a block of rows at a time
     (:func:`boundary_factor`, :func:`scaled_rounded_rows`); this is the whole matrix at once."""
-    return scaled_rounded_rows(product, product.shape[0], name, boundary_factor(product, name))
+    n = product.shape[0]
+    return scaled_rounded_rows(product, n, name, boundary_factor(product, name), term, 0)
 
 
-def next_input(product: Matrix, name: str) -> Matrix:
-    """X_t from the committed C_t: scaled by 1/sqrt(n) in the accumulator type and by the power
-    of two of :func:`boundary_shift`, transposed, rounded to the input type.
+def step_mix(commitment: bytes, n: int, name: str) -> tuple[npt.NDArray[np.intp], Matrix]:
+    """pi_t and d_t of the term ``B P(pi_t) D(d_t)`` of the next input (protocol v4): column c
+    of the term is d_c times column pi_t(c) of B, with pi_t a permutation of the n columns and
+    d_t in {-1, +1}^n (in the accumulator type), both drawn from the step's commitment h_t
+    (``np.random.default_rng`` seeded with its 256 bits: the permutation first, then the
+    signs).
 
-    Multiplication and rounding are IEEE round-to-nearest-even on every backend (numpy,
-    ml_dtypes and torch alike), so both sides derive the same X_t from the same C_t bits.
+    From the commitment, not from the seed: with the term known in advance a prover could
+    commit a product chosen to cancel it (C_t = -(B P D)^T sqrt(n), up to the power-of-two
+    shift) and make the next input degenerate and the next product cheap. A product built to
+    cancel one guess of the term commits to another: the permutation leaves almost no column
+    where the guess and the draw agree (signs alone would have let half of them cancel), and
+    a product that cancels the term drawn from its own hash would be a fixed point of
+    SHA-256."""
+    if len(commitment) != 32:
+        raise ValueError("a step's commitment is a 32-byte SHA-256 digest")
+    rng = np.random.default_rng(int.from_bytes(commitment, "big"))
+    permutation: npt.NDArray[np.intp] = rng.permutation(n).astype(np.intp)
+    bits = rng.integers(0, 2, size=n, dtype=np.int8)
+    signs: Matrix = (1 - 2 * bits).astype(precision(name).accumulator)
+    return permutation, signs
+
+
+@dataclass(frozen=True)
+class StepTerm:
+    """The term ``B P D`` added to the scaled committed product before it becomes the next
+    input (:func:`step_mix`), held for the verifier's blocks of rows (the layout of C_t, in
+    which the next input is transposed): row c of the term's transpose is d_c times column
+    pi(c) of B."""
+
+    b: Matrix  # B, any type that widens exactly to the accumulator
+    permutation: npt.NDArray[np.intp]  # pi: column c of the term is column pi(c) of B
+    signs: Matrix  # d, (n,) in the accumulator type
+
+    @classmethod
+    def of(cls, b: Matrix, commitment: bytes, name: str) -> StepTerm:
+        """The term of the step whose commitment is ``commitment``."""
+        permutation, signs = step_mix(commitment, b.shape[0], name)
+        return cls(b, permutation, signs)
+
+    def rows(self, start: int, count: int) -> Matrix:
+        """Rows ``start`` .. ``start + count`` of (B P D)^T, in the accumulator type (exact)."""
+        acc = self.signs.dtype
+        columns: Any = self.b[:, self.permutation[start : start + count]].T.astype(acc)
+        block: Matrix = columns * self.signs[start : start + count, None]
+        return block
+
+    def matrix(self) -> Matrix:
+        """B P D, n x n in the accumulator type."""
+        full: Matrix = np.ascontiguousarray(self.rows(0, self.b.shape[0]).T)
+        return full
+
+
+def next_input(product: Matrix, name: str, b: Matrix, commitment: bytes) -> Matrix:
+    """X_t from the committed C_t, B and C_t's commitment h_t: C_t scaled by 1/sqrt(n) in the
+    accumulator type and by the power of two of :func:`boundary_shift`, transposed, plus
+    ``B P(pi_t) D(d_t)`` (:func:`step_mix`) in the accumulator type, rounded to the input type.
+
+    Multiplication, addition and rounding are IEEE round-to-nearest-even on every backend
+    (numpy, ml_dtypes and torch alike), so both sides derive the same X_t from the same C_t
+    bits.
     """
     p = precision(name)
-    return np.ascontiguousarray(_scaled_at_boundary(product, name).T).astype(p.input)
+    term = StepTerm.of(b, commitment, name)
+    scaled: Any = _scaled_at_boundary(product, name).T
+    scaled = scaled + term.matrix()
+    return np.ascontiguousarray(scaled).astype(p.input)
 
 
 def link_signs(seed: int, n: int, inner: int, name: str, *, step: int) -> Matrix:
@@ -276,13 +352,24 @@ def step(x: Matrix, b: Matrix, name: str, inner: int = 1, signs: Matrix | None =
     return multiply(y, b, name)
 
 
-def chain(seed: int, n: int, name: str, steps: int, inner: int = 1) -> Iterator[Matrix]:
-    """The products C_1 .. C_steps of the challenge for ``seed``, computed on the host."""
+def chain(
+    seed: int,
+    n: int,
+    name: str,
+    steps: int,
+    inner: int = 1,
+    *,
+    challenge_id: str = "chain",
+    device: int = 0,
+) -> Iterator[Matrix]:
+    """The products C_1 .. C_steps of device ``device``'s chain in challenge ``challenge_id``
+    for ``seed``, computed on the host (each next input depends on the step's commitment)."""
     x, b = inputs(seed, n, name)
     for t in range(1, steps + 1):
         product = step(x, b, name, inner, link_signs(seed, n, inner, name, step=t))
         yield product
-        x = next_input(product, name)
+        h = digest(product, name, challenge_id=challenge_id, device=device, step=t)
+        x = next_input(product, name, b, h)
 
 
 def canonical_bytes(product: Matrix, name: str) -> bytes:
@@ -301,7 +388,7 @@ def digest(
     another run, another device or another step.
     """
     h = hashlib.sha256()
-    h.update(f"interconnect-chain-v3|{challenge_id}|{device}|{step}|{name}|".encode())
+    h.update(f"interconnect-chain-v4|{challenge_id}|{device}|{step}|{name}|".encode())
     acc = precision(name).accumulator.newbyteorder("<")
     parts = product.blocks if isinstance(product, RowBlocks) else (product,)
     for part in parts:  # consecutive rows: their bytes in order are the product's

@@ -94,6 +94,10 @@ class SimulationMode(StrEnum):
         challenge (L and R from the first step's signs) and every step as L X R: 2 products
         a step instead of ``inner``. What protocol v2 (the same signs in every step)
         accepted; a wrong product from step 2 on now.
+    cheat-degenerate: no arithmetic at all: commits an all-zero product for every step, paced
+        at the declared speed. Under protocol v3 every input after a zero product was zero
+        too, so every check but step 1's passed; v4 adds B D(h_t) to each input (full-rank
+        whatever was committed), and the always-checked last steps refuse it.
     """
 
     HONEST = "honest"
@@ -112,6 +116,7 @@ class SimulationMode(StrEnum):
     CHEAT_SHORTCUT = "cheat-shortcut"
     CHEAT_LOWRANK = "cheat-lowrank"
     CHEAT_FACTORED = "cheat-factored"
+    CHEAT_DEGENERATE = "cheat-degenerate"
 
 
 # Dense BF16/FP16 tensor throughput without sparsity, in TFLOPS per accelerator, from vendor

@@ -104,6 +104,7 @@ class SimulatedBackend:
             # through, since its signs were the same in every step.
             factors = step_factors(b, name, challenge.inner, _signs(sink, 1))
             self._wait_until(sink.started + challenge.inner * per_step / products)
+        b_true = b  # the next input's term uses B as it is (agent.challenge.next_input)
         if mode is SimulationMode.CHEAT_PRECISION:
             # FP8 (E4M3) inputs: a quarter of the bits, twice the tensor rate on FP8 hardware.
             low = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -128,8 +129,7 @@ class SimulatedBackend:
             if mode is not SimulationMode.CHEAT_ONE_DEVICE and not skipped:
                 due += per_step
                 self._wait_until(due)
-            sink.commit(step, product)
-            x = next_input(product, name)
+            x = next_input(product, name, b_true, sink.commit(step, product))
         return _report(sink, description)
 
     def _product(
@@ -141,6 +141,8 @@ class SimulatedBackend:
         n = sink.challenge.n
         if mode is SimulationMode.CHEAT_WRONG:
             return _unrelated_matrix(sink.seed, step, n, name)
+        if mode is SimulationMode.CHEAT_DEGENERATE:  # nothing computed: zero, exactly
+            return np.zeros((n, n), dtype=precision(name).accumulator)
         if mode is SimulationMode.CHEAT_SHORTCUT:
             return shortcut_step(x, b, name, sink.challenge.inner)
         if factors is not None:
@@ -158,14 +160,15 @@ class SimulatedBackend:
     def _commit_before_computing(self, sink: StepSink, description: str) -> DeviceReport:
         """cheat-timing, the cheat the old protocol let through: claim every step done at once,
         then compute on the host CPU at its own pace and keep the true products."""
+        claimed = [os.urandom(32) for _ in range(sink.challenge.steps)]
         for step in range(1, sink.challenge.steps + 1):
-            sink.commit_digest(step, os.urandom(32))
+            sink.commit_digest(step, claimed[step - 1])
         name = sink.challenge.precision
         x, b = inputs(sink.seed, sink.challenge.n, name)
         for step in range(1, sink.challenge.steps + 1):
             product = chain_step(x, b, name, sink.challenge.inner, _signs(sink, step))
             sink.keep(step, product)
-            x = next_input(product, name)
+            x = next_input(product, name, b, sink.digest_of(step, product))
         return _report(sink, description)
 
     def _replayed(self, sink: StepSink, per_step: float, description: str) -> DeviceReport:
@@ -178,7 +181,7 @@ class SimulatedBackend:
                 for step in range(1, steps + 1):
                     product = chain_step(x, b, name, sink.challenge.inner, _signs(sink, step))
                     chain.append(product)
-                    x = next_input(product, name)
+                    x = next_input(product, name, b, sink.digest_of(step, product))
                 self._replay = chain
             chain = list(self._replay)
         due = sink.started

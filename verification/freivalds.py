@@ -51,6 +51,7 @@ import numpy.typing as npt
 from agent.challenge import (
     Matrix,
     RowBlocks,
+    StepTerm,
     boundary_factor,
     precision,
     scaled_rounded_rows,
@@ -142,7 +143,7 @@ def _sweep(
     m: Matrix | RowBlocks,
     *,
     raw_right: npt.NDArray[np.float64] | None = None,
-    transform: Callable[[Matrix], Matrix] | None = None,
+    transform: Callable[[Matrix, int], Matrix] | None = None,
     right: npt.NDArray[np.float64] | None = None,
     left: npt.NDArray[np.float64] | None = None,
     sq_right: npt.NDArray[np.float64] | None = None,
@@ -153,7 +154,8 @@ def _sweep(
     """One pass over M's rows in blocks of float64 (``BLOCK_BYTES``): products of the block
     with the asked vectors, accumulated exactly as the whole float64 products would be, up to
     the order of the float64 additions. ``raw_right`` multiplies M's own entries; the rest
-    multiply T(M) (``transform`` applied to each block of rows: it must act entry by entry).
+    multiply T(M) (``transform`` applied to each block of rows and its first row's index: it
+    must act entry by entry).
     ``work``: two float64 buffers of (``_rows_per_block``, n) or more rows, reused."""
     n_rows, n_cols = m.shape
     rows = min(_rows_per_block(n_cols), n_rows)
@@ -184,7 +186,7 @@ def _sweep(
         if not transformed:
             continue
         if transform is not None:
-            block: Any = _as_float64(transform(source), buffer[: j - i])
+            block: Any = _as_float64(transform(source, i), buffer[: j - i])
         else:
             block = raw if raw is not None else _as_float64(source, buffer[: j - i])
         if out.right is not None and right is not None:
@@ -315,18 +317,27 @@ class StepChecker:
         plan = self._link_plans(inner, [signs])
         return self._finish([self._partial_of_matrix(x, plan, 0)], plan)[0]
 
+    def term(self, commitment: bytes) -> StepTerm:
+        """The term B D(h) of the next input after the step committed as ``commitment``."""
+        return StepTerm.of(self._b, commitment, self.name)
+
     def input_side_of_product(
-        self, product: Matrix | RowBlocks, inner: int = 1, signs: Matrix | None = None
+        self,
+        product: Matrix | RowBlocks,
+        commitment: bytes,
+        inner: int = 1,
+        signs: Matrix | None = None,
     ) -> InputSide:
-        """The side of the step whose input is X = ``next_input(product)``: the committed
-        C_{t-1} scaled, shifted and rounded a block of rows at a time (the same entries as
-        ``scaled_rounded(product)``), read as its transpose: neither a rounded nor a
-        transposed copy of the matrix is made."""
-        return self.product_pass(product, inner, signs, checked=False)[1]
+        """The side of the step whose input is X = ``next_input(product, B, commitment)``:
+        the committed C_{t-1} scaled, shifted, given its term and rounded a block of rows at a
+        time (the same entries as ``scaled_rounded(product)``), read as its transpose: neither
+        a rounded nor a transposed copy of the matrix is made."""
+        return self.product_pass(product, commitment, inner, signs, checked=False)[1]
 
     def product_pass(
         self,
         product: Matrix | RowBlocks,
+        commitment: bytes,
         inner: int = 1,
         signs: Matrix | None = None,
         *,
@@ -334,24 +345,27 @@ class StepChecker:
     ) -> tuple[npt.NDArray[np.float64] | None, InputSide]:
         """One pass over the committed C_t for both of its uses: C_t r when step t is checked
         (``checked``), and the side of step t + 1 (whose links have ``signs``), whose input is
-        next_input(C_t)."""
+        next_input(C_t, B, ``commitment``)."""
         plan = self._link_plans(inner, [signs])
-        partial = self._partial_of_product(product, plan, 0, checked=checked)
+        term = self.term(commitment)
+        partial = self._partial_of_product(product, plan, 0, checked=checked, term=term)
         return partial.raw, self._finish([partial], plan)[0]
 
     def check_steps(
         self,
         opened: list[int],
         product: Callable[[int], Matrix | RowBlocks],
+        commitment: Callable[[int], bytes],
         first_input: Callable[[], Matrix],
         inner: int = 1,
         signs: Callable[[int], Matrix] | None = None,
     ) -> dict[int, list[VectorCheck]]:
         """Check the steps ``opened`` (increasing) of one chain whose committed products are
-        ``product(t)``, whose first input is ``first_input()`` (A; asked only when step 1
-        is checked) and whose step t has the link signs ``signs(t)``
-        (``agent.challenge.link_signs``; composite steps only): the checks of
-        ``check(next_input(C_{t-1}), C_t, inner, signs(t))`` for each, done with each matrix
+        ``product(t)`` with commitments ``commitment(t)``, whose first input is
+        ``first_input()`` (A; asked only when step 1 is checked) and whose step t has the link
+        signs ``signs(t)`` (``agent.challenge.link_signs``; composite steps only): the checks
+        of ``check(next_input(C_{t-1}, B, h_{t-1}), C_t, inner, signs(t))`` for each, done
+        with each matrix
         read once (a C_t that is both checked and the next checked step's input serves both in
         one pass) and, in composite steps, every link applied to all the steps' vectors side
         by side (one pass over B per link, not one per link and step)."""
@@ -369,11 +383,15 @@ class StepChecker:
                     partials[t] = self._partial_of_matrix(first_input(), plan, at[t])
                 else:
                     partials[t] = self._partial_of_product(
-                        product(t - 1), plan, at[t], checked=False
+                        product(t - 1),
+                        plan,
+                        at[t],
+                        checked=False,
+                        term=self.term(commitment(t - 1)),
                     )
             if t + 1 in at:  # C_t r and the side of step t + 1 in one pass
                 partials[t + 1] = self._partial_of_product(
-                    product(t), plan, at[t + 1], checked=True
+                    product(t), plan, at[t + 1], checked=True, term=self.term(commitment(t))
                 )
                 cr = partials[t + 1].raw
                 assert cr is not None
@@ -399,15 +417,21 @@ class StepChecker:
         return self._partial(x, None, plan, index, transposed=False)
 
     def _partial_of_product(
-        self, product: Matrix | RowBlocks, plan: _LinkPlan, index: int, *, checked: bool
+        self,
+        product: Matrix | RowBlocks,
+        plan: _LinkPlan,
+        index: int,
+        *,
+        checked: bool,
+        term: StepTerm,
     ) -> _Partial:
         if product.shape != (self.n, self.n):
             raise ValueError("C must be n x n")
         factor = boundary_factor(product, self.name)
         n, name = self.n, self.name
 
-        def transform(rows: Matrix) -> Matrix:
-            return scaled_rounded_rows(rows, n, name, factor)
+        def transform(rows: Matrix, start: int) -> Matrix:
+            return scaled_rounded_rows(rows, n, name, factor, term, start)
 
         return self._partial(
             product,
@@ -421,7 +445,7 @@ class StepChecker:
     def _partial(
         self,
         m: Matrix | RowBlocks,
-        transform: Callable[[Matrix], Matrix] | None,
+        transform: Callable[[Matrix, int], Matrix] | None,
         plan: _LinkPlan,
         index: int,
         *,

@@ -617,7 +617,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             channel, challenge_id=challenge_id, openings=needed, timeout=timeout
         )
     products = _opened_products(blocks, plan, answer, challenge_id)
-    checks = _check_chains(products, plan, opened, k, device_evidence)
+    checks = _check_chains(products, answer.digests, plan, opened, k, device_evidence)
     evidence.set(freivalds=checks, devices=list(device_evidence.values()))
 
     # Throughput of each device on the verifier's clock (network time left in: conservative).
@@ -691,6 +691,7 @@ def _opened_products(
 
 def _check_chains(
     products: dict[tuple[int, int], Any],
+    digests: dict[tuple[int, int], bytes],
     plan: ChallengePlan,
     opened: list[int],
     k: int,
@@ -705,7 +706,7 @@ def _check_chains(
     input of the next checked step is read once for both, and the links of composite steps
     pass over B once for all the steps)."""
     with one_blas_thread(plan.n):
-        return _check_devices(products, plan, opened, k, device_evidence)
+        return _check_devices(products, digests, plan, opened, k, device_evidence)
 
 
 def _opened(products: dict[tuple[int, int], Any], device: int, step: int) -> Any:
@@ -714,6 +715,7 @@ def _opened(products: dict[tuple[int, int], Any], device: int, step: int) -> Any
 
 def _check_devices(
     products: dict[tuple[int, int], Any],
+    digests: dict[tuple[int, int], bytes],
     plan: ChallengePlan,
     opened: list[int],
     k: int,
@@ -733,6 +735,7 @@ def _check_devices(
         by_step = checker.check_steps(
             opened,
             functools.partial(_opened, products, device),
+            functools.partial(_opened, digests, device),
             functools.partial(input_matrix, seed, 0, plan.n, plan.precision),
             plan.inner,
             signs,

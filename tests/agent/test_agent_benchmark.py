@@ -75,8 +75,16 @@ def challenge(
     return answer
 
 
-def reference(seed: int, name: str = "fp32", n: int = N, steps: int = STEPS) -> list[np.ndarray]:
-    return list(chain(seed, n, name, steps))
+def reference(
+    seed: int,
+    name: str = "fp32",
+    n: int = N,
+    steps: int = STEPS,
+    *,
+    device: int = 0,
+    challenge_id: str = "c-1",
+) -> list[np.ndarray]:
+    return list(chain(seed, n, name, steps, challenge_id=challenge_id, device=device))
 
 
 def test_an_honest_center_commits_every_step_in_order_and_opens_what_it_committed(
@@ -89,7 +97,7 @@ def test_an_honest_center_commits_every_step_in_order_and_opens_what_it_committe
         assert steps == [1, 2, 3]
     for (device, step), product in answer.products.items():
         seed = {0: 7, 3: 8}[device]
-        np.testing.assert_array_equal(product, reference(seed)[step - 1])
+        np.testing.assert_array_equal(product, reference(seed, device=device)[step - 1])
         committed = {(d, s): h for d, s, h in answer.commitments}[(device, step)]
         assert committed == digest(product, "fp32", challenge_id="c-1", device=device, step=step)
     assert "nvidia-h100-sxm #3" in answer.reports[3].description
@@ -109,12 +117,19 @@ def test_bf16_products_come_back_in_fp32_before_any_rounding(
 
 def test_each_step_depends_on_the_whole_previous_product() -> None:
     c1 = reference(1)[0]
-    x = next_input(c1, "fp32")
+    b = inputs(1, N, "fp32")[1]
+    h = digest(c1, "fp32", challenge_id="c-1", device=0, step=1)
+    x = next_input(c1, "fp32", b, h)
     assert x.shape == (N, N) and x.dtype == np.float32
     changed = c1.copy()
     changed[5, 9] += 1.0  # one entry of step 1 ...
-    moved = (next_input(changed, "fp32") @ inputs(1, N, "fp32")[1]) != (x @ inputs(1, N, "fp32")[1])
+    moved = (next_input(changed, "fp32", b, h) @ b) != (x @ b)
     assert moved[9].all()  # ... changes a whole row of step 2 (the transpose mixes)
+    # ... and its commitment changes every entry of step 2 (the term's signs come from it).
+    h2 = digest(changed, "fp32", challenge_id="c-1", device=0, step=1)
+    assert (
+        next_input(changed, "fp32", b, h2) @ b != next_input(changed, "fp32", b, h) @ b
+    ).mean() > 0.9
 
 
 def test_large_products_open_in_chunks_under_one_mebibyte(
@@ -224,6 +239,7 @@ def test_a_cheat_timing_center_commits_before_computing(start_agent: StartAgent)
         SimulationMode.CHEAT_SKIP,
         SimulationMode.CHEAT_PRECISION,
         SimulationMode.CHEAT_ONE_ENTRY,
+        SimulationMode.CHEAT_DEGENERATE,
     ],
 )
 def test_an_arithmetic_cheat_commits_products_that_are_not_the_chain(

@@ -72,6 +72,8 @@ def run_directly(pool: Pool, trigger: str = Trigger.SUBMITTED) -> VerificationRu
         (SimulationMode.CHEAT_ONE_ENTRY, "arithmetic"),
         (SimulationMode.CHEAT_WRONG, "arithmetic"),
         (SimulationMode.CHEAT_PARTIAL, "arithmetic"),
+        # Zero products, no arithmetic: every input is still full-rank (protocol v4).
+        (SimulationMode.CHEAT_DEGENERATE, "arithmetic"),
     ],
 )
 def test_every_cheat_fails_with_the_check_that_caught_it(
@@ -320,6 +322,7 @@ PRODUCTION_CASES = [
     (SimulationMode.CHEAT_ONE_ENTRY, "arithmetic"),
     (SimulationMode.CHEAT_WRONG, "arithmetic"),
     (SimulationMode.CHEAT_PARTIAL, "arithmetic"),
+    (SimulationMode.CHEAT_DEGENERATE, "arithmetic"),
     (SimulationMode.SLOW, "throughput"),
 ]
 
@@ -370,7 +373,14 @@ class _StreamCheat:
         from agent.challenge import chain
 
         products = list(
-            chain(sink.seed, sink.challenge.n, sink.challenge.precision, sink.challenge.steps)
+            chain(
+                sink.seed,
+                sink.challenge.n,
+                sink.challenge.precision,
+                sink.challenge.steps,
+                challenge_id=sink.challenge.challenge_id,
+                device=sink.device,
+            )
         )
         order = list(range(1, len(products) + 1))
         if self.how == "reordered":  # the second step's commitment before the first

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from agent.challenge import (
+    StepTerm,
     boundary_shift,
     chain,
+    digest,
     inputs,
     link_input,
     link_signs,
@@ -39,8 +41,14 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 def step_two(name: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """X_1, B and the honest C_2 of a chain: inputs as a real challenge produces them."""
     a, b = inputs(11, n, name)
-    x = next_input(multiply(a, b, name), name)
+    c1 = multiply(a, b, name)
+    x = next_input(c1, name, b, commitment(c1, name))
     return x, b, multiply(x, b, name)
+
+
+def commitment(c: np.ndarray, name: str, step: int = 1, challenge_id: str = "t") -> bytes:
+    """The commitment of C as step ``step`` of device 0."""
+    return digest(c, name, challenge_id=challenge_id, device=0, step=step)
 
 
 def worst(x: np.ndarray, b: np.ndarray, c: np.ndarray, name: str, seed: int = 0) -> float:
@@ -220,13 +228,67 @@ def test_a_step_map_computed_once_serves_only_its_own_step(name: str) -> None:
     first = factored_step(a, factors, name)
     accepted = checker.check(a, first, inner, link_signs(5, n, inner, name, step=1))
     assert max(v.worst_ratio for v in accepted) < 0.5  # what v2 accepted in every step
-    x = next_input(first, name)
+    x = next_input(first, name, b, commitment(first, name))
     second = factored_step(x, factors, name)
     refused = checker.check(x, second, inner, link_signs(5, n, inner, name, step=2))
     assert min(v.worst_ratio for v in refused) > 5.0
     assert not np.array_equal(
         link_signs(5, n, inner, name, step=1), link_signs(5, n, inner, name, step=2)
     )
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp32"])
+def test_a_faked_step_cannot_make_the_steps_after_it_free(name: str) -> None:
+    """The review's cheat: commit one zero product (or one of rank one) and every later input
+    is degenerate, every later product free and exact. Protocol v4 adds B D(h_t) to each
+    input (``agent.challenge.next_input``), so the next input stays full-rank: the free product
+    is refused. The same attack against the v3 derivation (the term left out) passes, so the
+    attack is real and the term is what stops it."""
+    n = 128
+    a, b = inputs(21, n, name)
+    checker = StepChecker(b, name, k=8, rng=np.random.default_rng(21))
+    acc = precision(name).accumulator
+    zero = np.zeros((n, n), dtype=acc)
+    rng = np.random.default_rng(5)
+    u = np.sign(rng.standard_normal(n)).astype(acc)  # a rank-one product of +-1 entries
+    rank_one = (np.outer(u, u) * 64).astype(acc)
+    for fake in (zero, rank_one):
+        h = commitment(fake, name, step=2)
+        without_term = StepTerm(b, np.arange(n, dtype=np.intp), np.zeros(n, dtype=acc))  # v3
+        x_v3 = scaled_rounded(fake, name, without_term).T
+        assert np.linalg.matrix_rank(np.asarray(x_v3, dtype=np.float64)) <= 1
+        cheap_v3 = multiply(x_v3, b, name)  # O(n^2) for a rank-one input, and exact
+        assert all(v.passed for v in checker.check(x_v3, cheap_v3))  # what v3 accepted
+        x_v4 = scaled_rounded(fake, name, StepTerm.of(b, h, name)).T
+        assert np.linalg.matrix_rank(np.asarray(x_v4, dtype=np.float64)) == n
+        # The faker's next product as if the input were still degenerate: refused.
+        assert not any(v.passed for v in checker.check(x_v4, cheap_v3))
+        # The honest next product of the full-rank input passes: a full product, as asked.
+        assert all(v.passed for v in checker.check(x_v4, multiply(x_v4, b, name)))
+
+
+def test_a_product_cannot_cancel_the_term_drawn_from_its_own_commitment() -> None:
+    """With the term known in advance a prover would commit C = -(B P D)^T sqrt(n) (one entry
+    set to keep the power-of-two shift at 0), making the next input zero but for that entry.
+    The term comes from the commitment of C itself: the product built to cancel one guess
+    commits to another term, and the input it gives is full-rank. With signs alone (no
+    permutation) half the columns would still cancel."""
+    name, n = "fp32", 256  # 1 / sqrt(n) = 2^-4: the scaling is exact
+    b = inputs(22, n, name)[1]
+    guess = StepTerm(b, np.arange(n, dtype=np.intp), np.ones(n, dtype=np.float32))
+    cancel = (-guess.matrix().T * np.float32(16)).astype(np.float32)
+    cancel[0, 0] = 64.0  # scaled to 4: the largest entry lies in [4, 8), no shift
+    cancelled = scaled_rounded(cancel, name, guess).T
+    assert np.count_nonzero(cancelled) == 1  # cancelled for the term it was built for
+    drawn = StepTerm.of(b, commitment(cancel, name, step=3), name)
+    x = scaled_rounded(cancel, name, drawn).T
+    # X = B (P D - I): singular only by one dimension per cycle of the permutation whose signs
+    # multiply to +1 (a random permutation has about ln n cycles), so nearly full-rank.
+    assert np.linalg.matrix_rank(np.asarray(x, dtype=np.float64)) >= n - 16
+    signs_only = StepTerm(b, guess.permutation, drawn.signs)  # the term without its permutation
+    x_signs = scaled_rounded(cancel, name, signs_only).T
+    rank = np.linalg.matrix_rank(np.asarray(x_signs, dtype=np.float64))
+    assert n // 4 < rank < 3 * n // 4, rank  # about half the columns cancel
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
@@ -260,7 +322,8 @@ def test_a_long_fp16_chain_keeps_its_size_and_passes() -> None:
     assert max(float(np.abs(c).max()) for c in products) < 1e4
     b = inputs(3, 128, "fp16")[1]
     checker = StepChecker(b, "fp16", k=8, rng=np.random.default_rng(4))
-    x = scaled_rounded(products[-2], "fp16").T
+    h = commitment(products[-2], "fp16", len(products) - 1, "chain")
+    x = scaled_rounded(products[-2], "fp16", StepTerm.of(b, h, "fp16")).T
     last = link_signs(3, 128, 8, "fp16", step=len(products))
     assert all(v.passed for v in checker.check(x, products[-1], 8, last))
     assert boundary_shift(5.0) == 0 and boundary_shift(80.0) == 4 and boundary_shift(0.3) == -4

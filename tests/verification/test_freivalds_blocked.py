@@ -17,6 +17,7 @@ import pytest
 
 from agent.challenge import (
     INPUT_HALF_WIDTH,
+    StepTerm,
     assemble_rows,
     boundary_factor,
     chain,
@@ -36,6 +37,16 @@ from verification import freivalds
 from verification.freivalds import LAMBDA, StepChecker
 
 PRECISIONS = ["bf16", "fp16", "fp32", "fp64"]
+
+
+def h(c: np.ndarray, name: str, step: int = 1, challenge_id: str = "c") -> bytes:
+    """The commitment of C as step ``step`` of device 0."""
+    return digest(c, name, challenge_id=challenge_id, device=0, step=step)
+
+
+def term(c: np.ndarray, b: np.ndarray, name: str, step: int = 1, cid: str = "c") -> StepTerm:
+    """The term B D(h) of the input that follows C."""
+    return StepTerm.of(b, h(c, name, step, cid), name)
 
 
 def reference(
@@ -108,7 +119,7 @@ def honest_and_wrong(
     a, b = inputs(seed, n, name)
     c1 = step(a, b, name, inner, link_signs(seed, n, inner, name, step=1))
     signs = link_signs(seed, n, inner, name, step=2)  # step 2's, the step checked below
-    c2 = step(next_input(c1, name), b, name, inner, signs)
+    c2 = step(next_input(c1, name, b, h(c1, name)), b, name, inner, signs)
     rng = np.random.default_rng(seed)
     off = c2.copy()
     off[rng.integers(n), rng.integers(n)] += 1.0
@@ -123,7 +134,7 @@ def honest_and_wrong(
 def test_the_blocked_check_equals_the_float64_formula(name: str, inner: int, seed: int) -> None:
     n = 200
     c1, b, signs, answers = honest_and_wrong(name, n, inner, seed)
-    x_rows = scaled_rounded(c1, name)  # X_1 = x_rows.T
+    x_rows = scaled_rounded(c1, name, term(c1, b, name))  # X_1 = x_rows.T
     x_copy = np.ascontiguousarray(x_rows.T)
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
     s = signs if inner > 1 else None
@@ -135,13 +146,14 @@ def test_the_blocked_check_equals_the_float64_formula(name: str, inner: int, see
             ratios(checker.check(x_copy, c, inner, s)),
             ratios(
                 checker.verdict(
-                    checker.product_side(c), checker.input_side_of_product(c1, inner, s)
+                    checker.product_side(c),
+                    checker.input_side_of_product(c1, h(c1, name), inner, s),
                 )
             ),
         ):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=tolerance(name))
         # C_1 read once for its own C r and for X_1's side.
-        cr1, side = checker.product_pass(c1, inner, s, checked=True)
+        cr1, side = checker.product_pass(c1, h(c1, name), inner, s, checked=True)
         assert cr1 is not None
         exact = np.asarray(c1, dtype=np.float64) @ checker.r
         np.testing.assert_allclose(cr1, exact, rtol=1e-12, atol=1e-12 * np.abs(exact).max())
@@ -188,18 +200,18 @@ def test_the_verifiers_own_rounding_is_below_a_percent_of_the_bound(name: str, i
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(4))
     s = signs if inner > 1 else None
     cr = checker.product_side(c2)
-    side = checker.input_side_of_product(c1, inner, s)
+    side = checker.input_side_of_product(c1, h(c1, name), inner, s)
     ld = np.longdouble
-    x = np.asarray(scaled_rounded(c1, name).T, dtype=ld)
+    x = np.asarray(scaled_rounded(c1, name, term(c1, b, name)).T, dtype=ld)
     bl, r = np.asarray(b, dtype=ld), checker.r.astype(ld)
     cr_exact = np.asarray(c2, dtype=ld) @ r
-    h = ld(1) / np.sqrt(ld(n))
+    hs = ld(1) / np.sqrt(ld(n))
     if inner == 1:
         expected_exact = x @ (bl @ r)
     else:
         # inner = 3: Y_2 (B r) = s D_2 B^T (Y_1^T (B r)), Y_1^T w = s X (B D_1 w).
         d1, d2 = (np.asarray(signs[j], dtype=ld)[:, None] for j in (0, 1))
-        expected_exact = h * d2 * (bl.T @ (h * (x @ (bl @ (d1 * (bl @ r))))))
+        expected_exact = hs * d2 * (bl.T @ (hs * (x @ (bl @ (d1 * (bl @ r))))))
     bound = np.asarray(side.bound, dtype=np.float64)
     own = max(
         float(np.max(np.abs(cr - cr_exact.astype(np.float64)) / bound)),
@@ -231,15 +243,19 @@ def test_scaled_rounded_rows_give_the_bits_of_next_input(name: str) -> None:
     with_nan = rng.standard_normal((n, n))
     with_nan[3, 4] = np.nan
     cases.append(with_nan)
+    b = inputs(6, n, name)[1]
     for case in cases:
         c = case.astype(acc)
-        whole = np.ascontiguousarray(next_input(c, name).astype(acc).T)
+        whole = np.ascontiguousarray(next_input(c, name, b, h(c, name)).astype(acc).T)
         factor = boundary_factor(c, name)
+        t = term(c, b, name)
         rows = np.concatenate(
-            [scaled_rounded_rows(c[i : i + 10], n, name, factor) for i in range(0, n, 10)]
+            [scaled_rounded_rows(c[i : i + 10], n, name, factor, t, i) for i in range(0, n, 10)]
         )
         np.testing.assert_array_equal(rows.view(np.uint8), whole.view(np.uint8))
-        np.testing.assert_array_equal(scaled_rounded(c, name).view(np.uint8), rows.view(np.uint8))
+        np.testing.assert_array_equal(
+            scaled_rounded(c, name, t).view(np.uint8), rows.view(np.uint8)
+        )
 
 
 @pytest.mark.parametrize("name", PRECISIONS)
@@ -276,8 +292,8 @@ def test_a_product_checked_as_the_blocks_it_arrived_in_equals_the_array(
     assert boundary_factor(received[1], name) == boundary_factor(c1, name)
     assert boundary_factor(received[1], name) is not None
     checker = StepChecker(b, name, k=8, rng=np.random.default_rng(3))
-    cr, side = checker.product_pass(received[1], inner, s, checked=True)
-    cr_array, side_array = checker.product_pass(c1, inner, s, checked=True)
+    cr, side = checker.product_pass(received[1], h(c1, name), inner, s, checked=True)
+    cr_array, side_array = checker.product_pass(c1, h(c1, name), inner, s, checked=True)
     # The same float64 sums; BLAS may order them by the pieces' shapes.
     for got, want in ((cr, cr_array), (side.expected, side_array.expected)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
@@ -316,11 +332,20 @@ def test_checking_a_chains_steps_together_equals_checking_each(name: str, inner:
     for opened in ([1, 2, 6], [1, 4, 5, 6], [2, 4, 6], [3, 4]):
         checker = StepChecker(b, name, k=8, rng=np.random.default_rng(seed))
         got = checker.check_steps(
-            opened, lambda t: products[t - 1], lambda: a, inner, signs if inner > 1 else None
+            opened,
+            lambda t: products[t - 1],
+            lambda t: h(products[t - 1], name, t, "chain"),
+            lambda: a,
+            inner,
+            signs if inner > 1 else None,
         )
         assert list(got) == opened
         for t in opened:
-            x = a if t == 1 else scaled_rounded(products[t - 2], name).T
+            x = a
+            if t > 1:
+                x = scaled_rounded(
+                    products[t - 2], name, term(products[t - 2], b, name, t - 1, "chain")
+                ).T
             alone = ratios(
                 checker.check(x, products[t - 1], inner, signs(t) if inner > 1 else None)
             )

@@ -400,7 +400,8 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     ``max_matrix_size``: smaller in FP32, BF16 and FP16, where larger products let a lower
     precision pass the check; a fast device then gets a chain shorter than the target).
     It halves n (down to 64) while the chain would be shorter than ``VERIFICATION_MIN_STEPS``.
-    Nodes are drawn with the OS's CSPRNG, so the agent cannot know which will be challenged.
+    Every node is challenged (``VERIFICATION_SAMPLE_NODES`` = 0, the default), or a sample
+    drawn with the OS's CSPRNG, so the agent cannot know in advance which will be challenged.
     """
     declared = float(pool.declared_tflops_per_accelerator or 0.0)
     flops_per_second = declared * 1e12 * float(settings.VERIFICATION_TIME_SCALE)
@@ -443,14 +444,15 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     )
     per = pool.accelerators_per_node
     devices = {node * per + slot: secrets.randbits(64) for node in nodes for slot in range(per)}
-    # The agent keeps every product until it is opened: keep the chain within its memory with
-    # fewer steps first, down to VERIFICATION_MIN_STEPS (in the same memory, larger products
-    # hold more work: steps x n^2 bytes for steps x n^3 flops), then smaller products. A fast
-    # device's chain then lasts less than the target: it is measured over a shorter time.
+    # Each node keeps its devices' products until they are opened: keep the chain within a
+    # node's memory with fewer steps first, down to VERIFICATION_MIN_STEPS (in the same memory,
+    # larger products hold more work: steps x n^2 bytes for steps x n^3 flops), then smaller
+    # products. A fast device's chain then lasts less than the target: it is measured over a
+    # shorter time.
     itemsize = precision_of(pool.declared_precision).accumulator.itemsize
 
     def kept(size: int, length: int) -> int:
-        return len(devices) * length * size * size * itemsize
+        return per * length * size * size * itemsize
 
     cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
 

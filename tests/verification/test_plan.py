@@ -3,6 +3,9 @@ the agent may keep, on nodes it cannot predict. No database: unsaved model insta
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -24,9 +27,11 @@ def pool(declared: float, *, per_node: int = 8, nodes: int = 16, precision: str 
 @pytest.mark.parametrize("declared", [0.05, 10.0, 312.0, 989.0])
 def test_a_production_chain_fits_what_the_agent_may_keep(declared: float, settings: Any) -> None:
     settings.VERIFICATION_TIME_SCALE = 1.0
+    settings.VERIFICATION_SAMPLE_NODES = 0
     plan = plan_challenge(pool(declared))
-    kept = len(plan.devices) * plan.steps * plan.n**2 * 4
-    assert kept <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
+    assert len(plan.devices) == 16 * 8  # every node, at once (the default)
+    kept_per_node = 8 * plan.steps * plan.n**2 * 4
+    assert kept_per_node <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
     assert 2 <= plan.steps <= settings.VERIFICATION_MAX_STEPS
     assert 64 <= plan.n <= settings.VERIFICATION_MAX_MATRIX_SIZE
 
@@ -54,6 +59,32 @@ def test_nodes_are_sampled_and_every_accelerator_of_them_is_challenged(settings:
         assert len(set(plan.devices.values())) == 16  # a seed of its own per device
         seen.update(plan.nodes)
     assert len(seen) > 8  # the agent cannot know which nodes come next
+
+
+def test_every_node_is_challenged_by_default_and_a_large_pool_gets_the_same_chain(
+    settings: Any,
+) -> None:
+    """A sample proves only the hardware of as many nodes (the agent picks which hardware answers
+    for the nodes drawn), so by default every accelerator of the pool is challenged at once; the
+    memory bound is per node, so a 64-node pool's devices get the chains of a 1-node pool's."""
+    shipped = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from django.conf import settings as s; print(s.VERIFICATION_SAMPLE_NODES)",
+        ],
+        env={k: v for k, v in os.environ.items() if k != "VERIFICATION_SAMPLE_NODES"}
+        | {"DJANGO_SETTINGS_MODULE": "interconnect.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shipped.stdout.strip() == "0"  # the tests' own settings sample one node
+    settings.VERIFICATION_SAMPLE_NODES = 0
+    settings.VERIFICATION_TIME_SCALE = 1.0
+    big, small = plan_challenge(pool(312.0, nodes=64)), plan_challenge(pool(312.0, nodes=1))
+    assert sorted(big.devices) == list(range(64 * 8)) and big.nodes == list(range(64))
+    assert (big.n, big.steps) == (small.n, small.steps)
 
 
 def test_the_sample_bound() -> None:
@@ -88,12 +119,11 @@ def test_a_fast_pool_fills_the_memory_with_large_products_not_many_steps(setting
     """In the same memory, larger products hold more work (steps x n^2 bytes, steps x n^3
     flops): the chain is shortened to VERIFICATION_MIN_STEPS before n is halved. Before, a
     BF16 pool at 989 TFLOPS (2 nodes of 8, 1 GiB) got n = 256 and 128 steps, 4.3 GFLOP a
-    device; now n = 2048 and the steps that fit (4 with 16 devices), 69 GFLOP."""
+    device; now n = 2048 and the steps that fit a node's 1 GiB (8 for its 8 devices)."""
     settings.VERIFICATION_TIME_SCALE = 1.0
+    settings.VERIFICATION_SAMPLE_NODES = 2
     plan = plan_challenge(pool(989.0))
-    assert (
-        len(plan.devices) * plan.steps * plan.n**2 * 4 <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
-    )
-    one = len(plan.devices) * plan.n**2 * 4  # a step of every device
+    assert 8 * plan.steps * plan.n**2 * 4 <= settings.VERIFICATION_MAX_CHALLENGE_BYTES
+    one = 8 * plan.n**2 * 4  # a step of every device of one node
     assert plan.n == 2048 and plan.steps == settings.VERIFICATION_MAX_CHALLENGE_BYTES // one
     assert plan.steps * plan.n**3 >= 16 * 128 * 256**3

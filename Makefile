@@ -71,8 +71,9 @@ test: protos ## Set up and run lint and the whole suite against PostgreSQL and R
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 check-deploy: $(VENV)/.installed ## Django's deployment checklist with production settings
+	$(PY) manage.py tls_dev_ca --dir $(TLS_DIR) >/dev/null
 	DJANGO_PRODUCTION=1 DJANGO_SECRET_KEY=$$(openssl rand -hex 40) DJANGO_ALLOWED_HOSTS=example.org \
-		$(PY) manage.py check --deploy --fail-level WARNING
+		PLATFORM_TLS_DIR=$(abspath $(TLS_DIR)) $(PY) manage.py check --deploy --fail-level WARNING
 
 # bench/gpu_budget.py needs a CUDA device (exit 2 without one): bench/gpu_check.sh runs it.
 bench: protos ## Run the benchmarks in bench/ (prints figures)

@@ -6,6 +6,6 @@ class RegistryConfig(AppConfig):
     verbose_name = "National compute registry"
 
     def ready(self) -> None:
-        from registry import signals, webhooks
+        from registry import checks, signals, webhooks  # noqa: F401 (checks registers itself)
 
         signals.status_changed.connect(webhooks.on_status_changed, dispatch_uid="webhooks-status")

@@ -121,24 +121,52 @@ def test_celery_settings_that_matter_are_applied() -> None:
         assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
 
 
-def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
-    result = subprocess.run(
+def _deploy_check(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env={
             # A test-only escape hatch (the browser tests) must not leak into the deploy check.
-            **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("DJANGO_ALLOW_ASYNC_UNSAFE", "PLATFORM_TLS_DIR")
+            },
             "DJANGO_PRODUCTION": "1",
             "DJANGO_SECRET_KEY": "x" * 30 + "-production-secret-for-the-deploy-check-" + "y" * 20,
             "DJANGO_ALLOWED_HOSTS": "compute.example.org",
             "INTERCONNECT_VAR_DIR": str(tmp_path),
+            **extra,
         },
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    made = subprocess.run(
+        [sys.executable, "manage.py", "tls_dev_ca", "--dir", str(tls)],
+        cwd=ROOT,
+        env={**os.environ, "INTERCONNECT_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    result = _deploy_check(tmp_path, PLATFORM_TLS_DIR=str(tls))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_production_without_mutual_tls_fails_the_deploy_check(tmp_path: Path) -> None:
+    """Without mutual TLS a center could name another center's agent as its own and be
+    verified on that hardware (found by review): production refuses to pass the checklist."""
+    result = _deploy_check(tmp_path)
+    assert result.returncode != 0
+    assert "interconnect.E001" in result.stdout + result.stderr
+    assert "PLATFORM_TLS_DIR" in result.stdout + result.stderr
 
 
 def test_production_refuses_the_development_secret(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def serve_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--flaky-failures",
         type=_non_negative_int,
-        help="calls of GetInventory and RunBenchmark that fail in flaky mode (default 2)",
+        help="calls of GetInventory that fail in flaky mode (default 2)",
     )
 
     sched = parser.add_argument_group("scheduler (docs/slurm.md)")

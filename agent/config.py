@@ -70,8 +70,8 @@ class SimulationMode(StrEnum):
 
     honest: computes correctly at the declared speed and reports the truth.
     slow: like honest, at half the declared speed (speed factor 0.5), reported truthfully.
-    flaky: honest, but the first ``flaky_failures`` calls of GetInventory and of RunBenchmark
-        fail with UNAVAILABLE.
+    flaky: honest, but the first ``flaky_failures`` calls of GetInventory fail with UNAVAILABLE
+        (as while restarting: before the verifier sends its challenge).
     cheat-wrong: returns random matrices of the right shape instead of the products.
     cheat-partial: returns the products with about 1 % of their rows perturbed.
     cheat-timing: sends every commitment at once, before computing (random digests), then

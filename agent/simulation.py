@@ -45,8 +45,9 @@ CHEAT_RTT_SECONDS = 0.3
 CHEAT_RTT_SPEED = 0.6
 # cheat-lowrank: rank n / 4, about half the flops of the chain (4 rank n^2 a link, against 2 n^3).
 CHEAT_LOWRANK_RANK_PERCENT = 25
-# RPCs that fail in "flaky" mode before they start working.
-FLAKY_METHODS = ("GetInventory", "RunBenchmark")
+# RPCs that fail in "flaky" mode before they start working: those the verifier calls before it
+# sends the challenge (an agent restarting). A failure of the challenge itself fails the run.
+FLAKY_METHODS = ("GetInventory",)
 
 
 def step_seconds(n: int, declared_tflops: float, time_scale: float, speed_factor: float) -> float:

@@ -251,9 +251,10 @@ def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
     """Carry out one verification run: claim, probe the agent, judge, record the verdict.
 
     Idempotent per run id: a finished run is left alone, a run held by a live worker is left to
-    it (the caller looks again after ``retry_in``). A transient agent error releases the claim
-    and raises ``AgentUnavailable`` so the task retries; on the ``final_attempt`` it ends the
-    run ERROR instead.
+    it (the caller looks again after ``retry_in``). A transient agent error before the challenge
+    is sent releases the claim and raises ``AgentUnavailable`` so the task retries; on the
+    ``final_attempt`` it ends the run ERROR instead. Any failure after it is sent ends the run
+    FAILED (``_probe_and_judge``).
     """
     me = _worker_identity()
     run, outcome = _claim(run_id, me)
@@ -509,6 +510,11 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     (every step of every device, in order), opening (each product hashes to its commitment),
     arithmetic (Freivalds on every opened step, including the last), impossible (faster than
     the catalog's peak), throughput (the slowest device against the declaration).
+
+    Only the calls made before the challenge is sent (the TLS check, health, inventory) may raise
+    ``AgentUnavailable`` (a retry with a fresh plan); from ``RunBenchmark`` on, the agent has
+    seen the sampled nodes and then the checked steps, and any failure is ``VerificationRefuted``
+    naming its phase (``agent_client.abandoned``), so no draw can be refused and redrawn.
     """
     k, scale = settings.VERIFICATION_FREIVALDS_ROUNDS, settings.VERIFICATION_TIME_SCALE
     tolerance, timeout = settings.VERIFICATION_TOLERANCE, settings.VERIFICATION_RPC_TIMEOUT
@@ -616,7 +622,12 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
         evidence.fields["sample"]["steps_checked"] = opened
         needed = sorted({(d, s) for d in plan.devices for t in opened for s in (t - 1, t) if s})
         blocks = agent_client.open_benchmark(
-            channel, challenge_id=challenge_id, openings=needed, timeout=timeout
+            channel,
+            challenge_id=challenge_id,
+            openings=needed,
+            n=plan.n,
+            precision=plan.precision,
+            timeout=timeout,
         )
     products = _opened_products(blocks, plan, answer, challenge_id)
     checks = _check_chains(products, answer.digests, plan, opened, k, device_evidence)

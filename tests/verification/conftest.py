@@ -9,6 +9,7 @@ truncates every table when it ends; ``reseed_topology`` puts the national topolo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,46 @@ def start_agent() -> Iterator[StartAgent]:
     yield start
     for runtime in runtimes:
         runtime.stop(grace=0).wait()
+
+
+class AgentProcesses:
+    """``python -m agent`` processes started by a test; calling it starts one and returns the
+    ``host:port`` it printed (``processes[-1]`` is its process)."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def __call__(self, *argv: str) -> str:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--port", "0", *argv],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"listening on (\S+)", line)
+        assert found, f"agent did not start: {line!r}"
+        return found.group(1)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a cheater still computing what it committed to
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def agent_process() -> Iterator[AgentProcesses]:
+    """Start ``python -m agent`` processes (stopped, by their own pids, when the test ends)."""
+    processes = AgentProcesses()
+    yield processes
+    processes.stop()
 
 
 @pytest.fixture

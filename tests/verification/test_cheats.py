@@ -8,10 +8,6 @@ tests that change the verifier's settings (production time scale, simulated agen
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +20,7 @@ from registry.choices import Door, Status
 from registry.data.accelerators import ACCELERATORS as CATALOG
 from registry.models import Accelerator, Pool
 from tests.conftest import force_status
-from tests.verification.conftest import ROOT, agent_config, wait_finished, wait_for
+from tests.verification.conftest import agent_config, wait_finished, wait_for
 from verification import services
 from verification.choices import RunState, Trigger
 from verification.models import VerificationRun
@@ -96,36 +92,6 @@ def test_every_cheat_fails_with_the_check_that_caught_it(
 
 
 # --- settings of the verifier, through the service -------------------------------------------
-
-
-@pytest.fixture
-def agent_process() -> Iterator[Any]:
-    """Start ``python -m agent`` processes; each call returns the ``host:port`` it printed."""
-    processes: list[subprocess.Popen[str]] = []
-
-    def start(*argv: str) -> str:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--port", "0", *argv],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        processes.append(process)
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"listening on (\S+)", line)
-        assert found, f"agent did not start: {line!r}"
-        return found.group(1)
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # a cheater still computing what it committed to
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.django_db

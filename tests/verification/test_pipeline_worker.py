@@ -115,15 +115,15 @@ def test_a_center_that_misdeclares_its_hardware_fails_on_inventory(
 def test_a_flaky_center_is_retried_then_becomes_active(
     celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
 ) -> None:
-    # The first GetInventory and the first RunBenchmark fail with UNAVAILABLE.
-    endpoint = start_agent(agent_config(SimulationMode.FLAKY, flaky_failures=1))
+    # The first two GetInventory calls fail with UNAVAILABLE: before the challenge is sent.
+    endpoint = start_agent(agent_config(SimulationMode.FLAKY, flaky_failures=2))
     pool = pool_at(alice.membership.organization, endpoint)
 
     run = wait_finished(submit(pool, alice))
 
     pool.refresh_from_db()
     assert run.state == RunState.PASSED, run.verdict_reason
-    assert run.attempts == 3  # inventory fails, then the benchmark fails, then all is well
+    assert run.attempts == 3  # inventory fails twice, then all is well
     assert pool.status == Status.ACTIVE
     assert transitions_to(pool, Status.ACTIVE) == 1
 

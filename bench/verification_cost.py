@@ -172,12 +172,15 @@ def chain_cost(name: str, n: int, k: int) -> Cost:
     one = sorted(_timed(lambda: multiply(x, b, name)) for _ in range(3))[1]  # the median
     plan = _plan(name, n, flops(n) / one / 1e9)
     seed = next(iter(plan.devices.values()))
-    wall, cpu = time.perf_counter(), time.process_time()
-    products = list(chain(seed, plan.n, name, plan.steps, plan.inner))
-    agent_wall, agent_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # What the agent sends: its commitments and, when opened, the row blocks (not timed).
     cid = "bench"
     device = next(iter(plan.devices))
+    wall, cpu = time.perf_counter(), time.process_time()
+    # The chain as the numpy backend computes it, hashing each product for the next input.
+    products = list(
+        chain(seed, plan.n, name, plan.steps, plan.inner, challenge_id=cid, device=device)
+    )
+    agent_wall, agent_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # What the agent sends: its commitments and, when opened, the row blocks (not timed).
     answer = SimpleNamespace(
         digests={
             (device, t): digest(c, name, challenge_id=cid, device=device, step=t)
@@ -198,7 +201,9 @@ def chain_cost(name: str, n: int, k: int) -> Cost:
         )
         evidence: dict[int, dict[str, Any]] = {device: {}}
         checks, _ = _cpu(
-            lambda o=opened, p=opened_products, e=evidence: services._check_chains(p, plan, o, k, e)
+            lambda o=opened, p=opened_products, e=evidence: services._check_chains(
+                p, answer.digests, plan, o, k, e
+            )
         )
         draws.append((hashing + checks, hashing, checks, len(opened), len(needed)))
     _, hashing, checks, checked, opened_count = sorted(draws)[1]  # the median draw
@@ -283,7 +288,8 @@ def measure_parts(name: str, k: int) -> Parts:
         digest(assemble_rows(blocks, n, name), name, challenge_id="p", device=0, step=1)
 
     def check(inner: int) -> None:  # as services._check_devices: X from the opened C_{t-1}
-        side = checker.input_side_of_product(c, inner, signs if inner > 1 else None)
+        h = digest(c, name, challenge_id="p", device=0, step=1)
+        side = checker.input_side_of_product(c, h, inner, signs if inner > 1 else None)
         checker.verdict(checker.product_side(c), side)
 
     def best(fn: Any) -> float:

@@ -341,6 +341,17 @@ VERIFICATION_TASK_TIME_LIMIT = env.int("VERIFICATION_TASK_TIME_LIMIT", default=1
 VERIFICATION_REQUEUE_AFTER = env.int("VERIFICATION_REQUEUE_AFTER", default=600)
 VERIFICATION_REVERIFY_HOURS = env.float("VERIFICATION_REVERIFY_HOURS", default=24.0)
 VERIFICATION_REVERIFY_JITTER = env.float("VERIFICATION_REVERIFY_JITTER", default=0.5)
+# An active or degraded pool whose re-verifications end `error` (its agent did not answer) this
+# many times in a row fails: it cannot refuse re-verification and stay listed (at least 1).
+VERIFICATION_MAX_CONSECUTIVE_ERRORS = env.int("VERIFICATION_MAX_CONSECUTIVE_ERRORS", default=3)
+# A pool that failed verification may be submitted again only after a cool-down: this many
+# seconds after its last failure, doubled for each other failure within the window, at most the
+# maximum (so a cheat caught with probability p cannot simply be retried until it passes).
+VERIFICATION_RESUBMIT_COOLDOWN = env.int("VERIFICATION_RESUBMIT_COOLDOWN", default=600)
+VERIFICATION_RESUBMIT_COOLDOWN_MAX = env.int(
+    "VERIFICATION_RESUBMIT_COOLDOWN_MAX", default=7 * 24 * 3600
+)
+VERIFICATION_RESUBMIT_WINDOW_DAYS = env.int("VERIFICATION_RESUBMIT_WINDOW_DAYS", default=30)
 HEARTBEAT_DEGRADED_AFTER = env.int("HEARTBEAT_DEGRADED_AFTER", default=30)
 HEARTBEAT_OFFLINE_AFTER = env.int("HEARTBEAT_OFFLINE_AFTER", default=120)
 HEARTBEAT_RETENTION_DAYS = env.int("HEARTBEAT_RETENTION_DAYS", default=90)

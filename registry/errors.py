@@ -8,6 +8,8 @@ telemetry server ask; ``rpc_status_for`` builds the gRPC status both gRPC server
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import DataError, InterfaceError, OperationalError
 from google.protobuf import any_pb2
@@ -44,6 +46,16 @@ class IllegalTransition(ValidationError):
 
     def __init__(self, message: str) -> None:
         super().__init__({"status": [message]})
+
+
+class ResubmitTooSoon(IllegalTransition):
+    """A pool that failed verification is submitted again before its cool-down ended
+    (``registry.selectors.resubmit_cooldown``): bad input on ``status`` at every door, saying
+    when it may be submitted."""
+
+    def __init__(self, message: str, allowed_at: dt.datetime) -> None:
+        super().__init__(message)
+        self.allowed_at = allowed_at
 
 
 # Django's exceptions, most specific first (a DataError is a DatabaseError, as is an

@@ -5,8 +5,11 @@ may see or change. An object outside the result is answered as "not found", neve
 so that its existence does not leak.
 """
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
@@ -19,6 +22,7 @@ from registry.models import (
     Center,
     ChangeRecord,
     Hub,
+    LifecycleTransition,
     Membership,
     Organization,
     Pool,
@@ -96,6 +100,63 @@ def pools_editable_by(user: Actor | None) -> QuerySet[Pool]:
     if not can_operate(user):
         return qs.none()
     return qs.filter(center__operator=organization_of(user))
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """Why and until when a pool may not be submitted again after failed verifications."""
+
+    failures: int  # failures within ``VERIFICATION_RESUBMIT_WINDOW_DAYS``
+    last_failure: dt.datetime
+    seconds: int  # the cool-down after the last one
+    allowed_at: dt.datetime
+
+    def message(self) -> str:
+        days = settings.VERIFICATION_RESUBMIT_WINDOW_DAYS
+        times = "once" if self.failures == 1 else f"{self.failures} times"
+        return (
+            f"Verification of this pool failed {times} in the last {days} days; it may be "
+            f"submitted again from {self.allowed_at:%Y-%m-%d %H:%M:%S} UTC (a cool-down of "
+            f"{_duration(self.seconds)} after the last failure, doubled with each failure)."
+        )
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def resubmit_cooldown(pool: Pool, now: dt.datetime) -> Cooldown | None:
+    """The cool-down that keeps ``pool`` from being submitted at ``now``, or None.
+
+    Each failure (a move to ``failed``, on the transition log) within
+    ``VERIFICATION_RESUBMIT_WINDOW_DAYS`` doubles the wait after the last one, starting at
+    ``VERIFICATION_RESUBMIT_COOLDOWN`` seconds, at most ``VERIFICATION_RESUBMIT_COOLDOWN_MAX``.
+    """
+    since = now - dt.timedelta(days=settings.VERIFICATION_RESUBMIT_WINDOW_DAYS)
+    failures = list(
+        LifecycleTransition.objects.filter(
+            object_type=Pool._meta.label_lower,
+            object_id=pool.pk,
+            to_status=Status.FAILED,
+            time__gte=since,
+        )
+        .order_by("-time")
+        .values_list("time", flat=True)[:64]
+    )
+    base = int(settings.VERIFICATION_RESUBMIT_COOLDOWN)
+    if not failures or base <= 0:
+        return None
+    seconds = min(base * 2 ** (len(failures) - 1), int(settings.VERIFICATION_RESUBMIT_COOLDOWN_MAX))
+    allowed_at = failures[0] + dt.timedelta(seconds=seconds)
+    if now >= allowed_at:
+        return None
+    return Cooldown(len(failures), failures[0], seconds, allowed_at)
 
 
 def organizations_visible_to(user: Actor | None) -> QuerySet[Organization]:

@@ -26,7 +26,7 @@ from registry.choices import (
     Status,
 )
 from registry.context import current_request_id
-from registry.errors import IllegalTransition, StaleVersion
+from registry.errors import IllegalTransition, ResubmitTooSoon, StaleVersion
 from registry.models import (
     ApiToken,
     Center,
@@ -518,6 +518,19 @@ def pool_delete(*, pool: Pool, actor: Actor, door: Door) -> None:
     _require_admin_to_delete(actor, pool.center.operator)
     if pool.status != Status.DRAFT:
         raise ValidationError({"status": ["Only draft pools can be deleted; retire it instead."]})
+    if LifecycleTransition.objects.filter(
+        object_type=Pool._meta.label_lower, object_id=pool.pk
+    ).exists():
+        # Deleting would take its verification runs (the evidence, failed ones included) and
+        # its failures, which the resubmission cool-down counts, with it.
+        raise ValidationError(
+            {
+                "status": [
+                    "A pool that left draft keeps its history (verification runs, failures); "
+                    "retire it instead."
+                ]
+            }
+        )
     before, pk = snapshot(pool), pool.pk
     pool.delete()
     change_record(
@@ -539,6 +552,13 @@ def pool_submit(*, pool: Pool, actor: Actor, door: Door) -> Pool:
     submitted along with it.
     """
     pool = Pool.objects.select_related("center").get(pk=pool.pk)
+    # Before anything is written: a pool that failed verification waits out its cool-down
+    # (whichever way it comes back: failed -> submitted, or through draft), so a cheat caught
+    # with probability p cannot be retried at once until it slips through. Platform staff may
+    # lift it.
+    cooldown = selectors.resubmit_cooldown(pool, timezone.now())
+    if cooldown is not None and not selectors.is_platform_staff(actor):
+        raise ResubmitTooSoon(cooldown.message(), cooldown.allowed_at)
     if pool.center.status in (Status.DRAFT, Status.FAILED):
         lifecycle_transition(
             obj=pool.center,

@@ -372,6 +372,11 @@ def pool_detail_context(request: HttpRequest, national_id: str) -> dict[str, Any
         **pool_status_timeline(pool, timezone.now()),
     }
     if editable:
+        # When a pool that failed verification may be submitted again (the service refuses
+        # earlier with the same sentence).
+        context["resubmit_cooldown"] = (
+            selectors.resubmit_cooldown(pool, timezone.now()) if context["can_submit"] else None
+        )
         context["changes"] = selectors.changes_visible_to(request.user).filter(
             object_type="registry.pool", object_id=pool.pk
         )[:20]

@@ -39,7 +39,7 @@ from registry.actors import Actor, signed_in
 from registry.choices import ChangeAction, Door, Status
 from registry.clock import db_now
 from registry.errors import IllegalTransition
-from registry.models import Center, Pool
+from registry.models import Center, LifecycleTransition, Pool
 from registry.netguard import OutboundRefused, grpc_authority_options, outbound_target
 from verification import agent_client, selectors
 from verification.choices import OPEN_STATES, RunState, Trigger
@@ -91,6 +91,12 @@ MAX_MATRIX_SIZE_BY_PRECISION: dict[str, int] = {
 MAX_INNER_LINKS = 8
 # Reasons of drift verdicts start with this, so a later pass only undoes its own degradation.
 DRIFT_REASON = "drift"
+# Reasons of the degradation an unanswered re-verification (an ``error`` run) sets start with
+# this; a later pass undoes it, and ``VERIFICATION_MAX_CONSECUTIVE_ERRORS`` in a row fail the pool.
+UNREACHABLE_REASON = "agent unreachable"
+# Degradations a passed run disproves, so the pass lifts them (health and silence are the
+# heartbeats' to judge, and a reason platform staff wrote stays).
+VERIFIER_REASONS = (DRIFT_REASON, UNREACHABLE_REASON)
 # Deliveries of one run beyond the retries before it is declared a poison message.
 EXTRA_DELIVERIES = 3
 
@@ -772,7 +778,8 @@ def _check_devices(
 
 
 def _next_due(state: str, now: dt.datetime) -> dt.datetime:
-    """When the pool should be re-verified: a jittered interval so centers cannot predict it."""
+    """When the pool should be re-verified: a jittered interval so centers cannot predict it
+    (shown to platform staff only: ``VerificationRunSerializer``, the run page)."""
     hours = settings.VERIFICATION_REVERIFY_HOURS
     if state == RunState.ERROR:
         hours /= 4  # the agent was unreachable: look again sooner
@@ -798,7 +805,10 @@ def _finish(
         locked.state = state
         locked.verdict_reason = reason
         locked.finished_at = now
-        locked.next_due_at = _next_due(state, now)
+        # Only the platform's own runs set the schedule: an operator's run must not push the
+        # next unannounced one later (reverify_sweep ignores its runs too).
+        if locked.trigger != Trigger.OPERATOR_REQUEST:
+            locked.next_due_at = _next_due(state, now)
         locked.save()
         pool = Pool.objects.select_for_update(of=("self",)).get(pk=run.pool_id)
         _apply_verdict(pool, state, reason, evidence, now)
@@ -836,18 +846,47 @@ def _apply_verdict(
         elif (
             not drifted
             and pool.status == Status.DEGRADED
-            and pool.status_reason.startswith(DRIFT_REASON)
+            and pool.status_reason.startswith(VERIFIER_REASONS)
         ):
-            move(Status.ACTIVE, "measured back at its record: " + reason)
+            # The pass disproves what the verifier degraded the pool for: drift (measured back
+            # at its record) or an agent that did not answer (it just did).
+            if pool.status_reason.startswith(DRIFT_REASON):
+                move(Status.ACTIVE, "measured back at its record: " + reason)
+            else:
+                move(Status.ACTIVE, "agent answered again: " + reason)
         _activate_center(pool)
     elif state == RunState.FAILED:
         if pool.status in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED):
             move(Status.FAILED, reason)
     elif state == RunState.ERROR:
+        why = reason if reason.startswith(UNREACHABLE_REASON) else f"{UNREACHABLE_REASON}: {reason}"
+        errors = _consecutive_errors(pool)
+        limit = max(1, settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS)
         if pool.status == Status.VERIFYING:
-            move(Status.FAILED, reason)
+            move(Status.FAILED, why)
+        elif pool.status in (Status.ACTIVE, Status.DEGRADED) and errors >= limit:
+            # A listed pool whose agent keeps refusing to be re-verified is not verified any
+            # more: it cannot stay degraded (and listed) for good.
+            move(Status.FAILED, f"{UNREACHABLE_REASON} for {errors} verifications in a row: {why}")
         elif pool.status == Status.ACTIVE:
-            move(Status.DEGRADED, reason)
+            move(Status.DEGRADED, why)
+
+
+def _consecutive_errors(pool: Pool) -> int:
+    """How many of the pool's latest finished runs ended ``error`` in a row (this one counted:
+    called after its verdict was saved)."""
+    limit = max(1, settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS)
+    latest = (
+        VerificationRun.objects.filter(pool=pool, finished_at__isnull=False)
+        .order_by("-finished_at", "-id")
+        .values_list("state", flat=True)[:limit]
+    )
+    count = 0
+    for state in latest:
+        if state != RunState.ERROR:
+            break
+        count += 1
+    return count
 
 
 def _activate_center(pool: Pool) -> None:
@@ -989,30 +1028,57 @@ def _follow_health(pool: Pool, healthy: int) -> None:
         pass  # moved meanwhile: the next heartbeat sees the new status
 
 
+def _before_silence(pool: Pool) -> tuple[str, str]:
+    """The status and reason the pool had before the silence that moved it, read back from the
+    transition log (``lifecycle_transition`` writes a row with every move): the sweeper's own
+    moves in a row, newest first, end at the one that started the silence, whose ``from_status``
+    is what the pool was; the move before it says why. Heartbeats resuming bring back that."""
+    history = LifecycleTransition.objects.filter(
+        object_type=Pool._meta.label_lower, object_id=pool.pk
+    ).order_by("-time", "-id")
+    started: LifecycleTransition | None = None  # the sweeper's move that began the silence
+    for move in history.iterator(chunk_size=16):
+        if move.reason.startswith(HEARTBEAT_REASON):
+            started = move
+            continue
+        if started is not None and move.to_status == started.from_status:
+            return started.from_status, move.reason
+        break
+    if started is None:
+        return Status.ACTIVE, ""  # no move of the sweeper on record: a status set by hand
+    return started.from_status, ""
+
+
 def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
     """Move verified pools by the age of their last heartbeat; returns moves by target status.
 
     Silent for ``HEARTBEAT_DEGRADED_AFTER`` seconds: active -> degraded; for
-    ``HEARTBEAT_OFFLINE_AFTER``: -> offline; heard again: back to active, but only from a status
-    this sweeper set (an operator's or a verifier's reason is left alone). A pool never heard
-    from counts from its verification. Safe to run twice: every move is a compare-and-set.
+    ``HEARTBEAT_OFFLINE_AFTER``: -> offline; heard again: back to what the pool was before the
+    silence (a degradation for drift, an unanswered verification or unhealthy accelerators comes
+    back with its reason, never as active), and only from a status this sweeper set. A pool
+    never heard from counts from its verification. Safe to run twice: every move is a
+    compare-and-set.
     """
     # The database's clock, not this worker's: heartbeats are stamped with it (X12).
     now = now or db_now()
     degraded_after = dt.timedelta(seconds=settings.HEARTBEAT_DEGRADED_AFTER)
     offline_after = dt.timedelta(seconds=settings.HEARTBEAT_OFFLINE_AFTER)
-    latest = Heartbeat.objects.filter(pool=OuterRef("pk")).order_by("-time").values("time")[:1]
+    latest = Heartbeat.objects.filter(pool=OuterRef("pk")).order_by("-time")
     pools = Pool.objects.filter(
         verified_at__isnull=False,
         status__in=[Status.ACTIVE, Status.DEGRADED, Status.OFFLINE],
-    ).annotate(last_seen=Subquery(latest))
+    ).annotate(
+        last_seen=Subquery(latest.values("time")[:1]),
+        last_healthy=Subquery(latest.values("accelerators_healthy")[:1]),
+    )
     moves = {Status.ACTIVE: 0, Status.DEGRADED: 0, Status.OFFLINE: 0}
     for pool in pools:
         seen = pool.last_seen or pool.verified_at
         assert seen is not None
         silent = now - seen
         seconds = int(silent.total_seconds())
-        target, why = None, ""
+        target: str | None = None
+        why = ""
         if silent >= offline_after and pool.status in (Status.ACTIVE, Status.DEGRADED):
             target, why = Status.OFFLINE, f"{HEARTBEAT_REASON} for {seconds} s"
         elif silent >= degraded_after and pool.status == Status.ACTIVE:
@@ -1022,7 +1088,15 @@ def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
             and pool.status in (Status.DEGRADED, Status.OFFLINE)
             and pool.status_reason.startswith(HEARTBEAT_REASON)
         ):
-            target, why = Status.ACTIVE, "heartbeats resumed"
+            target, why = _before_silence(pool)
+            if target == Status.ACTIVE:
+                why = "heartbeats resumed"
+            elif not why:
+                why = "heartbeats resumed; degraded before the silence"
+            if target not in (Status.ACTIVE, Status.DEGRADED) or target == pool.status:
+                # Nothing to restore that a move could (the sweeper degrades active pools only,
+                # so degraded -> degraded means a log it did not write): left as it is.
+                target = None
         if target is None:
             continue
         try:
@@ -1031,7 +1105,10 @@ def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
             )
         except IllegalTransition:
             continue  # changed meanwhile; the next sweep sees the new state
-        moves[target] += 1
+        moves[Status(target)] += 1
+        if target == Status.ACTIVE and pool.last_healthy is not None:
+            # Beats that resumed reporting a node down degrade it now, not at the next beat.
+            _follow_health(pool, pool.last_healthy)
     return {str(k): v for k, v in moves.items()}
 
 
@@ -1051,14 +1128,16 @@ def heartbeat_prune(*, now: dt.datetime | None = None, batch: int = 10_000) -> i
 def reverify_sweep(*, now: dt.datetime | None = None) -> list[VerificationRun]:
     """Queue a re-verification of every listed, verified pool whose jittered due time passed.
 
-    The due time is set when a run finishes (``next_due_at``); a verified pool without one is
-    due a full interval after its verification. Two sweeps at once queue one run per pool: the
-    open-run constraint refuses the second.
+    The due time is set when one of the platform's runs finishes (``next_due_at``; a run the
+    operator asked for sets none and is not read here, so it cannot push the schedule later); a
+    verified pool without one is due a full interval after its verification. Two sweeps at once
+    queue one run per pool: the open-run constraint refuses the second.
     """
     now = now or timezone.now()
     interval = dt.timedelta(hours=settings.VERIFICATION_REVERIFY_HOURS)
     due = (
         VerificationRun.objects.filter(pool=OuterRef("pk"), next_due_at__isnull=False)
+        .exclude(trigger=Trigger.OPERATOR_REQUEST)
         .order_by("-created_at")
         .values("next_due_at")[:1]
     )

@@ -197,7 +197,13 @@ def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
     return render(
         request,
         "verification/run_detail.html",
-        {"run": run, "pool": run.pool, "inventory": inventory_evidence(run.inventory_match)},
+        {
+            "run": run,
+            "pool": run.pool,
+            "inventory": inventory_evidence(run.inventory_match),
+            # When the platform tests the pool again is not the operator's to know.
+            "show_schedule": registry_selectors.is_platform_staff(request.user),
+        },
     )
 
 

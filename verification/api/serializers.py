@@ -4,15 +4,27 @@ from typing import Any
 
 from rest_framework import serializers
 
+from registry import selectors as registry_selectors
 from registry.models import Center, Pool
 from verification.models import Heartbeat, ScheduledDowntime, VerificationRun
 from verification.selectors import DayAvailability
 
 
 class VerificationRunSerializer(serializers.ModelSerializer[VerificationRun]):
+    """A run with its evidence. ``next_due_at``, when the platform will test the pool again
+    unannounced, is for platform staff only (null for the operator: a center that knew it would
+    only need the hardware around that time); pass ``context={"request": ...}``."""
+
     pool: serializers.SlugRelatedField[Pool] = serializers.SlugRelatedField(
         slug_field="national_id", read_only=True
     )
+
+    def to_representation(self, instance: VerificationRun) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        request = self.context.get("request")
+        if not registry_selectors.is_platform_staff(getattr(request, "user", None)):
+            data["next_due_at"] = None
+        return data
 
     class Meta:
         model = VerificationRun
@@ -48,6 +60,9 @@ class VerificationRunSerializer(serializers.ModelSerializer[VerificationRun]):
             "inventory_match",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "next_due_at": {"help_text": "Next scheduled re-verification: platform staff only."}
+        }
 
 
 class HeartbeatSerializer(serializers.ModelSerializer[Heartbeat]):

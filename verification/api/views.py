@@ -62,7 +62,8 @@ class PoolReverifyView(APIView):
             pool=pool, trigger=Trigger.OPERATOR_REQUEST, actor=request.user, door=DOOR
         )
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
-        return Response(s.VerificationRunSerializer(run).data, status=code)
+        data = s.VerificationRunSerializer(run, context={"request": request}).data
+        return Response(data, status=code)
 
 
 class HeartbeatViewSet(viewsets.ReadOnlyModelViewSet[Heartbeat]):

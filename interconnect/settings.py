@@ -315,12 +315,15 @@ VERIFICATION_MAX_INNER = env.int("VERIFICATION_MAX_INNER", default=1)
 # others at random (0 = every step). A prover that fakes a share q of the other steps goes
 # unnoticed with probability <= (1 - q)^(s - 2) per run (docs/verification.md).
 VERIFICATION_OPEN_STEPS = env.int("VERIFICATION_OPEN_STEPS", default=3)
+# A chain of at most this many steps is checked whole (every step opened): with few steps the
+# draw above leaves a prover who fakes half of them a coin toss.
+VERIFICATION_OPEN_ALL_UP_TO = env.int("VERIFICATION_OPEN_ALL_UP_TO", default=16)
 # Nodes challenged per run (all accelerators of each); 0 = every node, the default: the agent
 # learns which nodes were drawn when the challenge arrives and chooses which hardware answers
 # for them, so a sample proves only the hardware of as many nodes (docs/verification.md).
 VERIFICATION_SAMPLE_NODES = env.int("VERIFICATION_SAMPLE_NODES", default=0)
-# Products one challenged node keeps for opening, at most (bounds the accelerators of a node x
-# steps x n^2 x the accumulator's bytes; each node holds its own devices' products).
+# Products the agent keeps for opening, at most (bounds devices x steps x n^2 x the
+# accumulator's bytes; one agent fronts the pool, and the verifier holds the opened ones).
 VERIFICATION_MAX_CHALLENGE_BYTES = env.int("VERIFICATION_MAX_CHALLENGE_BYTES", default=2**30)
 VERIFICATION_FREIVALDS_ROUNDS = env.int("VERIFICATION_FREIVALDS_ROUNDS", default=8)
 VERIFICATION_RPC_TIMEOUT = env.float("VERIFICATION_RPC_TIMEOUT", default=60.0)

@@ -451,15 +451,17 @@ def plan_challenge(pool: Pool) -> ChallengePlan:
     )
     per = pool.accelerators_per_node
     devices = {node * per + slot: secrets.randbits(64) for node in nodes for slot in range(per)}
-    # Each node keeps its devices' products until they are opened: keep the chain within a
-    # node's memory with fewer steps first, down to VERIFICATION_MIN_STEPS (in the same memory,
-    # larger products hold more work: steps x n^2 bytes for steps x n^3 flops), then smaller
-    # products. A fast device's chain then lasts less than the target: it is measured over a
-    # shorter time.
+    # The agent keeps every product until it is opened (one agent fronts the pool, so every
+    # challenged device's products are in its memory, and the verifier holds the opened ones):
+    # keep the chain within VERIFICATION_MAX_CHALLENGE_BYTES with fewer steps first, down to
+    # VERIFICATION_MIN_STEPS (in the same memory, larger products hold more work: steps x n^2
+    # bytes for steps x n^3 flops), then smaller products. A fast device's chain, or every
+    # device's in a large pool, then lasts less than the target: it is measured over a shorter
+    # time.
     itemsize = precision_of(pool.declared_precision).accumulator.itemsize
 
     def kept(size: int, length: int) -> int:
-        return per * length * size * size * itemsize
+        return len(devices) * length * size * size * itemsize
 
     cap = settings.VERIFICATION_MAX_CHALLENGE_BYTES
 
@@ -672,10 +674,13 @@ def _choose_steps(steps: int) -> list[int]:
     stopped on the last, and with its predecessor checked too neither of the final products can
     be skipped or copied (so a prover that skips every other step is caught whatever the
     draw); the others are drawn uniformly from the rest with the OS's CSPRNG. Checking step t
-    opens C_{t-1} as well (X_{t-1} comes from it). docs/verification.md gives the chance that
-    a prover who fakes a share of the steps goes unnoticed."""
+    opens C_{t-1} as well (X_{t-1} comes from it). A chain of at most
+    ``VERIFICATION_OPEN_ALL_UP_TO`` steps is checked whole: with few steps, one drawn step leaves
+    a prover who fakes half of them a coin toss (found by review: 6 of 8 runs passed at 1.5x the
+    hardware's speed). docs/verification.md gives the chance that a prover who fakes a share of
+    the steps goes unnoticed."""
     count = settings.VERIFICATION_OPEN_STEPS
-    if not count or count >= steps:
+    if not count or count >= steps or steps <= settings.VERIFICATION_OPEN_ALL_UP_TO:
         return list(range(1, steps + 1))
     forced = [steps] if count == 1 else [steps - 1, steps]
     others = secrets.SystemRandom().sample(range(1, steps - 1), max(0, count - 2))

@@ -58,9 +58,11 @@ def test_an_honest_center_becomes_active_with_its_evidence(
     assert run.n == 128 and run.k == 8 and len(run.freivalds) == 8
     assert all(entry["passed"] for entry in run.freivalds)
     assert len(run.devices) == 8 and {d["node"] for d in run.devices} == set(run.sample["nodes"])
-    # A sample of the steps is checked (default 3), always the last two, drawn after the commits.
+    # Every step of a chain of up to 16 is checked; above, a sample (default 3) that always
+    # holds the last two, drawn after the commits.
     checked = run.sample["steps_checked"]
-    assert len(checked) == min(3, run.steps) and checked[-2:] == [run.steps - 1, run.steps]
+    assert len(checked) == (run.steps if run.steps <= 16 else 3)
+    assert checked[-2:] == [run.steps - 1, run.steps]
     assert all(d["steps_opened"] == len(checked) and d["worst_ratio"] < 1 for d in run.devices)
     # Each device's attestation is stored with the run and bound to this run's nonce.
     assert all(d["attestation_format"] == "simulated-nonce-echo" for d in run.devices)

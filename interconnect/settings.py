@@ -347,9 +347,10 @@ VERIFICATION_REVERIFY_JITTER = env.float("VERIFICATION_REVERIFY_JITTER", default
 # An active or degraded pool whose re-verifications end `error` (its agent did not answer) this
 # many times in a row fails: it cannot refuse re-verification and stay listed (at least 1).
 VERIFICATION_MAX_CONSECUTIVE_ERRORS = env.int("VERIFICATION_MAX_CONSECUTIVE_ERRORS", default=3)
-# A pool that failed verification may be submitted again only after a cool-down: this many
-# seconds after its last failure, doubled for each other failure within the window, at most the
-# maximum (so a cheat caught with probability p cannot simply be retried until it passes).
+# After a failed verification no pool of the center (the failed one, or the same hardware as a
+# new pool) may be submitted before a cool-down: this many seconds after the center's last
+# failure, doubled for each other failure of its pools within the window, at most the maximum
+# (so a cheat caught with probability p cannot simply be retried until it passes).
 VERIFICATION_RESUBMIT_COOLDOWN = env.int("VERIFICATION_RESUBMIT_COOLDOWN", default=600)
 VERIFICATION_RESUBMIT_COOLDOWN_MAX = env.int(
     "VERIFICATION_RESUBMIT_COOLDOWN_MAX", default=7 * 24 * 3600

@@ -73,7 +73,9 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     # moves it straight to failed.
     S.ACTIVE: frozenset({S.DEGRADED, S.OFFLINE, S.FAILED, S.SUSPENDED, S.RETIRED}),
     S.DEGRADED: frozenset({S.ACTIVE, S.OFFLINE, S.FAILED, S.SUSPENDED, S.RETIRED}),
-    S.OFFLINE: frozenset({S.ACTIVE, S.DEGRADED, S.SUBMITTED, S.SUSPENDED, S.RETIRED}),
+    # A verdict may land while the pool is offline (its agent stopped heartbeating when the
+    # verifier knocked): a refuted one fails it all the same.
+    S.OFFLINE: frozenset({S.ACTIVE, S.DEGRADED, S.SUBMITTED, S.FAILED, S.SUSPENDED, S.RETIRED}),
     S.FAILED: frozenset({S.DRAFT, S.SUBMITTED, S.RETIRED}),
     S.SUSPENDED: frozenset({S.SUBMITTED, S.RETIRED}),
     S.RETIRED: frozenset(),
@@ -91,6 +93,11 @@ OPERATOR_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     }
     | {(s, S.RETIRED) for s in S.values if s != S.RETIRED}
 )
+
+# The reason prefix of an operator's move that takes a pool out of verification (retired, or
+# withdrawn to draft) while one of its runs is open: counted as a failure by the resubmission
+# cool-down (``registry.selectors.resubmit_cooldown``), whatever the run's verdict turns out to be.
+ABANDONED_REASON = "left verification with a run open"
 
 # States seen by everyone (AI firms, the public); the rest only by the owner and the platform.
 LISTED_STATUSES: frozenset[str] = frozenset({S.ACTIVE, S.DEGRADED, S.OFFLINE})

@@ -15,7 +15,7 @@ from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
 from registry.actors import Actor, signed_in
-from registry.choices import LISTED_STATUSES, OrgKind, Role, Status
+from registry.choices import ABANDONED_REASON, LISTED_STATUSES, OrgKind, Role, Status
 from registry.models import (
     A100_BF16_DENSE_TFLOPS,
     ApiToken,
@@ -104,9 +104,9 @@ def pools_editable_by(user: Actor | None) -> QuerySet[Pool]:
 
 @dataclass(frozen=True)
 class Cooldown:
-    """Why and until when a pool may not be submitted again after failed verifications."""
+    """Why and until when no pool of a center may be submitted after failed verifications."""
 
-    failures: int  # failures within ``VERIFICATION_RESUBMIT_WINDOW_DAYS``
+    failures: int  # the center's failures within ``VERIFICATION_RESUBMIT_WINDOW_DAYS``
     last_failure: dt.datetime
     seconds: int  # the cool-down after the last one
     allowed_at: dt.datetime
@@ -115,9 +115,10 @@ class Cooldown:
         days = settings.VERIFICATION_RESUBMIT_WINDOW_DAYS
         times = "once" if self.failures == 1 else f"{self.failures} times"
         return (
-            f"Verification of this pool failed {times} in the last {days} days; it may be "
-            f"submitted again from {self.allowed_at:%Y-%m-%d %H:%M:%S} UTC (a cool-down of "
-            f"{_duration(self.seconds)} after the last failure, doubled with each failure)."
+            f"Verification of pools of this center failed {times} in the last {days} days; its "
+            f"pools may be submitted again from {self.allowed_at:%Y-%m-%d %H:%M:%S} UTC (a "
+            f"cool-down of {_duration(self.seconds)} after the last failure, doubled with each "
+            f"failure)."
         )
 
 
@@ -134,23 +135,33 @@ def _duration(seconds: int) -> str:
 def resubmit_cooldown(pool: Pool, now: dt.datetime) -> Cooldown | None:
     """The cool-down that keeps ``pool`` from being submitted at ``now``, or None.
 
-    Each failure (a move to ``failed``, on the transition log) within
-    ``VERIFICATION_RESUBMIT_WINDOW_DAYS`` doubles the wait after the last one, starting at
-    ``VERIFICATION_RESUBMIT_COOLDOWN`` seconds, at most ``VERIFICATION_RESUBMIT_COOLDOWN_MAX``.
+    Failures are counted per center, over all its pools (retired ones included), since the same
+    hardware can be declared again as a new pool: a move of one of them to ``failed``, or an
+    operator's move that took one out of verification with a run open (``ABANDONED_REASON``),
+    on the transition log. Each failure within ``VERIFICATION_RESUBMIT_WINDOW_DAYS`` doubles the
+    wait after the center's last one, starting at ``VERIFICATION_RESUBMIT_COOLDOWN`` seconds, at
+    most ``VERIFICATION_RESUBMIT_COOLDOWN_MAX``.
     """
+    base = int(settings.VERIFICATION_RESUBMIT_COOLDOWN)
+    if base <= 0:
+        return None
     since = now - dt.timedelta(days=settings.VERIFICATION_RESUBMIT_WINDOW_DAYS)
+    pools = Pool.objects.filter(center_id=pool.center_id).values_list("pk", flat=True)
     failures = list(
         LifecycleTransition.objects.filter(
+            Q(to_status=Status.FAILED)
+            | Q(
+                to_status__in=[Status.RETIRED, Status.DRAFT],
+                reason__startswith=ABANDONED_REASON,
+            ),
             object_type=Pool._meta.label_lower,
-            object_id=pool.pk,
-            to_status=Status.FAILED,
+            object_id__in=pools,
             time__gte=since,
         )
         .order_by("-time")
         .values_list("time", flat=True)[:64]
     )
-    base = int(settings.VERIFICATION_RESUBMIT_COOLDOWN)
-    if not failures or base <= 0:
+    if not failures:
         return None
     seconds = min(base * 2 ** (len(failures) - 1), int(settings.VERIFICATION_RESUBMIT_COOLDOWN_MAX))
     allowed_at = failures[0] + dt.timedelta(seconds=seconds)

@@ -9,6 +9,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
@@ -17,6 +18,7 @@ from django.utils import timezone
 from registry import selectors
 from registry.actors import Actor, signed_in
 from registry.choices import (
+    ABANDONED_REASON,
     ALLOWED_TRANSITIONS,
     EDITABLE_STATUSES,
     OPERATOR_TRANSITIONS,
@@ -170,6 +172,10 @@ def lifecycle_transition(
         raise IllegalTransition(f"A {old} object cannot become {to}.")
     if as_operator and (old, to) not in OPERATOR_TRANSITIONS:
         raise IllegalTransition(f"Only the platform moves an object from {old} to {to}.")
+    if _abandons_a_run(obj, to, actor, door):
+        # Retired or withdrawn once the challenge was out (its checked steps seen): counted as
+        # a failure by the resubmission cool-down, whatever the run's own verdict.
+        reason = f"{ABANDONED_REASON}: {reason}"
     now = timezone.now()
     with transaction.atomic():
         updated = (
@@ -224,6 +230,18 @@ def lifecycle_transition(
                 lambda: pool_submitted.send(sender=Pool, pool_id=obj_id, request_id=request_id)
             )
     return obj
+
+
+def _abandons_a_run(obj: Center | Pool, to: str, actor: Actor | None, door: Door) -> bool:
+    """Whether this move takes a pool out of verification, at a center's request (not the
+    worker's, not platform staff's), while one of its runs is running: the challenge is out, so
+    the center may have seen which steps are checked (a queued run has shown it nothing)."""
+    if not isinstance(obj, Pool) or to not in (Status.RETIRED, Status.DRAFT):
+        return False
+    if door == Door.WORKER or selectors.is_platform_staff(actor):
+        return False
+    runs = apps.get_model("verification", "VerificationRun")._default_manager
+    return bool(runs.filter(pool_id=obj.pk, state="running").exists())
 
 
 # --- Centers ----------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ UNREACHABLE_REASON = "agent unreachable"
 # Degradations a passed run disproves, so the pass lifts them (health and silence are the
 # heartbeats' to judge, and a reason platform staff wrote stays).
 VERIFIER_REASONS = (DRIFT_REASON, UNREACHABLE_REASON)
+# The runs the platform starts unannounced (or on submission); an operator's own run is recorded
+# but neither breaks an error streak nor lifts an unanswered-run degradation.
+PLATFORM_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.SUBMITTED})
 # Deliveries of one run beyond the retries before it is declared a poison message.
 EXTRA_DELIVERIES = 3
 
@@ -816,16 +819,29 @@ def _finish(
             locked.next_due_at = _next_due(state, now)
         locked.save()
         pool = Pool.objects.select_for_update(of=("self",)).get(pk=run.pool_id)
-        _apply_verdict(pool, state, reason, evidence, now)
+        _apply_verdict(pool, state, reason, evidence, now, trigger=locked.trigger)
     logger.info("verification %s of %s: %s (%s)", run.run_id, pool.national_id, state, reason)
     VERIFICATION_VERDICTS.labels(str(state).lower()).inc()
     return RunOutcome(state=state)
 
 
 def _apply_verdict(
-    pool: Pool, state: str, reason: str, evidence: Evidence, now: dt.datetime
+    pool: Pool,
+    state: str,
+    reason: str,
+    evidence: Evidence,
+    now: dt.datetime,
+    *,
+    trigger: str = Trigger.SCHEDULED,
 ) -> None:
-    """Move the pool according to the verdict (inside the finishing transaction)."""
+    """Move the pool according to the verdict (inside the finishing transaction).
+
+    A verdict that lands while the pool is offline (its agent fell silent when the verifier
+    knocked) counts as on a listed pool: failed fails it, and an error counts towards the limit
+    (the heartbeat restore then brings it back degraded, ``_before_silence``). Only the
+    platform's runs (``PLATFORM_TRIGGERS``) lift an unanswered-run degradation: a center cannot
+    refuse the unannounced runs and pass only the ones it asks for at a time of its choosing.
+    """
 
     def move(to: str, why: str) -> None:
         registry_services.lifecycle_transition(
@@ -854,14 +870,15 @@ def _apply_verdict(
             and pool.status_reason.startswith(VERIFIER_REASONS)
         ):
             # The pass disproves what the verifier degraded the pool for: drift (measured back
-            # at its record) or an agent that did not answer (it just did).
+            # at its record) or an agent that did not answer (it just did, to the platform's
+            # own run; an operator's run is recorded and lifts nothing).
             if pool.status_reason.startswith(DRIFT_REASON):
                 move(Status.ACTIVE, "measured back at its record: " + reason)
-            else:
+            elif trigger in PLATFORM_TRIGGERS:
                 move(Status.ACTIVE, "agent answered again: " + reason)
         _activate_center(pool)
     elif state == RunState.FAILED:
-        if pool.status in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED):
+        if pool.status in (Status.VERIFYING, Status.ACTIVE, Status.DEGRADED, Status.OFFLINE):
             move(Status.FAILED, reason)
     elif state == RunState.ERROR:
         why = reason if reason.startswith(UNREACHABLE_REASON) else f"{UNREACHABLE_REASON}: {reason}"
@@ -869,20 +886,28 @@ def _apply_verdict(
         limit = max(1, settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS)
         if pool.status == Status.VERIFYING:
             move(Status.FAILED, why)
-        elif pool.status in (Status.ACTIVE, Status.DEGRADED) and errors >= limit:
+        elif pool.status in (Status.ACTIVE, Status.DEGRADED, Status.OFFLINE) and errors >= limit:
             # A listed pool whose agent keeps refusing to be re-verified is not verified any
             # more: it cannot stay degraded (and listed) for good.
             move(Status.FAILED, f"{UNREACHABLE_REASON} for {errors} verifications in a row: {why}")
         elif pool.status == Status.ACTIVE:
             move(Status.DEGRADED, why)
+        elif pool.status == Status.DEGRADED and pool.status_reason.startswith(HEARTBEAT_REASON):
+            # Silent and not answering: offline, still the sweeper's (its reason), so that
+            # heartbeats resuming restore it, degraded for this run (``_before_silence``).
+            move(Status.OFFLINE, f"{HEARTBEAT_REASON}; {why}")
+        # Offline: the error stays on the run, which the heartbeat restore reads.
 
 
 def _consecutive_errors(pool: Pool) -> int:
-    """How many of the pool's latest finished runs ended ``error`` in a row (this one counted:
-    called after its verdict was saved)."""
+    """How many of the pool's latest finished platform runs ended ``error`` in a row (this one
+    counted: called after its verdict was saved). An operator's run, whatever its verdict, does
+    not break the streak."""
     limit = max(1, settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS)
     latest = (
-        VerificationRun.objects.filter(pool=pool, finished_at__isnull=False)
+        VerificationRun.objects.filter(
+            pool=pool, finished_at__isnull=False, trigger__in=sorted(PLATFORM_TRIGGERS)
+        )
         .order_by("-finished_at", "-id")
         .values_list("state", flat=True)[:limit]
     )
@@ -1037,7 +1062,9 @@ def _before_silence(pool: Pool) -> tuple[str, str]:
     """The status and reason the pool had before the silence that moved it, read back from the
     transition log (``lifecycle_transition`` writes a row with every move): the sweeper's own
     moves in a row, newest first, end at the one that started the silence, whose ``from_status``
-    is what the pool was; the move before it says why. Heartbeats resuming bring back that."""
+    is what the pool was; the move before it says why. Heartbeats resuming bring back that,
+    unless the platform's latest run during the silence got no answer: then the pool comes back
+    degraded as an unanswered run leaves it (a center cannot go silent to shed that run)."""
     history = LifecycleTransition.objects.filter(
         object_type=Pool._meta.label_lower, object_id=pool.pk
     ).order_by("-time", "-id")
@@ -1047,11 +1074,31 @@ def _before_silence(pool: Pool) -> tuple[str, str]:
             started = move
             continue
         if started is not None and move.to_status == started.from_status:
-            return started.from_status, move.reason
+            return _unanswered_in_silence(pool, started, (started.from_status, move.reason))
         break
     if started is None:
         return Status.ACTIVE, ""  # no move of the sweeper on record: a status set by hand
-    return started.from_status, ""
+    return _unanswered_in_silence(pool, started, (started.from_status, ""))
+
+
+def _unanswered_in_silence(
+    pool: Pool, started: LifecycleTransition, before: tuple[str, str]
+) -> tuple[str, str]:
+    """``before``, or degraded for an unanswered run when the platform's latest run that
+    finished since the silence began (``started``) ended ``error``."""
+    latest = (
+        VerificationRun.objects.filter(
+            pool=pool, finished_at__gte=started.time, trigger__in=sorted(PLATFORM_TRIGGERS)
+        )
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    if latest is None or latest.state != RunState.ERROR or before[0] != Status.ACTIVE:
+        return before  # a degradation before the silence comes back with its own reason
+    reason = latest.verdict_reason
+    return Status.DEGRADED, (
+        reason if reason.startswith(UNREACHABLE_REASON) else f"{UNREACHABLE_REASON}: {reason}"
+    )
 
 
 def heartbeat_sweep(*, now: dt.datetime | None = None) -> dict[str, int]:

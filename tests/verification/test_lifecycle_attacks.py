@@ -22,11 +22,12 @@ from rest_framework.test import APIClient
 from agent.config import SimulationMode
 from registry import selectors as registry_selectors
 from registry import services as registry_services
-from registry.choices import Door, Status
+from registry.choices import ABANDONED_REASON, Door, Status
 from registry.clock import db_now
 from registry.errors import ResubmitTooSoon
 from registry.models import Center, LifecycleTransition, Pool
 from tests.conftest import force_status
+from tests.factories import PoolFactory
 from tests.verification.conftest import agent_config
 from verification import services
 from verification.choices import RunState, Trigger
@@ -416,3 +417,223 @@ def test_a_submitted_pool_cannot_be_deleted_with_its_evidence(failed: Pool, alic
     answer = api.delete(f"/api/v1/pools/{failed.national_id}/")
     assert answer.status_code == 400 and "keeps its history" in answer.json()["status"][0]
     assert VerificationRun.objects.filter(pool=failed, state=RunState.FAILED).count() == 1
+
+
+# --- Going offline when the verifier knocks ---------------------------------------------------
+
+
+def run_while_silent(pool: Pool, actor: Any, *, after: int = 200) -> tuple[VerificationRun, str]:
+    """A scheduled run whose agent stops heartbeating when the verifier knocks (silent ``after``
+    seconds at the verdict), then beats again; returns the run and the pool's status at the
+    verdict."""
+    run, created = services.verification_request(
+        pool=pool, trigger=Trigger.SCHEDULED, actor=None, door=Door.WORKER
+    )
+    assert created
+    services.heartbeat_sweep(now=db_now() + dt.timedelta(seconds=after))
+    services.verification_run(run_id=str(run.run_id), final_attempt=True)
+    run.refresh_from_db()
+    pool.refresh_from_db()
+    at_verdict = pool.status
+    beat(actor, pool)
+    services.heartbeat_sweep()
+    pool.refresh_from_db()
+    return run, at_verdict
+
+
+def test_a_refuted_reverification_fails_a_pool_that_went_offline(
+    verified: tuple[Pool, str], start_agent: Any, alice: Any
+) -> None:
+    pool, _ = verified
+    move_agent(pool, start_agent(agent_config(SimulationMode.CHEAT_WRONG)))
+
+    run, at_verdict = run_while_silent(pool, alice)
+
+    assert at_verdict == Status.FAILED and run.state == RunState.FAILED  # not shielded
+    assert pool.status == Status.FAILED  # and heartbeats resuming do not bring it back
+    move = LifecycleTransition.objects.get(object_id=pool.pk, to_status=Status.FAILED)
+    assert (move.from_status, move.door) == (Status.OFFLINE, Door.WORKER)  # the fault landed
+    assert registry_selectors.resubmit_cooldown(pool, timezone.now()) is not None
+
+
+@pytest.mark.parametrize("silent", [200, 60])  # offline; degraded by the sweeper only
+def test_an_unanswered_run_on_a_silent_pool_brings_it_back_degraded(
+    silent: int, verified: tuple[Pool, str], alice: Any
+) -> None:
+    pool, endpoint = verified
+    move_agent(pool, DEAD_ENDPOINT)
+
+    run, at_verdict = run_while_silent(pool, alice, after=silent)
+
+    assert run.state == RunState.ERROR and at_verdict == Status.OFFLINE
+    assert LifecycleTransition.objects.filter(  # the pool really was silent at the verdict
+        object_id=pool.pk, reason__startswith=services.HEARTBEAT_REASON
+    ).exists()
+    assert pool.status == Status.DEGRADED
+    assert pool.status_reason.startswith(services.UNREACHABLE_REASON)
+    # The platform's next run that is answered lifts it, as for a listed pool.
+    move_agent(pool, endpoint)
+    assert run_like_the_task(pool, Trigger.SCHEDULED).state == RunState.PASSED
+    assert pool.status == Status.ACTIVE
+
+
+@pytest.mark.parametrize("limit", [2, 3])
+def test_going_silent_at_every_run_still_reaches_the_error_limit(
+    limit: int, verified: tuple[Pool, str], alice: Any, settings: Any
+) -> None:
+    settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS = limit
+    pool, _ = verified
+    move_agent(pool, DEAD_ENDPOINT)
+    for _ in range(limit - 1):
+        run, at_verdict = run_while_silent(pool, alice)
+        assert (run.state, at_verdict, pool.status) == (
+            RunState.ERROR,
+            Status.OFFLINE,
+            Status.DEGRADED,
+        )
+
+    run, at_verdict = run_while_silent(pool, alice)
+
+    assert (run.state, at_verdict, pool.status) == (RunState.ERROR, Status.FAILED, Status.FAILED)
+    assert pool.status_reason.startswith(f"agent unreachable for {limit} verifications in a row")
+
+
+# --- Operator-requested runs ------------------------------------------------------------------
+
+
+def test_an_operator_run_neither_lifts_the_unanswered_degradation_nor_restarts_the_count(
+    verified: tuple[Pool, str], alice: Any, settings: Any
+) -> None:
+    settings.VERIFICATION_MAX_CONSECUTIVE_ERRORS = 2
+    pool, endpoint = verified
+    move_agent(pool, DEAD_ENDPOINT)
+    assert run_like_the_task(pool, Trigger.SCHEDULED).state == RunState.ERROR
+    assert pool.status == Status.DEGRADED  # the fault landed
+    degraded_for = pool.status_reason
+    assert degraded_for.startswith(services.UNREACHABLE_REASON)
+
+    # The center brings the hardware back for an hour and asks for its own run (REST).
+    move_agent(pool, endpoint)
+    operator = APIClient()
+    operator.force_authenticate(alice)
+    asked = operator.post(f"/api/v1/pools/{pool.national_id}/reverify/")
+    assert asked.status_code == 202
+    own = VerificationRun.objects.get(run_id=asked.json()["run_id"])
+    services.verification_run(run_id=str(own.run_id), final_attempt=True)
+    own.refresh_from_db()
+    pool.refresh_from_db()
+    assert (own.state, own.trigger) == (RunState.PASSED, Trigger.OPERATOR_REQUEST)  # recorded
+    assert (pool.status, pool.status_reason) == (Status.DEGRADED, degraded_for)  # lifts nothing
+
+    # Gone again for the platform's unannounced run: the streak went on through the pass.
+    move_agent(pool, DEAD_ENDPOINT)
+    assert run_like_the_task(pool, Trigger.SCHEDULED).state == RunState.ERROR
+    assert pool.status == Status.FAILED
+    assert pool.status_reason.startswith("agent unreachable for 2 verifications in a row")
+
+
+# --- The cool-down is the center's ------------------------------------------------------------
+
+
+def twin_of(pool: Pool, actor: Any) -> Pool:
+    """The same hardware, declared again as a new pool of the same center."""
+    data = {f: getattr(pool, f) for f in registry_services.POOL_FIELDS if f != "name"}
+    return registry_services.pool_create(
+        actor=actor, door=Door.API, center=pool.center, data={**data, "name": "same racks"}
+    )
+
+
+def test_the_same_hardware_as_a_new_pool_waits_the_centers_cooldown(
+    failed: Pool, alice: Any, client: Any
+) -> None:
+    cooldown = registry_selectors.resubmit_cooldown(failed, timezone.now())
+    assert cooldown is not None  # the fault landed: the failed pool itself waits
+    expected = cooldown.message()
+    # The operator retires the failed pool out of sight and declares the hardware again.
+    api = APIClient()
+    api.force_authenticate(alice)
+    retired = api.post(
+        f"/api/v1/pools/{failed.national_id}/transition/", {"to": "retired", "reason": "gone"}
+    )
+    assert retired.status_code == 200
+    twin = twin_of(failed, alice)
+    assert registry_selectors.resubmit_cooldown(twin, timezone.now()) == cooldown
+    before = snapshot(twin)
+
+    answer = api.post(f"/api/v1/pools/{twin.national_id}/submit/")
+    assert answer.status_code == 400 and answer.json() == {"status": [expected]}
+    client.force_login(alice)
+    page = client.post(reverse("pool-submit", args=[twin.national_id]), follow=True)
+    assert expected in page.content.decode()
+    with pytest.raises(ResubmitTooSoon) as refused:
+        registry_services.pool_submit(pool=twin, actor=alice, door=Door.CLI)
+    assert refused.value.messages == [expected]
+    assert snapshot(twin) == before  # nothing half-written
+
+
+def test_the_failures_of_a_centers_pools_add_up_and_stay_at_that_center(
+    make_pool: Any, acme: Any, settings: Any
+) -> None:
+    settings.VERIFICATION_RESUBMIT_COOLDOWN = 60
+    first = make_pool(acme, Status.VERIFYING)
+    second = PoolFactory(center=first.center)
+    force_status(second, Status.VERIFYING)
+    for pool in (first, second):
+        registry_services.lifecycle_transition(
+            obj=pool, to=Status.FAILED, reason="arithmetic", actor=None, door=Door.WORKER
+        )
+    third = PoolFactory(center=first.center)
+    cooldown = registry_selectors.resubmit_cooldown(third, timezone.now())
+    assert cooldown is not None and (cooldown.failures, cooldown.seconds) == (2, 120)
+    # Another center of the same operator is not held back.
+    assert registry_selectors.resubmit_cooldown(make_pool(acme), timezone.now()) is None
+
+
+@pytest.mark.parametrize("door", ["pool", "center"])
+def test_retiring_a_pool_once_its_challenge_is_out_counts_as_a_failure(
+    door: str, pool_at: Any, start_agent: Any, acme: Any, alice: Any, monkeypatch: Any
+) -> None:
+    from verification import agent_client
+
+    pool = force_status(
+        pool_at(acme, start_agent(agent_config(SimulationMode.CHEAT_WRONG))), Status.SUBMITTED
+    )
+    api = APIClient()
+    api.force_authenticate(alice)
+    original = agent_client.open_benchmark
+
+    def retire_then_open(channel: Any, **kwargs: Any) -> Any:
+        # The agent has the challenge and sees which steps are checked: the operator retires.
+        url = (
+            f"/api/v1/pools/{pool.national_id}/transition/"
+            if door == "pool"
+            else f"/api/v1/centers/{pool.center.national_id}/transition/"
+        )
+        assert api.post(url, {"to": "retired", "reason": "gone"}).status_code == 200
+        return original(channel, **kwargs)
+
+    monkeypatch.setattr(agent_client, "open_benchmark", retire_then_open)
+    run = run_like_the_task(pool, Trigger.SUBMITTED)
+
+    assert run.state == RunState.FAILED  # the real verdict stays on the run
+    assert pool.status == Status.RETIRED  # the fault landed: no move to failed was possible
+    assert not LifecycleTransition.objects.filter(object_id=pool.pk, to_status=Status.FAILED)
+    assert pool.status_reason.startswith(ABANDONED_REASON)
+    cooldown = registry_selectors.resubmit_cooldown(pool, timezone.now())
+    assert cooldown is not None and cooldown.failures == 1
+
+
+def test_retiring_or_withdrawing_a_pool_whose_run_is_only_queued_counts_nothing(
+    pool_at: Any, acme: Any, alice: Any
+) -> None:
+    api = APIClient()
+    api.force_authenticate(alice)
+    for to in ("draft", "retired"):
+        pool = force_status(pool_at(acme, DEAD_ENDPOINT), Status.SUBMITTED)
+        run, _ = services.verification_request(
+            pool=pool, trigger=Trigger.SUBMITTED, actor=None, door=Door.WORKER
+        )
+        assert run.state == RunState.QUEUED  # nothing sent to the agent yet
+        answer = api.post(f"/api/v1/pools/{pool.national_id}/transition/", {"to": to})
+        assert answer.status_code == 200
+        assert registry_selectors.resubmit_cooldown(pool, timezone.now()) is None

@@ -327,6 +327,10 @@ VERIFICATION_SAMPLE_NODES = env.int("VERIFICATION_SAMPLE_NODES", default=0)
 VERIFICATION_MAX_CHALLENGE_BYTES = env.int("VERIFICATION_MAX_CHALLENGE_BYTES", default=2**30)
 VERIFICATION_FREIVALDS_ROUNDS = env.int("VERIFICATION_FREIVALDS_ROUNDS", default=8)
 VERIFICATION_RPC_TIMEOUT = env.float("VERIFICATION_RPC_TIMEOUT", default=60.0)
+# Seconds the TLS check, the health checks and the inventory may take together, before the
+# challenge is sent (past it the delivery is retried as unreachable): an agent cannot spend the
+# task's time limit before the challenge and have it run out after (docs/verification.md).
+VERIFICATION_PRECHALLENGE_SECONDS = env.float("VERIFICATION_PRECHALLENGE_SECONDS", default=30.0)
 # A measured throughput above the catalog's peak for the challenge precision by more than this
 # share is impossible and refused.
 VERIFICATION_PEAK_MARGIN = env.float("VERIFICATION_PEAK_MARGIN", default=0.05)

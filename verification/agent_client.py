@@ -140,14 +140,19 @@ def round_trip_ms(channel: grpc.Channel, *, timeout: float) -> float:
     """Best of a few health checks, in ms: evidence of the network's share of the wall time.
     Never subtracted from a timing (the agent could pad it).
 
-    A NOT_SERVING agent is treated as unavailable (it may be restarting).
+    A NOT_SERVING agent is treated as unavailable (it may be restarting). ``timeout`` bounds
+    the checks together, not each: an agent cannot multiply the wait by answering slowly.
     """
     stub = health_pb2_grpc.HealthStub(channel)
     best = float("inf")
+    until = time.monotonic() + timeout
     for _ in range(PINGS):
         started = time.perf_counter()
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            raise AgentUnavailable(f"health check: no answers within {timeout:g} s")
         try:
-            answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=remaining)
         except grpc.RpcError as exc:
             raise classify(exc, "health check") from exc
         best = min(best, time.perf_counter() - started)

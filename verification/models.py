@@ -40,6 +40,11 @@ class VerificationRun(models.Model):
     claimed_by = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker.")
     claimed_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Written, and committed, before RunBenchmark is sent: from then on the agent knows the
+    # draw, so a delivery that finds it set (a takeover after a time limit, a kill, an OOM)
+    # finishes the run failed instead of challenging again with a fresh draw.
+    challenge_sent_at = models.DateTimeField(null=True, blank=True)
+    challenge_id = models.CharField(max_length=100, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     verdict_reason = models.CharField(max_length=500, blank=True)
     # When the next scheduled re-verification is due: set on finishing, jittered per run so that

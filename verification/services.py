@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -251,6 +252,10 @@ class Evidence:
 
     fields: dict[str, Any] = field(default_factory=dict)
     measured_tflops: float | None = None  # real-time TFLOPS per accelerator, when measured
+    # The challenge's id once it is recorded as sent (``_record_challenge``), and the phase the
+    # run is in from then on: a failure after it names the phase and fails the run.
+    challenge_id: str = ""
+    phase: str = ""
 
     def set(self, **values: Any) -> None:
         self.fields.update(values)
@@ -263,13 +268,27 @@ def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
     it (the caller looks again after ``retry_in``). A transient agent error before the challenge
     is sent releases the claim and raises ``AgentUnavailable`` so the task retries; on the
     ``final_attempt`` it ends the run ERROR instead. Any failure after it is sent ends the run
-    FAILED (``_probe_and_judge``).
+    FAILED naming its phase (``_probe_and_judge``), the task's soft time limit and unexpected
+    errors included; a delivery that finds the challenge sent by an earlier one (a takeover
+    after a time limit, a kill or an out-of-memory) fails the run without challenging again.
+    An exception before the challenge is sent leaves the run claimed, and a later delivery
+    takes it over and retries it.
     """
     me = _worker_identity()
     run, outcome = _claim(run_id, me)
     if run is None:
         assert outcome is not None
         return outcome
+    if run.challenge_sent_at is not None:
+        # A new challenge would draw nodes, seeds and checked steps again: an agent that could
+        # make the delivery die after seeing the draw would get to redraw until it misses it.
+        reason = (
+            f"commitments: the challenge {run.challenge_id} sent at "
+            f"{run.challenge_sent_at.isoformat(timespec='seconds')} was not completed (its "
+            "delivery stopped before a verdict: time limit, worker killed or out of memory); a "
+            "run is challenged once, never again with a new draw"
+        )
+        return _finish(run, me, RunState.FAILED, reason[:500], Evidence())
     max_deliveries = settings.VERIFICATION_MAX_RETRIES + 1 + EXTRA_DELIVERIES
     if run.attempts > max_deliveries:
         reason = f"agent unreachable: gave up after {run.attempts - 1} deliveries"
@@ -294,12 +313,22 @@ def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
         # Network and arithmetic, outside any transaction: a slow agent holds no lock.
         _probe_and_judge(run, pool, evidence)
     except AgentUnavailable as exc:
+        if evidence.challenge_id:  # never after the challenge (agent_client.abandoned); if it were
+            return _finish(run, me, RunState.FAILED, _abandoned(evidence, exc), evidence)
         if final_attempt:
             return _finish(run, me, RunState.ERROR, f"agent unreachable: {exc}"[:500], evidence)
         _release(run, me)
         raise
     except VerificationRefuted as exc:
         return _finish(run, me, RunState.FAILED, str(exc)[:500], evidence)
+    except Exception as exc:
+        # SoftTimeLimitExceeded (an Exception) or a fault of ours. Before the challenge: the run
+        # stays claimed and a later delivery takes it over (as after a kill). After it: failed
+        # now, naming the phase, since a later delivery must not challenge again.
+        if not evidence.challenge_id:
+            raise
+        logger.warning("run %s stopped in %s: %r", run.run_id, evidence.phase, exc)
+        return _finish(run, me, RunState.FAILED, _abandoned(evidence, exc), evidence)
     assert evidence.measured_tflops is not None
     reason = (
         f"verified: {evidence.measured_tflops:.1f} TFLOPS per accelerator measured (slowest of "
@@ -308,6 +337,35 @@ def verification_run(*, run_id: str, final_attempt: bool = False) -> RunOutcome:
     )
     drift_reason = _judge_drift(pool, run, evidence)
     return _finish(run, me, RunState.PASSED, drift_reason or reason, evidence)
+
+
+def _abandoned(evidence: Evidence, exc: BaseException) -> str:
+    """The reason of a run whose challenge was sent and whose delivery then stopped on ``exc``
+    (not a verdict of the checks: the task's time limit, an error)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        why = "the task's time limit ran out"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return (
+        f"{evidence.phase or 'commitments'}: the challenge {evidence.challenge_id} was not "
+        f"completed ({why}); a run is challenged once, never again with a new draw"
+    )[:500]
+
+
+def _record_challenge(run: VerificationRun, challenge_id: str, evidence: Evidence) -> None:
+    """Record, committed before ``RunBenchmark`` is sent, that this run's challenge goes out: a
+    later delivery then fails the run instead of drawing again. Refused (the run is not sent)
+    if this delivery no longer holds the run."""
+    now = timezone.now()
+    held = VerificationRun.objects.filter(
+        pk=run.pk, state=RunState.RUNNING, claimed_by=run.claimed_by, challenge_sent_at=None
+    ).update(challenge_sent_at=now, challenge_id=challenge_id)
+    if not held:
+        raise VerificationRefuted("claim lost before the challenge was sent (not sent)")
+    run.challenge_sent_at, run.challenge_id = now, challenge_id
+    evidence.challenge_id, evidence.phase = challenge_id, "commitments"
 
 
 def _judge_drift(pool: Pool, run: VerificationRun, evidence: Evidence) -> str:
@@ -523,9 +581,13 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     the catalog's peak), throughput (the slowest device against the declaration).
 
     Only the calls made before the challenge is sent (the TLS check, health, inventory) may raise
-    ``AgentUnavailable`` (a retry with a fresh plan); from ``RunBenchmark`` on, the agent has
-    seen the sampled nodes and then the checked steps, and any failure is ``VerificationRefuted``
-    naming its phase (``agent_client.abandoned``), so no draw can be refused and redrawn.
+    ``AgentUnavailable`` (a retry with a fresh plan); together they have
+    ``VERIFICATION_PRECHALLENGE_SECONDS``, so an agent cannot spend the task's time limit before
+    the challenge. The challenge is recorded as sent on the run before ``RunBenchmark``
+    (``_record_challenge``); from then on the agent has seen the sampled nodes and then the
+    checked steps, and any failure is ``VerificationRefuted`` naming its phase
+    (``agent_client.abandoned``, ``evidence.phase`` for the rest), so no draw can be refused
+    and redrawn.
     """
     k, scale = settings.VERIFICATION_FREIVALDS_ROUNDS, settings.VERIFICATION_TIME_SCALE
     tolerance, timeout = settings.VERIFICATION_TOLERANCE, settings.VERIFICATION_RPC_TIMEOUT
@@ -577,19 +639,35 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
     address = _dial_target(endpoint)
     authority = grpc_authority_options(endpoint) if address != endpoint else []
     credentials = None
+    # One deadline for every wait before the challenge (handshake, pings, inventory).
+    before = time.monotonic() + float(settings.VERIFICATION_PRECHALLENGE_SECONDS)
+
+    def left(cap: float) -> float:
+        remaining = before - time.monotonic()
+        if remaining <= 0:
+            raise AgentUnavailable(
+                "agent too slow before the challenge: the TLS check, health checks and "
+                f"inventory took over {settings.VERIFICATION_PRECHALLENGE_SECONDS:g} s"
+            )
+        return min(cap, remaining)
+
     if certificates.mutual_tls():
         # Mutual TLS: the agent must hold a current certificate naming this center.
         try:
-            certificates.check_agent(address, pool.center.national_id, timeout=min(timeout, 10.0))
+            certificates.check_agent(
+                address, pool.center.national_id, timeout=left(min(timeout, 10.0))
+            )
         except certificates.AgentIdentityRefused as exc:
             raise VerificationRefuted(f"agent identity: {exc}") from exc
         except OSError as exc:
             raise AgentUnavailable(f"agent unreachable for the TLS check: {exc}") from exc
         credentials, authority = certificates.agent_credentials(pool.center.national_id)
     with agent_client.agent_channel(address, options=authority, credentials=credentials) as channel:
-        rtt_ms = agent_client.round_trip_ms(channel, timeout=min(timeout, 10.0))
+        rtt_ms = agent_client.round_trip_ms(channel, timeout=left(min(timeout, 10.0)))
         evidence.set(rtt_ms=round(rtt_ms, 3))
-        reported = _check_inventory(channel, pool, evidence, timeout)
+        reported = _check_inventory(channel, pool, evidence, left(timeout))
+        left(timeout)  # the inventory's answer may have arrived past the deadline
+        _record_challenge(run, challenge_id, evidence)
         answer = agent_client.run_benchmark(
             channel,
             n=plan.n,
@@ -630,6 +708,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             raise VerificationRefuted("commitments: " + "; ".join(answer.problems[:3]))
         # Only now, with every commitment in, does the verifier pick what to open.
         opened = _choose_steps(plan.steps)
+        evidence.phase = "opening"
         evidence.fields["sample"]["steps_checked"] = opened
         needed = sorted({(d, s) for d in plan.devices for t in opened for s in (t - 1, t) if s})
         blocks = agent_client.open_benchmark(
@@ -641,6 +720,7 @@ def _probe_and_judge(run: VerificationRun, pool: Pool, evidence: Evidence) -> No
             timeout=timeout,
         )
     products = _opened_products(blocks, plan, answer, challenge_id)
+    evidence.phase = "arithmetic"
     checks = _check_chains(products, answer.digests, plan, opened, k, device_evidence)
     evidence.set(freivalds=checks, devices=list(device_evidence.values()))
 

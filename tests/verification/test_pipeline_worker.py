@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from kombu import Connection
 
 from agent.config import SimulationMode
@@ -145,9 +146,12 @@ def test_an_unreachable_center_ends_in_error_after_the_retries(
     assert pool.status_reason.startswith("agent unreachable")
 
 
-def test_a_run_whose_worker_is_killed_is_completed_exactly_once(
+def test_a_run_whose_worker_is_killed_after_the_challenge_fails_once_without_a_redraw(
     celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
 ) -> None:
+    """The worker child is SIGKILLed mid-benchmark, after the challenge was sent: the redelivery
+    takes the run over and fails it (one verdict), never challenging again with a new draw.
+    (Before the challenge was recorded, this run passed on its takeover with a second draw.)"""
     figure = Figure("C1.verification_child_kill", broker="redis", tasks=1, kills=0)
     try:
         # A slower accelerator makes the challenge last ~5 s, so the kill lands mid-benchmark.
@@ -158,12 +162,15 @@ def test_a_run_whose_worker_is_killed_is_completed_exactly_once(
         run = submit(pool, alice)
         claimed = wait_for(
             lambda: (
-                VerificationRun.objects.filter(pk=run.pk, state=RunState.RUNNING)
+                VerificationRun.objects.filter(
+                    pk=run.pk, state=RunState.RUNNING, challenge_sent_at__isnull=False
+                )
                 .exclude(claimed_by="")
                 .first()
             ),
-            what="the run claimed by a worker child",
+            what="the run's challenge sent by a worker child",
         )
+        challenge_id = claimed.challenge_id
         child_pid = int(claimed.claimed_by.split(":")[1])
         # The child is a descendant of the worker this session started; kill only that pid.
         os.kill(child_pid, signal.SIGKILL)
@@ -175,19 +182,53 @@ def test_a_run_whose_worker_is_killed_is_completed_exactly_once(
         pool.refresh_from_db()
         figure.update(
             executions=run.attempts,
-            effects=transitions_to(pool, Status.ACTIVE),
-            lost=int(run.state != RunState.PASSED),
-            doubled=max(0, transitions_to(pool, Status.ACTIVE) - 1),
+            effects=transitions_to(pool, Status.FAILED),
+            lost=int(run.state != RunState.FAILED),
+            doubled=max(0, transitions_to(pool, Status.FAILED) - 1),
             recovery_s=time.monotonic() - killed_at,
         )
-        assert run.state == RunState.PASSED, run.verdict_reason
-        assert run.attempts == 2
-        assert str(child_pid) not in run.claimed_by  # another process completed it
-        assert pool.status == Status.ACTIVE
-        assert transitions_to(pool, Status.ACTIVE) == 1
+        # The kill landed mid-benchmark: the killed child never wrote a verdict.
+        assert run.state == RunState.FAILED, run.verdict_reason
+        assert run.verdict_reason.startswith(
+            f"commitments: the challenge {challenge_id} sent at "
+        ), run.verdict_reason
+        assert run.attempts == 2  # the takeover happened
+        assert str(child_pid) not in run.claimed_by  # another process finished it
+        assert run.challenge_id == challenge_id  # and sent no second challenge
+        assert pool.status == Status.FAILED
+        assert transitions_to(pool, Status.FAILED) == 1
+        assert transitions_to(pool, Status.ACTIVE) == 0
         assert VerificationRun.objects.filter(pool=pool).count() == 1
     finally:
         figure.emit(passed=figure.get("lost") == 0 and figure.get("doubled") == 0)
+
+
+def test_the_time_limit_after_the_challenge_fails_the_run_once_on_the_worker(
+    celery_worker: Any, start_agent: Any, pool_at: Any, alice: Any
+) -> None:
+    """The worker's soft time limit fires while the agent streams its commitments (a 1 s limit
+    on a ~5 s chain): the run fails naming the phase, on its first delivery, with one challenge;
+    it is not left running for a takeover that would challenge again."""
+    endpoint = start_agent(agent_config(declared_tflops=20.0))
+    pool = pool_at(alice.membership.organization, endpoint, declared_tflops_per_accelerator=20.0)
+    Pool.objects.filter(pk=pool.pk).update(status=Status.SUBMITTED)
+    run = VerificationRun.objects.create(
+        pool=pool, trigger=Trigger.OPERATOR_REQUEST, enqueued_at=timezone.now()
+    )
+
+    pool_verify.apply_async((str(run.run_id),), soft_time_limit=1, time_limit=20)
+
+    run = wait_finished(run, timeout=60)
+    assert run.state == RunState.FAILED, run.verdict_reason
+    assert run.challenge_sent_at is not None and run.challenge_id
+    # The time limit fired after the challenge was sent, on the one delivery.
+    assert run.verdict_reason.startswith(
+        f"commitments: the challenge {run.challenge_id} was not completed (the task's time "
+        "limit ran out)"
+    ), run.verdict_reason
+    assert run.attempts == 1
+    pool.refresh_from_db()
+    assert pool.status == Status.FAILED
 
 
 def test_a_reverify_of_an_active_pool_keeps_it_active(

@@ -311,3 +311,161 @@ def test_a_short_chain_is_checked_whole(settings: Any) -> None:
     assert len(services._choose_steps(17)) == 3
     settings.VERIFICATION_OPEN_ALL_UP_TO = 4
     assert len(services._choose_steps(8)) == 3
+
+
+# --- No second draw: a delivery that stops after the challenge is sent ------------------------
+
+
+def age_claim(run: VerificationRun) -> None:
+    """Make the run's claim and last send older than the task's hard limit and the requeue delay:
+    what ``verification_requeue_stale`` finds after its worker died."""
+    run.refresh_from_db()
+    assert run.claimed_at is not None and run.enqueued_at is not None
+    later = dt.timedelta(hours=1)
+    VerificationRun.objects.filter(pk=run.pk).update(
+        claimed_at=run.claimed_at - later, enqueued_at=run.enqueued_at - later
+    )
+
+
+def count_challenges(monkeypatch: Any) -> list[str]:
+    """Challenge ids of every RunBenchmark the verifier sends (the real call still runs)."""
+    from verification import agent_client
+
+    sent: list[str] = []
+    real = agent_client.run_benchmark
+
+    def counted(channel: Any, **kw: Any) -> Any:
+        sent.append(kw["challenge_id"])
+        return real(channel, **kw)
+
+    monkeypatch.setattr(agent_client, "run_benchmark", counted)
+    return sent
+
+
+def test_the_time_limit_after_the_challenge_fails_the_run_without_a_redraw(
+    submitted_pool: Any, monkeypatch: Any
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from verification import agent_client
+
+    sent = count_challenges(monkeypatch)
+    opened: list[str] = []
+
+    def stalled(channel: Any, **kw: Any) -> Any:
+        # The agent holds the opening until the task's soft limit fires in the worker.
+        opened.append(kw["challenge_id"])
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(agent_client, "open_benchmark", stalled)
+    run = queued_run(submitted_pool)
+
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert opened == sent and len(sent) == 1  # the time limit fired after the challenge was sent
+    assert outcome.state == run.state == RunState.FAILED
+    assert run.verdict_reason.startswith(f"opening: the challenge {sent[0]} was not completed")
+    assert "time limit" in run.verdict_reason
+    assert run.challenge_id == sent[0] and run.challenge_sent_at is not None
+    # A redelivery (or the sweep's) leaves the verdict alone and challenges nothing.
+    age_claim(run)
+    assert services.verification_requeue_stale() == 0
+    assert services.verification_run(run_id=str(run.run_id)).state == RunState.FAILED
+    assert len(sent) == 1
+
+
+def test_a_takeover_of_a_run_whose_challenge_was_sent_fails_it_without_a_redraw(
+    submitted_pool: Any, monkeypatch: Any
+) -> None:
+    from verification import agent_client
+
+    sent: list[str] = []
+
+    def killed(channel: Any, **kw: Any) -> Any:
+        # The worker dies mid-stream (hard time limit, SIGKILL, OOM): nothing below it runs.
+        sent.append(kw["challenge_id"])
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(agent_client, "run_benchmark", killed)
+    run = queued_run(submitted_pool)
+    with pytest.raises(SystemExit):
+        services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+    assert run.state == RunState.RUNNING and run.attempts == 1
+    assert run.challenge_id == sent[0] and run.challenge_sent_at is not None
+
+    monkeypatch.undo()
+    again = count_challenges(monkeypatch)
+    age_claim(run)
+    assert services.verification_requeue_stale() == 1  # the lost message is sent again
+    outcome = services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert run.attempts == 2  # the takeover happened
+    assert outcome.state == run.state == RunState.FAILED
+    assert run.verdict_reason.startswith(f"commitments: the challenge {sent[0]} sent at ")
+    assert "was not completed" in run.verdict_reason
+    assert again == []  # no second challenge, no new draw
+    submitted_pool.refresh_from_db()
+    assert submitted_pool.status == Status.FAILED
+
+
+def test_the_time_limit_before_the_challenge_leaves_the_run_to_a_takeover(
+    submitted_pool: Any, monkeypatch: Any
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from verification import agent_client
+
+    real = agent_client.get_inventory
+    calls: list[int] = []
+
+    def slow_once(channel: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SoftTimeLimitExceeded()
+        return real(channel, **kw)
+
+    monkeypatch.setattr(agent_client, "get_inventory", slow_once)
+    sent = count_challenges(monkeypatch)
+    run = queued_run(submitted_pool)
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.verification_run(run_id=str(run.run_id))
+    run.refresh_from_db()
+    assert run.state == RunState.RUNNING and run.challenge_sent_at is None and sent == []
+
+    age_claim(run)
+    assert services.verification_run(run_id=str(run.run_id)).state == RunState.PASSED
+    run.refresh_from_db()
+    assert run.attempts == 2 and len(sent) == 1 and run.challenge_id == sent[0]
+
+
+def test_the_waits_before_the_challenge_share_one_deadline(
+    submitted_pool: Any, monkeypatch: Any, settings: Any
+) -> None:
+    import time
+
+    from verification import agent_client
+
+    settings.VERIFICATION_PRECHALLENGE_SECONDS = 0.5
+    real = agent_client.get_inventory
+    given: list[float] = []
+
+    def slow(channel: Any, *, timeout: float) -> Any:
+        # The agent answers the inventory just inside its own timeout, past the shared deadline.
+        given.append(timeout)
+        time.sleep(0.6)
+        return real(channel, timeout=timeout)
+
+    monkeypatch.setattr(agent_client, "get_inventory", slow)
+    sent = count_challenges(monkeypatch)
+    run = queued_run(submitted_pool)
+
+    with pytest.raises(AgentUnavailable, match="before the challenge"):
+        services.verification_run(run_id=str(run.run_id))
+
+    run.refresh_from_db()
+    assert given and given[0] <= 0.5  # the inventory got what was left, not the RPC timeout
+    assert sent == [] and run.challenge_sent_at is None
+    assert run.state == RunState.QUEUED  # released for a retry with a fresh plan

@@ -29,6 +29,7 @@ from registry.models import Center, LifecycleTransition, Pool
 from tests.conftest import force_status
 from tests.factories import PoolFactory
 from tests.verification.conftest import agent_config
+from tests.verification.test_tracking import _report
 from verification import services
 from verification.choices import RunState, Trigger
 from verification.errors import AgentUnavailable
@@ -87,20 +88,7 @@ def verified(pool_at: Any, start_agent: Any, acme: Any) -> tuple[Pool, str]:
 
 def beat(actor: Any, pool: Pool, healthy: int | None = None) -> None:
     """A heartbeat through the service the telemetry server and the API call."""
-    services.heartbeat_record(
-        actor=actor,
-        agent_id="agent-1",
-        sent_at=None,
-        pools=[
-            services.PoolBeat(
-                national_id=pool.national_id,
-                utilization=0.1,
-                accelerators_healthy=pool.accelerators if healthy is None else healthy,
-                accelerators_busy=0,
-            )
-        ],
-    )
-    pool.refresh_from_db()
+    _report(actor, pool, pool.accelerators if healthy is None else healthy)
 
 
 def go_silent_and_come_back(actor: Any, pool: Pool, healthy: int | None = None) -> None:
